@@ -1,0 +1,47 @@
+# credfresh: `make demo` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint types unit torture soak bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/credfresh demo $(ARGS)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(VENV)/.test-installed
+	$(BIN)/mypy --strict daemon/
+
+unit: $(VENV)/.test-installed
+	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+test: lint types unit
+
+torture: $(VENV)/.test-installed
+	$(BIN)/pytest -m slow -k 'not soak' $(PYTEST_ARGS)
+
+soak: $(VENV)/.test-installed
+	$(BIN)/pytest -m soak $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

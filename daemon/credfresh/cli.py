@@ -1,0 +1,252 @@
+"""The command line: a thin layer that parses options and hands them to one command.
+
+Every option can also come from `CREDFRESH_<OPTION>` (`--min-remaining` from
+`CREDFRESH_MIN_REMAINING`). Commands import their modules lazily so that the fast ones
+(`status`, `credential-process`) never load boto3 or pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from credfresh import __version__
+from credfresh.config import default_config_path
+from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, CredfreshError
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Streams:
+    """Where a command writes: injected so tests capture output without patching."""
+
+    out: TextIO
+    err: TextIO
+    environ: Mapping[str, str]
+
+
+def _env_default(environ: Mapping[str, str], option: str, kind: str = "str") -> object:
+    name = "CREDFRESH_" + option.lstrip("-").replace("-", "_").upper()
+    value = environ.get(name)
+    if value is None:
+        return None
+    if kind == "flag":
+        return value.strip().lower() in _TRUE
+    if kind == "list":
+        return [part for part in value.replace(",", " ").split() if part]
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with EXIT_CONFIG (2), like argparse, but through our streams."""
+
+    def __init__(self, *args: object, streams: Streams | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._streams = streams
+
+    def _print_message(self, message: str, file: object = None) -> None:
+        if not message or self._streams is None:
+            return
+        target = self._streams.err if file is sys.stderr else self._streams.out
+        target.write(message)
+
+
+def build_parser(streams: Streams) -> argparse.ArgumentParser:
+    env = streams.environ
+
+    def opt(parser: argparse.ArgumentParser, *flags: str, kind: str = "str", **kw: object) -> None:
+        default = _env_default(env, flags[-1], kind)
+        if kind == "flag":
+            parser.add_argument(*flags, action="store_true", default=bool(default), **kw)  # type: ignore[arg-type]
+        elif kind == "list":
+            parser.add_argument(*flags, action="append", default=None, **kw)  # type: ignore[arg-type]
+            parser.set_defaults(**{flags[-1].lstrip("-").replace("-", "_") + "_env": default})
+        else:
+            parser.add_argument(*flags, default=default, **kw)  # type: ignore[arg-type]
+
+    parser = _Parser(
+        prog="credfresh",
+        description="Keep AWS temporary credentials fresh in the shared credentials file.",
+        streams=streams,
+    )
+    parser.add_argument("--version", action="version", version=f"credfresh {__version__}")
+    common = _Parser(add_help=False, streams=streams)
+    opt(
+        common,
+        "-c",
+        "--config",
+        help="config file (default $CREDFRESH_CONFIG, else /etc/credfresh/config.yaml)",
+        metavar="PATH",
+    )
+    opt(
+        common,
+        "--log-format",
+        choices=["json", "console"],
+        help="log rendering (default: console on a TTY, else JSON)",
+    )
+    opt(common, "--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    command("validate", "Check the config and print a summary (exit 2 with every problem).")
+
+    once = command("once", "Refresh every missing or due profile once, in one write.")
+    opt(once, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
+    opt(once, "--force", kind="flag", help="refresh even profiles that are still fresh")
+
+    status = command("status", "Show each profile's credentials and health.")
+    opt(status, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
+    opt(
+        status,
+        "--min-remaining",
+        metavar="DURATION",
+        help="exit 1 unless each selected "
+        "profile has at least this much validity left (default 0s)",
+    )
+    opt(status, "--json", kind="flag", help="machine-readable output")
+
+    process = command(
+        "credential-process",
+        "Print a profile's credentials as "
+        "credential_process JSON, for botocore to refresh in-process.",
+    )
+    process.add_argument("profile_name", metavar="PROFILE")
+
+    run = command("run", "Run the daemon in the foreground (for systemd or a container).")
+    opt(run, "--once-then-exit", kind="flag", help=argparse.SUPPRESS)
+
+    demo = command("demo", "Run credfresh against an embedded development STS (no AWS account).")
+    opt(demo, "--duration", metavar="SECONDS", help="stop after this many seconds")
+
+    console = command("console-url", "Print an AWS console sign-in URL for a profile.")
+    console.add_argument("profile_name", metavar="PROFILE")
+    opt(console, "--destination", metavar="URL", help="console page to open")
+    opt(console, "--issuer", metavar="NAME", help="issuer shown by the console")
+    opt(console, "--duration", metavar="DURATION", help="console session length (default 1h)")
+    return parser
+
+
+def _profiles(args: argparse.Namespace) -> list[str]:
+    chosen = getattr(args, "profile", None) or getattr(args, "profile_env", None) or []
+    return list(chosen)
+
+
+def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return Path(args.config) if args.config else default_config_path(environ)
+
+
+def _validate(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh.schema import load_config
+
+    config = load_config(config_path(args, streams.environ), streams.environ)
+    for warning in config.warnings:
+        streams.err.write(f"warning: {warning}\n")
+    streams.out.write(
+        f"{config.path}: ok, {len(config.profiles)} profile(s), "
+        f"credentials file {config.credentials_file}, owner {config.owner}\n"
+    )
+    return 0
+
+
+def _once(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import oneshot
+
+    return oneshot.once(config_path(args, streams.environ), _profiles(args), args.force, streams)
+
+
+def _status(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import oneshot
+
+    return oneshot.status(
+        config_path(args, streams.environ),
+        _profiles(args),
+        args.min_remaining or "0s",
+        as_json=args.json,
+        streams=streams,
+    )
+
+
+def _credential_process(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import oneshot
+
+    return oneshot.credential_process(
+        config_path(args, streams.environ), args.profile_name, streams
+    )
+
+
+def _run(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import daemon
+
+    return daemon.main(
+        config_path(args, streams.environ),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        streams=streams,
+    )
+
+
+def _demo(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import demo
+
+    duration = float(args.duration) if args.duration else None
+    return demo.main(duration=duration, streams=streams)
+
+
+def _console_url(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh import console
+
+    return console.main(
+        config_path(args, streams.environ),
+        args.profile_name,
+        destination=args.destination,
+        issuer=args.issuer,
+        duration=args.duration or "1h",
+        streams=streams,
+    )
+
+
+COMMANDS: Mapping[str, Callable[[argparse.Namespace, Streams], int]] = {
+    "validate": _validate,
+    "once": _once,
+    "status": _status,
+    "credential-process": _credential_process,
+    "run": _run,
+    "demo": _demo,
+    "console-url": _console_url,
+}
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run one command and return its exit status; only this layer turns errors into codes."""
+    streams = Streams(
+        out=stdout or sys.stdout, err=stderr or sys.stderr, environ=environ or os.environ
+    )
+    parser = build_parser(streams)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
+    try:
+        return COMMANDS[args.command](args, streams)
+    except ConfigError as exc:
+        streams.err.write(f"credfresh: {exc}\n")
+        return EXIT_CONFIG
+    except CredfreshError as exc:
+        streams.err.write(f"credfresh: {exc.code}: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
