@@ -401,6 +401,7 @@ class StsClients:
             ClientError,
             ConnectTimeoutError,
             EndpointConnectionError,
+            ParamValidationError,
             ReadTimeoutError,
         )
 
@@ -427,6 +428,10 @@ class StsClients:
             raise StsError(classify("timeout", type(exc).__name__), profile.name) from None
         except EndpointConnectionError as exc:
             raise StsError(classify("connection_error", type(exc).__name__), profile.name) from None
+        except ParamValidationError:
+            raise StsError(
+                classify("ValidationError", "botocore refused a parameter", 400), profile.name
+            ) from None
         except BotoCoreError as exc:
             code = (
                 "connection_error"

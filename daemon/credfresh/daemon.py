@@ -1,0 +1,361 @@
+"""`credfresh run`: the composition root that builds every part and drives the process life.
+
+Signals only set flags; the main thread does the work between short `Event.wait`s, so a
+signal ends any wait at once. A second SIGINT exits immediately: every write is atomic, so
+nothing is left half-done on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from credfresh import __version__
+from credfresh.config import Config
+from credfresh.errors import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, ConfigError, CredfreshError
+
+if TYPE_CHECKING:
+    from structlog.stdlib import BoundLogger
+
+    from credfresh.cli import Streams
+    from credfresh.engine import Engine
+    from credfresh.logs import Logging
+
+STOP_GRACE: Final = 5.0
+WAKEUP_INTERVAL: Final = 30.0
+TICK: Final = 0.5
+STATUS_EVERY: Final = 10.0
+
+
+class AlreadyRunning(CredfreshError):
+    code = "already_running"
+
+
+class InstanceLock:
+    """One daemon per credentials file: an flock on `<file>.credfresh.pid` held for life."""
+
+    def __init__(self, credentials_file: Path) -> None:
+        self.path = credentials_file.with_name(credentials_file.name + ".credfresh.pid")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        from credfresh.atomicfile import ensure_private_dir
+
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise AlreadyRunning(
+                    f"another credfresh (pid {holder}) is running for this credentials file "
+                    f"(lock {self.path})"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: Mapping[int, Any]) -> Iterator[None]:
+    """Install handlers for the block and restore the previous ones afterwards."""
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def check_config_permissions(config: Config, euid: int) -> list[str]:
+    """As root, a config anyone else can edit decides which roles root assumes: refuse it."""
+    paths = [config.path]
+    problems = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_mode & 0o022:
+            problems.append(f"{path} is writable by group or others: run `chmod go-w {path}`")
+        if st.st_uid not in (euid, 0):
+            problems.append(f"{path} is owned by uid {st.st_uid}: run `chown {euid} {path}`")
+    return problems
+
+
+class Daemon:
+    """Owns the process: lock, signals, logging, notifications, reloads and shutdown."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        logging: Logging,
+        streams: Streams,
+        environ: Mapping[str, str],
+    ) -> None:
+        from credfresh.notify import Notifier
+
+        self.config = config
+        self.logging = logging
+        self.log: BoundLogger = logging.get()
+        self.streams = streams
+        self.environ = environ
+        self.notifier = Notifier(environ)
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_event = threading.Event()
+        self._interrupts = 0
+        self.engine = self._build_engine(config)
+        self._http: Any = None
+        self._watcher: Any = None
+        self._ready = False
+        self._reload_reason = "SIGHUP"
+        self._reload_lock = threading.Lock()
+        self._rejected: str | None = None
+
+    def _build_engine(self, config: Config) -> Engine:
+        from credfresh.engine import Engine
+        from credfresh.sts import StsClients
+
+        def clients(cfg: Config) -> StsClients:
+            return StsClients(cfg.sts, credentials_file=str(cfg.credentials_file))
+
+        wakeup = float(self.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
+        return Engine(
+            config,
+            log=self.log,
+            redactor=self.logging.redactor,
+            clients_factory=clients,
+            wakeup_interval=wakeup,
+        )
+
+    # ----- signals --------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                os._exit(130)
+        self.stopping = True
+        self.wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_event.set()
+        self.wake.set()
+
+    # ----- life -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        from credfresh import state as state_file
+
+        saved, _alerts = state_file.load(self.config.state_file)
+        handlers = {
+            signal.SIGTERM: self._on_stop,
+            signal.SIGINT: self._on_stop,
+            signal.SIGHUP: self._on_hup,
+        }
+        with signal_handlers(handlers):
+            self.log.info(
+                "started",
+                version=__version__,
+                pid=os.getpid(),
+                config=str(self.config.path),
+                credentials_file=str(self.config.credentials_file),
+                profiles=len(self.config.profiles),
+            )
+            self.engine.start(saved)
+            self._start_watcher()
+            try:
+                self._loop()
+            finally:
+                idle = self._shutdown()
+        if not idle:
+            self._flush_streams()
+            os._exit(EXIT_OK)
+        return EXIT_OK
+
+    def _loop(self) -> None:
+        last_status = 0.0
+        last_ping = 0.0
+        ping_every = self.notifier.watchdog_interval()
+        while True:
+            self.wake.wait(TICK)
+            self.wake.clear()
+            if self.stopping:
+                return
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload(self._reload_reason)
+                self._reload_reason = "SIGHUP"
+            if not self._ready and self.engine.first_pass_done.is_set():
+                self.engine.writer.flush(timeout=5.0)
+                self._ready = True
+                self.log.info("ready", profiles=len(self.engine.config.profiles))
+                self.notifier.ready()
+                last_status = 0.0
+            if self.engine.state_dirty.is_set():
+                self._save_state()
+            now = time.monotonic()
+            if ping_every and now - last_ping >= ping_every and self.healthy():
+                self.notifier.watchdog()
+                last_ping = now
+            if now - last_status >= STATUS_EVERY:
+                self.notifier.status(self.status_line())
+                last_status = now
+
+    def _shutdown(self) -> bool:
+        self.log.info("stopping")
+        self.notifier.stopping()
+        if self._watcher is not None:
+            self._watcher.stop()
+        idle = self.engine.stop(grace=STOP_GRACE)
+        self._save_state()
+        self.log.info("stopped", clean=idle)
+        return idle
+
+    def _save_state(self) -> None:
+        from credfresh import state as state_file
+
+        self.engine.state_dirty.clear()
+        profiles = {name: entry for name, (entry, _) in self.engine.snapshot().items()}
+        alerts = self.engine.alerts.to_dict() if self.engine.alerts is not None else {}
+        try:
+            state_file.save(self.engine.config.state_file, profiles, alerts)
+        except CredfreshError as exc:
+            self.log.error("state_write_failed", error_code=exc.code, message=str(exc))
+
+    def _flush_streams(self) -> None:
+        for stream in (self.streams.out, self.streams.err, sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    # ----- reload ---------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        from credfresh.watch import ConfigWatcher
+
+        self._watcher = ConfigWatcher(self.config.path, self._watch_fired)
+        self._watcher.start()
+
+    def _watch_fired(self, reason: str) -> None:
+        if reason == "poll":
+            self.reload(reason)
+            return
+        self._reload_reason = reason
+        self.reload_event.set()
+        self.wake.set()
+
+    def reload(self, reason: str) -> None:
+        """Read, compare the hash, validate, and only then apply; keep the last good config."""
+        from credfresh.schema import load_config
+
+        with self._reload_lock:
+            try:
+                new = load_config(self.config.path, self.environ)
+            except ConfigError as exc:
+                if reason == "poll" and self._rejected == str(exc):
+                    return
+                self._rejected = str(exc)
+                self.log.error("config_rejected", reason=reason, errors=exc.problems)
+                return
+            self._rejected = None
+            if new.digest == self.config.digest:
+                if reason != "poll":
+                    self.log.info("config_unchanged", reason=reason)
+                return
+            self.notifier.reloading()
+            changes = self.engine.apply(new)
+            self.config = new
+            self.log.info("config_reloaded", reason=reason, **changes)
+            self.notifier.ready()
+
+    # ----- views ----------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.engine.heartbeat < 2 * self.engine.wakeup_interval
+
+    def status_line(self) -> str:
+        from credfresh.notify import status_line
+
+        now = datetime.now(UTC)
+        snapshot = self.engine.snapshot()
+        fresh = sum(1 for _, creds in snapshot.values() if creds and creds.expiration > now)
+        failing = [
+            (name, entry.last_error_code)
+            for name, (entry, _) in snapshot.items()
+            if entry.last_error_code
+        ]
+        upcoming = [
+            (name, (entry.next_attempt - now).total_seconds())
+            for name, (entry, _) in snapshot.items()
+            if entry.next_attempt is not None
+        ]
+        nxt = min(upcoming, key=lambda item: item[1]) if upcoming else None
+        return status_line(fresh, failing, nxt)
+
+
+def main(
+    config_path: Path,
+    *,
+    log_format: str | None,
+    log_level: str | None,
+    streams: Streams,
+) -> int:
+    """Start the daemon; exit 2 on a bad config, 3 when another instance holds the lock."""
+    from credfresh.logs import Logging
+    from credfresh.schema import load_config
+
+    logging = Logging(streams.out, fmt=log_format, level=log_level)
+    logging.install()
+    log = logging.get()
+    try:
+        try:
+            config = load_config(config_path, streams.environ)
+        except ConfigError as exc:
+            log.error("config_rejected", errors=exc.problems, path=str(config_path))
+            streams.err.write(f"credfresh: {exc}\n")
+            return EXIT_CONFIG
+        for warning in config.warnings:
+            log.warning("config_warning", message=warning)
+        problems = check_config_permissions(config, os.geteuid())
+        if problems and os.geteuid() == 0:
+            log.error("config_unsafe", errors=problems)
+            streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(problems) + "\n")
+            return EXIT_CONFIG
+        for problem in problems:
+            log.warning("config_permissions", message=problem)
+        lock = InstanceLock(config.credentials_file)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            log.error("already_running", message=str(exc))
+            streams.err.write(f"credfresh: {exc}\n")
+            return EXIT_LOCKED
+        try:
+            return Daemon(config, logging=logging, streams=streams, environ=streams.environ).run()
+        finally:
+            lock.release()
+    finally:
+        logging.uninstall()

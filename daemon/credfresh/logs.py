@@ -1,0 +1,195 @@
+"""Structured logs: JSON lines for machines, console for people, and no secret ever.
+
+Nothing here is global but the stdlib root handler, which the composition root installs and
+removes. Loggers are built with `structlog.wrap_logger`, not `structlog.configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, Final
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED: Final = "[redacted]"
+SECRET_KEYS: Final = frozenset(
+    {
+        "aws_secret_access_key",
+        "secret_access_key",
+        "secretaccesskey",
+        "aws_session_token",
+        "session_token",
+        "sessiontoken",
+        "token",
+        "web_identity_token",
+        "webidentitytoken",
+        "authorization",
+        "password",
+        "x-amz-security-token",
+    }
+)
+_ACCESS_KEY_ID = re.compile(r"\b((?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{4})[A-Z0-9]{8}([A-Z0-9]{4})\b")
+_SECRET_LIKE = re.compile(
+    r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[A-Z])(?=[A-Za-z0-9/+]*[a-z])"
+    r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_-]{100,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# botocore at DEBUG logs signed request headers; APScheduler logs every job at INFO
+# (thousands of lines a day with many profiles), so it is kept to warnings.
+LIBRARY_FLOORS: Final = {
+    "botocore": logging.INFO,
+    "boto3": logging.INFO,
+    "urllib3": logging.INFO,
+    "s3transfer": logging.INFO,
+    "watchdog": logging.INFO,
+    "apscheduler": logging.WARNING,
+}
+
+
+class Redactor:
+    """Scrubs known secrets and anything shaped like one from any text.
+
+    Known secrets (every key, token and web-identity token credfresh handled) are removed
+    exactly; shapes catch the ones it never saw (a source key in a botocore message).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: frozenset[str] = frozenset()
+
+    def add(self, *secrets: str | None) -> None:
+        fresh = {s for s in secrets if s and len(s) >= 8}
+        if fresh - self._known:
+            with self._lock:
+                self._known = self._known | fresh
+
+    def forget(self, *secrets: str | None) -> None:
+        with self._lock:
+            self._known = self._known - {s for s in secrets if s}
+
+    def text(self, value: str) -> str:
+        for secret in self._known:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        value = _JWT.sub(REDACTED, value)
+        value = _LONG_TOKEN.sub(REDACTED, value)
+        value = _SECRET_LIKE.sub(REDACTED, value)
+        return _ACCESS_KEY_ID.sub(r"\1...\2", value)
+
+    def value(self, value: object, depth: int = 0) -> object:
+        if isinstance(value, str):
+            return self.text(value)
+        if depth > 20:
+            return REDACTED
+        if isinstance(value, Mapping):
+            return {
+                self.text(str(k)): (
+                    REDACTED if str(k).lower() in SECRET_KEYS else self.value(v, depth + 1)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.value(v, depth + 1) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.text(repr(value))
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        return {
+            key: REDACTED if key.lower() in SECRET_KEYS else self.value(item)
+            for key, item in event_dict.items()
+        }
+
+
+def _drop_noise(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("_record", None)
+    event_dict.pop("_from_structlog", None)
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+
+
+def renderer(fmt: str) -> Processor:
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    return structlog.processors.JSONRenderer(sort_keys=False)
+
+
+class Logging:
+    """Installs the handler for a process's life and gives out bound loggers."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        fmt: str | None = None,
+        level: str | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.redactor = redactor or Redactor()
+        self.format = fmt or ("console" if _isatty(stream) else "json")
+        self.level = getattr(logging, (level or "info").upper(), logging.INFO)
+        self._handler = logging.StreamHandler(stream)
+        self._handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=_shared_processors(),
+                processors=[_drop_noise, self.redactor, renderer(self.format)],
+            )
+        )
+        self._handler.setLevel(self.level)
+        self._logger = logging.getLogger("credfresh")
+        self._saved: list[tuple[logging.Logger, int, bool]] = []
+
+    def install(self) -> None:
+        root = logging.getLogger()
+        root.addHandler(self._handler)
+        self._saved = [(root, root.level, root.propagate)]
+        root.setLevel(self.level)
+        for name, floor in LIBRARY_FLOORS.items():
+            lib = logging.getLogger(name)
+            self._saved.append((lib, lib.level, lib.propagate))
+            lib.setLevel(max(self.level, floor))
+
+    def uninstall(self) -> None:
+        logging.getLogger().removeHandler(self._handler)
+        for logger, level, propagate in self._saved:
+            logger.setLevel(level)
+            logger.propagate = propagate
+        self._saved = []
+
+    def get(self, **context: Any) -> structlog.stdlib.BoundLogger:
+        processors: Iterable[Processor] = [
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ]
+        logger: structlog.stdlib.BoundLogger = structlog.wrap_logger(
+            self._logger,
+            processors=list(processors),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            cache_logger_on_first_use=False,
+        )
+        return logger.bind(**context) if context else logger
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

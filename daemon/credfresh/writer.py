@@ -1,0 +1,137 @@
+"""Batches credentials that finish close together into one write of the credentials file.
+
+Each credential reaches the disk at most `linger` plus one write after its STS answer; 200
+profiles finishing in the same second become a handful of writes, not 200.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Final
+
+from credfresh.credentials import Credentials
+from credfresh.errors import CredfileError
+
+LINGER: Final = 0.25
+RETRY_MIN: Final = 1.0
+RETRY_MAX: Final = 30.0
+
+WriteFn = Callable[[Mapping[str, Credentials], Collection[str]], Mapping[str, CredfileError]]
+
+
+class BatchWriter:
+    """A thread that owns every write of one credentials file.
+
+    `write` does the real work and returns per-profile conflicts; a raised CredfileError
+    keeps the batch pending and retries with backoff (the old file stays as it was).
+    """
+
+    def __init__(
+        self,
+        write: WriteFn,
+        *,
+        on_written: Callable[[Mapping[str, Credentials], Collection[str], float], None],
+        on_conflict: Callable[[str, CredfileError], None],
+        on_failed: Callable[[CredfileError, float], None],
+        linger: float = LINGER,
+    ) -> None:
+        self._write = write
+        self._on_written = on_written
+        self._on_conflict = on_conflict
+        self._on_failed = on_failed
+        self._linger = linger
+        self._cond = threading.Condition()
+        self._updates: dict[str, Credentials] = {}
+        self._removals: set[str] = set()
+        self._busy = False
+        self._stopping = False
+        self._hurry = False
+        self._failures = 0
+        self._thread = threading.Thread(target=self._loop, name="credfresh-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(
+        self, updates: Mapping[str, Credentials] | None = None, removals: Collection[str] = ()
+    ) -> None:
+        with self._cond:
+            for name, creds in (updates or {}).items():
+                self._updates[name] = creds
+                self._removals.discard(name)
+            for name in removals:
+                self._updates.pop(name, None)
+                self._removals.add(name)
+            self._cond.notify_all()
+
+    def pending(self) -> bool:
+        with self._cond:
+            return bool(self._updates or self._removals or self._busy)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted so far is written; False when `timeout` ran out."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._hurry = True
+            self._cond.notify_all()
+            while self._updates or self._removals or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)
+        return flushed
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._updates or self._removals) and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                deadline = time.monotonic() + self._linger
+                while not self._hurry and (remaining := deadline - time.monotonic()) > 0:
+                    self._cond.wait(remaining)
+                self._hurry = False
+                updates, removals = dict(self._updates), set(self._removals)
+                self._updates.clear()
+                self._removals.clear()
+                self._busy = True
+            retry = self._write_batch(updates, removals)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                if retry and not self._stopping:
+                    self._cond.wait(retry)
+
+    def _write_batch(self, updates: dict[str, Credentials], removals: set[str]) -> float:
+        """Write one batch; return the delay before retrying it, or 0 when done."""
+        started = time.monotonic()
+        try:
+            conflicts = self._write(updates, removals)
+        except CredfileError as exc:
+            self._failures += 1
+            delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures - 1, 10))
+            with self._cond:
+                for name, creds in updates.items():
+                    self._updates.setdefault(name, creds)
+                for name in removals:
+                    if name not in self._updates:
+                        self._removals.add(name)
+            self._on_failed(exc, delay)
+            return delay
+        self._failures = 0
+        for name, error in conflicts.items():
+            updates.pop(name, None)
+            self._on_conflict(name, error)
+        self._on_written(updates, removals, time.monotonic() - started)
+        return 0.0
