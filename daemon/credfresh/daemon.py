@@ -268,33 +268,54 @@ class Daemon:
         self.wake.set()
 
     def reload(self, reason: str) -> None:
-        """Read, compare the hash, validate, and only then apply; keep the last good config."""
+        """Read, compare the hash, validate, and only then apply; keep the last good config.
+
+        An explicit reload (SIGHUP) is always bracketed by RELOADING=1 and READY=1 for
+        systemd, even when nothing changed; a watched change only when it applies.
+        """
+        explicit = reason == "SIGHUP"
+        with self._reload_lock:
+            if explicit:
+                self.notifier.reloading()
+            try:
+                self._reload(reason)
+            finally:
+                if explicit:
+                    self.notifier.ready()
+
+    def _reload(self, reason: str) -> None:
         from credfresh.schema import load_config
 
-        with self._reload_lock:
-            try:
-                new = load_config(self.config.path, self.environ)
-            except ConfigError as exc:
-                if reason == "poll" and self._rejected == str(exc):
-                    return
-                self._rejected = str(exc)
-                self.log.error("config_rejected", reason=reason, errors=exc.problems)
+        try:
+            new = load_config(self.config.path, self.environ)
+        except ConfigError as exc:
+            if reason == "poll" and self._rejected == str(exc):
                 return
-            self._rejected = None
-            if new.digest == self.config.digest:
-                if reason != "poll":
-                    self.log.info("config_unchanged", reason=reason)
-                return
+            self._rejected = str(exc)
+            self.log.error("config_rejected", reason=reason, errors=exc.problems)
+            return
+        self._rejected = None
+        if new.digest == self.config.digest:
+            if reason != "poll":
+                self.log.info("config_unchanged", reason=reason)
+            return
+        explicit = reason == "SIGHUP"
+        if not explicit:
             self.notifier.reloading()
-            changes = self.engine.apply(new)
-            self.config = new
-            self.log.info("config_reloaded", reason=reason, **changes)
+        changes = self.engine.apply(new)
+        self.config = new
+        self.log.info("config_reloaded", reason=reason, **changes)
+        if not explicit:
             self.notifier.ready()
 
     # ----- views ----------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.engine.heartbeat < 2 * self.engine.wakeup_interval
+        """The scheduler beat within two wake-up intervals (systemd watchdog, /healthz)."""
+        from credfresh.notify import should_ping
+
+        age = time.monotonic() - self.engine.heartbeat
+        return should_ping(age, self.engine.wakeup_interval)
 
     def status_line(self) -> str:
         from credfresh.notify import status_line

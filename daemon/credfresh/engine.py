@@ -39,6 +39,24 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def same_on_disk(found: Credentials | None, wrote: Credentials) -> bool:
+    """Pure: does a section read back from the file hold what credfresh wrote?
+
+    The file keeps times to the second, so times compare as written, not as held.
+    """
+    return found is not None and (
+        found.access_key_id,
+        found.secret_access_key,
+        found.session_token,
+        format_time(found.expiration),
+    ) == (
+        wrote.access_key_id,
+        wrote.secret_access_key,
+        wrote.session_token,
+        format_time(wrote.expiration),
+    )
+
+
 class Engine:
     """Keeps every profile of a config fresh; the daemon builds one and drives its life."""
 
@@ -121,7 +139,13 @@ class Engine:
             executor="control",
             replace_existing=True,
         )
-        for name in self.config.profiles:
+        for name, profile in self.config.profiles.items():
+            source = profile.source_profile
+            if profile.chained and name in self._first_pass and source in self._first_pass:
+                # Waits for its source: `_wake_dependants` runs it once the source is fresh,
+                # and the wake-up catches it should the source fail for long.
+                self._schedule(name, now + timedelta(seconds=self.wakeup_interval))
+                continue
             self._schedule_next(name, now)
         self._update_gauges()
 
@@ -245,7 +269,7 @@ class Engine:
             role_arn=profile.role_arn,
             expires_at=format_time(creds.expiration),
             took_ms=round(took * 1000),
-            recovered=recovered or None,
+            **({"recovered": True} if recovered else {}),
         )
         if self.metrics is not None:
             self.metrics.refresh(profile.name, "success", took)
@@ -263,10 +287,10 @@ class Engine:
             if profile.chained and profile.source_profile == source:
                 with self._lock:
                     state = self.states.get(name)
+                    creds = self.current.get(name)
                     waiting = state is not None and (
                         state.last_error_code == "source_unavailable"
-                        or name not in self.current
-                        or self.current[name].expiration <= now
+                        or refresh.state_of(now, creds, profile.refresh_before) != "fresh"
                     )
                 if waiting:
                     self._schedule(name, now)
@@ -456,7 +480,7 @@ class Engine:
                 if name not in self.config.profiles:
                     continue
                 newest = self.current.get(name, creds)
-                if view.managed.get(name) != newest and newest.expiration > now:
+                if not same_on_disk(view.managed.get(name), newest) and newest.expiration > now:
                     restore[name] = newest
         for name in sorted(restore):
             found = view.managed.get(name)

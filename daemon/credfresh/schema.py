@@ -377,6 +377,7 @@ def build_config(
     _check_chains(models, problems)
     if problems:
         raise ConfigError(problems, path=str(path))
+    warnings = list(dict.fromkeys(warnings))
     assert sts is not None and retry is not None and alerts is not None  # noqa: PT018
     assert http is not None and metrics is not None and container is not None  # noqa: PT018
     credentials_file, owner, state_file = cfg.resolve_paths(document, path, environ)
