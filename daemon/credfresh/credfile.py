@@ -1,0 +1,553 @@
+"""The shared credentials file: credfresh's own sections merged in, every other byte kept."""
+
+from __future__ import annotations
+
+import configparser
+import io
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from credfresh.atomicfile import (
+    EventCallback,
+    TargetChangedError,
+    atomic_write,
+    ensure_private_dir,
+    file_lock,
+    read_snapshot,
+    remove_stale_temps,
+    resolve_target,
+)
+from credfresh.credentials import Credentials, format_time, parse_time
+from credfresh.errors import CredfileError
+
+FORMAT_VERSION = "1"
+OWNER_KEY = "x_credfresh_owner"
+ISSUED_KEY = "x_credfresh_issued"
+FORMAT_KEY = "x_credfresh_format"
+EXPIRES_KEY = "x_security_token_expires"
+PRINCIPAL_KEY = "x_principal_arn"
+FILE_MODE = 0o600
+DEFAULT_LOCK_TIMEOUT = 10.0
+#: The first merge plus up to three merges again when another program changed the file.
+MAX_MERGE_ATTEMPTS = 4
+
+# Universal newlines (\r\n, \r, \n), as botocore's open() reads the file; each line keeps
+# its ending so joining the list gives back the exact text.
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
+_ODD_ASCII_BREAKS = "\x0b\x0c\x1c\x1d\x1e"
+# configparser's own patterns, so our reading of the file cannot drift from botocore's.
+_SECTCRE = configparser.RawConfigParser.SECTCRE
+_DEFAULT_SECTION = configparser.DEFAULTSECT
+
+
+@dataclass(slots=True)
+class _Section:
+    """One `[name]` block: its header line index, the index after its last value line.
+
+    `options` maps lower-cased keys to their raw value lines joined with newlines (what
+    configparser joins); all `[DEFAULT]` blocks share one dict, as in configparser.
+    """
+
+    name: str
+    header: int
+    end: int
+    options: dict[str, str] = field(repr=False)  # values include secrets
+
+    def value(self, key: str) -> str | None:
+        raw = self.options.get(key)
+        return None if raw is None else raw.rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """The outcome of `merge`: the new text and what it changed.
+
+    `updated` holds profiles added or rewritten (bytes changed), `removed` the sections taken
+    out, `conflicts` the profiles refused with CredfileError `section_conflict`, `sections`
+    every section name (except DEFAULT) the new text holds.
+    """
+
+    text: str
+    changed: bool
+    updated: tuple[str, ...]
+    removed: tuple[str, ...]
+    conflicts: Mapping[str, CredfileError]
+    sections: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class FileView:
+    """This owner's view of the file: its readable profiles, the rest by name only.
+
+    `foreign` lists sections that exist but are not this owner's (callers show `conflict`
+    when one is a configured profile); `damaged` lists this owner's sections that cannot be
+    read back (a key missing, a bad time, an unknown format): refreshing rewrites them.
+    """
+
+    managed: Mapping[str, Credentials]
+    foreign: frozenset[str]
+    damaged: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What `write_profiles` did: `written` is False when the bytes would not have changed."""
+
+    path: Path
+    written: bool
+    updated: tuple[str, ...]
+    removed: tuple[str, ...]
+    conflicts: Mapping[str, CredfileError]
+
+
+def _unparseable(line: int, what: str) -> CredfileError:
+    # Only the number: the line itself may hold a secret.
+    return CredfileError(
+        f"cannot parse line {line} ({what}); credfresh does not rewrite a file it cannot parse",
+        code="unparseable_file",
+        line=line,
+    )
+
+
+def _with_path(path: Path, exc: CredfileError) -> CredfileError:
+    return CredfileError(
+        f"{path}: {exc.message}", code=exc.code, profile=exc.profile, line=exc.line
+    )
+
+
+def _split_lines(text: str) -> list[str]:
+    # str.splitlines also breaks at \v, \f, \x1c-\x1e and some non-ASCII separators that
+    # open() does not; it is 6x faster than the regex, so use it when none can occur.
+    if text.isascii() and not any(char in text for char in _ODD_ASCII_BREAKS):
+        return text.splitlines(keepends=True)
+    return _LINE_RE.findall(text)
+
+
+def _parse(lines: list[str]) -> list[_Section]:
+    """Read sections exactly as RawConfigParser(strict=True) does, remembering line spans.
+
+    The rules mirrored: whole-line `#`/`;` comments (indented too) are skipped and do not end
+    a value; blank lines neither; a line indented deeper than the line that started the
+    current key continues its value, even one that looks like a header; `[x]` (after
+    stripping) starts section `x`, taken verbatim; a key is the text before the first `=` or
+    `:`, lower-cased. Any error a strict parser raises (a line before the first header, a
+    line that is no key, an empty key, a duplicate section or key) raises CredfileError
+    `unparseable_file` at the first such line. Written for speed (it runs on every write
+    and every `credential-process` call): one pass, a fast path for unindented lines.
+    """
+    sections: list[_Section] = []
+    names: set[str] = set()
+    defaults: dict[str, str] = {}
+    current: _Section | None = None
+    options: dict[str, str] = {}
+    optname = ""
+    indent_level = 0
+    header_match = _SECTCRE.match
+    for index, line in enumerate(lines):
+        if line[0].isspace():
+            value = line.strip()
+            if not value:
+                if optname:
+                    options[optname] += "\n"
+                continue
+            if value[0] in "#;":
+                continue
+            indent = len(line) - len(line.lstrip())
+            if optname and indent > indent_level:
+                options[optname] += "\n" + value
+                current.end = index + 1  # type: ignore[union-attr]  # optname implies a section
+                continue
+            indent_level = indent
+        else:
+            value = line.rstrip()
+            if value[0] in "#;":
+                continue
+            indent_level = 0
+        if value[0] == "[":
+            header = header_match(value)
+            if header is not None:
+                name = header.group("header")
+                if name in names:
+                    raise _unparseable(index + 1, "a section that appeared before")
+                if name == _DEFAULT_SECTION:
+                    options = defaults
+                else:
+                    names.add(name)
+                    options = {}
+                current = _Section(name, index, index + 1, options)
+                sections.append(current)
+                optname = ""
+                continue
+        if current is None:
+            raise _unparseable(index + 1, "text before the first section header")
+        # configparser's OPTCRE: the key ends at the first `=` or `:`.
+        equals = value.find("=")
+        colon = value.find(":", 0, equals) if equals >= 0 else value.find(":")
+        split = colon if colon >= 0 else equals
+        if split < 0:
+            raise _unparseable(index + 1, "neither a section header, a key nor a comment")
+        if split == 0:
+            raise _unparseable(index + 1, "a key with an empty name")
+        key = value[:split].rstrip().lower()
+        if key in options:
+            raise _unparseable(index + 1, "a key that appeared before in its section")
+        options[key] = value[split + 1 :].strip()
+        current.end = index + 1
+        optname = key
+    return sections
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 text of the file, or CredfileError `unparseable_file` at the first bad line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start].decode("utf-8", errors="replace")
+        raise _unparseable(len(_NEWLINE_RE.findall(before)) + 1, "not UTF-8 text") from None
+
+
+def _check_profile(name: str) -> None:
+    header = _SECTCRE.match(f"[{name}]".strip())
+    if (
+        not name
+        or "\r" in name
+        or "\n" in name
+        or name == _DEFAULT_SECTION
+        or header is None
+        or header.group("header") != name
+    ):
+        raise ValueError(f"profile {name!r} cannot be a credentials-file section name")
+
+
+def _check_owner(owner: str) -> None:
+    if not owner or owner != owner.strip() or "\r" in owner or "\n" in owner:
+        raise ValueError(f"owner {owner!r} must be one line without surrounding whitespace")
+
+
+def render_section(profile: str, creds: Credentials, owner: str) -> str:
+    """The exact text credfresh writes for one profile (pure; ends with a newline).
+
+    Raises ValueError (naming the profile and key, never a value) for a profile name that
+    would not read back as itself, or a value that is empty or spans lines.
+    """
+    _check_profile(profile)
+    _check_owner(owner)
+    fields = [
+        ("aws_access_key_id", creds.access_key_id),
+        ("aws_secret_access_key", creds.secret_access_key),
+        ("aws_session_token", creds.session_token),
+        (EXPIRES_KEY, format_time(creds.expiration)),
+    ]
+    if creds.principal_arn:
+        fields.append((PRINCIPAL_KEY, creds.principal_arn))
+    fields += [(OWNER_KEY, owner), (ISSUED_KEY, format_time(creds.issued))]
+    for key, value in fields:
+        if not value or value != value.strip() or "\r" in value or "\n" in value:
+            raise ValueError(
+                f"profile {profile!r}: {key} must be one non-empty line without surrounding"
+                " whitespace"
+            )
+    fields.append((FORMAT_KEY, FORMAT_VERSION))
+    return f"[{profile}]\n" + "".join(f"{key} = {value}\n" for key, value in fields)
+
+
+def _conflict(profile: str, owner: str) -> CredfileError:
+    return CredfileError(
+        f"profile {profile!r}: the credentials file already has a section [{profile}] that"
+        f" credfresh (owner {owner!r}) does not manage; set adopt: true on the profile to let"
+        " credfresh take it over",
+        code="section_conflict",
+        profile=profile,
+    )
+
+
+def _is_blank(line: str) -> bool:
+    return not line.strip()
+
+
+def _check_next_header(lines: list[str], section: _Section) -> None:
+    """Refuse to change a section followed by an indented header.
+
+    Such a header only reads as a header because of the indentation of the key before it;
+    after our rewrite (keys at column 0) or a removal it would become a continuation of the
+    previous key and that section would vanish into a value.
+    """
+    for index in range(section.end, len(lines)):
+        stripped = lines[index].strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if lines[index][0].isspace():
+            raise CredfileError(
+                f"line {index + 1}: this section header is indented; credfresh cannot change"
+                " the section before it without turning the header into a value",
+                code="write_failed",
+                line=index + 1,
+            )
+        return
+
+
+def merge(
+    text: str,
+    owner: str,
+    updates: Mapping[str, Credentials],
+    removals: Collection[str] = (),
+    adopt: Collection[str] = (),
+) -> MergeResult:
+    """Merge this owner's sections into `text` (pure: no I/O), keeping every other byte.
+
+    - An update of a section this owner manages (its `x_credfresh_owner` equals `owner`)
+      replaces it in place, header through its last value line; comments or keys someone
+      put inside a managed section go with it (credfresh owns those sections whole).
+    - A same-named section that is not this owner's is a `section_conflict` for that
+      profile (reported, the others still merge) unless the profile is in `adopt`, which
+      replaces its contents in place.
+    - New sections are appended, each after one blank line (none for an empty file); a
+      text without a final newline first gets one, the only change to existing bytes.
+    - A removal takes the section's lines and one blank line next to it: the one before
+      its header, else the one after its last line. Appending then removing a section so
+      gives back the original text. Sections not this owner's are never removed.
+
+    Raises CredfileError `unparseable_file` for text a strict configparser rejects,
+    `write_failed` when a change would alter another section, and ValueError for bad
+    arguments (a profile both updated and removed, an unusable name or value).
+    """
+    _check_owner(owner)
+    clash = set(updates) & set(removals)
+    if clash:
+        raise ValueError(f"profiles both updated and removed: {sorted(clash)}")
+    rendered = {name: render_section(name, creds, owner) for name, creds in updates.items()}
+    for name in removals:
+        _check_profile(name)
+    lines = _split_lines(text)
+    sections = {s.name: s for s in _parse(lines) if s.name != _DEFAULT_SECTION}
+    names = set(sections)
+    replace: dict[int, tuple[int, str]] = {}
+    drop: set[int] = set()
+    appended: list[str] = []
+    updated: list[str] = []
+    removed: list[str] = []
+    conflicts: dict[str, CredfileError] = {}
+    for name, section_text in rendered.items():
+        section = sections.get(name)
+        if section is None:
+            appended.append(section_text)
+            updated.append(name)
+            names.add(name)
+            continue
+        if section.value(OWNER_KEY) != owner and name not in adopt:
+            conflicts[name] = _conflict(name, owner)
+            continue
+        if "".join(lines[section.header : section.end]) == section_text:
+            continue
+        _check_next_header(lines, section)
+        replace[section.header] = (section.end, section_text)
+        updated.append(name)
+    for name in removals:
+        section = sections.get(name)
+        if section is None or section.value(OWNER_KEY) != owner:
+            continue
+        _check_next_header(lines, section)
+        drop.update(range(section.header, section.end))
+        if section.header > 0 and _is_blank(lines[section.header - 1]):
+            drop.add(section.header - 1)
+        elif section.end < len(lines) and _is_blank(lines[section.end]):
+            drop.add(section.end)
+        removed.append(name)
+        names.discard(name)
+    if not (replace or drop or appended):
+        new_text = text
+    else:
+        out: list[str] = []
+        index = 0
+        while index < len(lines):
+            if index in replace:
+                index, section_text = replace[index]
+                out.append(section_text)
+                continue
+            if index not in drop:
+                out.append(lines[index])
+            index += 1
+        if appended and out and not out[-1].endswith(("\n", "\r")):
+            out.append("\n")
+        for section_text in appended:
+            if out:
+                out.append("\n")
+            out.append(section_text)
+        new_text = "".join(out)
+    return MergeResult(
+        text=new_text,
+        changed=new_text != text,
+        updated=tuple(updated),
+        removed=tuple(removed),
+        conflicts=conflicts,
+        sections=frozenset(names),
+    )
+
+
+def _credentials_of(section: _Section) -> Credentials | None:
+    if section.value(FORMAT_KEY) != FORMAT_VERSION:
+        return None
+    access_key = section.value("aws_access_key_id")
+    secret = section.value("aws_secret_access_key")
+    token = section.value("aws_session_token")
+    if not (access_key and secret and token):
+        return None
+    try:
+        expiration = parse_time(section.value(EXPIRES_KEY) or "")
+        issued = parse_time(section.value(ISSUED_KEY) or "")
+    except ValueError:
+        return None
+    return Credentials(
+        access_key_id=access_key,
+        secret_access_key=secret,
+        session_token=token,
+        expiration=expiration,
+        issued=issued,
+        principal_arn=section.value(PRINCIPAL_KEY) or "",
+    )
+
+
+def view_of(text: str, owner: str, profiles: Collection[str] | None = None) -> FileView:
+    """The FileView of a text (pure); raises CredfileError `unparseable_file`.
+
+    With `profiles`, only those are read into `managed`/`damaged` (`foreign` is complete):
+    `credential-process` needs one profile and should not decode a thousand.
+    """
+    managed: dict[str, Credentials] = {}
+    foreign: set[str] = set()
+    damaged: set[str] = set()
+    wanted = None if profiles is None else set(profiles)
+    for section in _parse(_split_lines(text)):
+        if section.name == _DEFAULT_SECTION:
+            continue
+        if section.value(OWNER_KEY) != owner:
+            foreign.add(section.name)
+            continue
+        if wanted is not None and section.name not in wanted:
+            continue
+        creds = _credentials_of(section)
+        if creds is None:
+            damaged.add(section.name)
+        else:
+            managed[section.name] = creds
+    return FileView(managed, frozenset(foreign), frozenset(damaged))
+
+
+def read_managed(path: Path, owner: str, profiles: Collection[str] | None = None) -> FileView:
+    """Read this owner's profiles (all, or only `profiles`); a missing file is an empty view.
+
+    No lock: writers replace the file by rename, so a read sees one whole version. The same
+    ownership rules as writing apply (a symlink or tree of another user is `unsafe_path`),
+    so a planted file cannot feed credentials to credfresh. Only the stdlib is used: this is
+    on the path of `credfresh credential-process`, which must start fast. Raises
+    CredfileError `unparseable_file` (with `line`), `unsafe_path` or `read_failed`.
+    """
+    real = resolve_target(path)
+    try:
+        data = real.read_bytes()
+    except FileNotFoundError:
+        return FileView({}, frozenset(), frozenset())
+    except OSError as exc:
+        raise CredfileError(
+            f"could not read {real}: {exc.strerror or type(exc).__name__}", code="read_failed"
+        ) from None
+    try:
+        return view_of(decode(data), owner, profiles)
+    except CredfileError as exc:
+        raise _with_path(real, exc) from None
+
+
+def _check_result(path: Path, result: MergeResult, owner: str) -> None:
+    """The final gate before writing: a strict stdlib parser must read what we made.
+
+    It also checks that the merge kept exactly the sections it meant to keep and that each
+    written profile reads back as ours; a failure here is a credfresh bug, so nothing is
+    written rather than risking other profiles.
+    """
+    parser = configparser.RawConfigParser(strict=True)
+    try:
+        parser.read_file(io.StringIO(result.text, newline=None))
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", None)
+        raise CredfileError(
+            f"{path}: the merged file would not parse (line {line}); nothing was written",
+            code="write_failed",
+            line=line,
+        ) from None
+    if set(parser.sections()) != result.sections or any(
+        parser.get(name, OWNER_KEY, fallback=None) != owner for name in result.updated
+    ):
+        raise CredfileError(
+            f"{path}: the merge would change sections it must keep; nothing was written",
+            code="write_failed",
+        )
+
+
+def write_profiles(
+    path: Path,
+    owner: str,
+    updates: Mapping[str, Credentials],
+    removals: Collection[str] = (),
+    *,
+    adopt: Collection[str] = (),
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    on_event: EventCallback | None = None,
+    before_commit: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """Write and remove any number of this owner's profiles in one locked, atomic write.
+
+    Sequence: check ownership and follow our own symlink (`resolve_target`), create missing
+    directories 0700, flock `<file>.lock` (at most `lock_timeout` s), drop temp files that
+    crashed writers left (under the lock every one is stale), read, `merge`, check the
+    result with RawConfigParser(strict=True), then `atomic_write` (0600 temp, fsync,
+    rename, directory fsync; in-place rewrite for a bind-mounted file).
+    If another program changed the file after our read, read and merge again, up to
+    MAX_MERGE_ATTEMPTS in all. Nothing is written when the bytes would not change.
+
+    `section_conflict` profiles are in `.conflicts`, the rest is still written.
+    `write_failed`, `unparseable_file` and `unsafe_path` are raised as CredfileError; the
+    old file is then untouched. `before_commit(attempt)` runs after the temp file is synced
+    and before the re-check and rename: a seam for tests, None in production.
+    `on_event(name, fields)` receives notices (`rewritten_in_place`, `stale_temp_removed`,
+    `credfile_changed_during_write`, `owner_not_kept`, `dir_fsync_failed`).
+    """
+    merge("", owner, updates, removals, adopt)  # bad arguments fail before any disk access
+    real = resolve_target(path)
+    ensure_private_dir(real.parent)
+    with file_lock(real.with_name(real.name + ".lock"), lock_timeout):
+        remove_stale_temps(real, locked=True, on_event=on_event)
+        for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
+            data, snapshot = read_snapshot(real)
+            try:
+                result = merge(decode(data), owner, updates, removals, adopt)
+            except CredfileError as exc:
+                raise _with_path(real, exc) from None
+            if not result.changed:
+                return WriteResult(real, False, (), (), result.conflicts)
+            _check_result(real, result, owner)
+            hook = None if before_commit is None else partial(before_commit, attempt)
+            try:
+                atomic_write(
+                    real,
+                    result.text.encode("utf-8"),
+                    mode=FILE_MODE,
+                    expected=snapshot,
+                    before_rename=hook,
+                    on_event=on_event,
+                )
+            except TargetChangedError:
+                if on_event is not None:
+                    on_event(
+                        "credfile_changed_during_write", {"path": str(real), "attempt": attempt}
+                    )
+                continue
+            return WriteResult(real, True, result.updated, result.removed, result.conflicts)
+    raise CredfileError(
+        f"{real} was changed by another program during each of {MAX_MERGE_ATTEMPTS} attempts;"
+        " nothing was written",
+        code="write_failed",
+    )
