@@ -1,0 +1,1271 @@
+"""Alerts that fire, repeat, escalate and resolve exactly once, and the sinks that carry them."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import types
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, Final, Literal, Protocol, cast
+
+import urllib3
+
+from credfresh import __version__
+from credfresh.config import AlertSettings, format_duration
+from credfresh.credentials import format_time
+from credfresh.logs import Redactor
+
+Kind = Literal["sts_error", "expiring", "expired", "config_rejected", "write_failed"]
+Status = Literal["firing", "resolved"]
+Severity = Literal["warning", "critical"]
+Transition = Literal["fired", "repeated", "escalated", "resolved"]
+Key = tuple[Kind, str | None]
+
+KINDS: Final[tuple[Kind, ...]] = (
+    "sts_error",
+    "expiring",
+    "expired",
+    "config_rejected",
+    "write_failed",
+)
+PROFILE_KINDS: Final[tuple[Kind, ...]] = ("sts_error", "expiring", "expired")
+GLOBAL_KINDS: Final[tuple[Kind, ...]] = ("config_rejected", "write_failed")
+STATE_VERSION: Final = 1
+#: Bounds that keep one alert a chat line, whatever an error message holds.
+MAX_MESSAGE_CHARS: Final = 500
+MAX_TEXT_CHARS: Final = 1000
+#: Events waiting for the sink worker; past this the oldest is dropped (and logged).
+DEFAULT_QUEUE_SIZE: Final = 256
+WEBHOOK_TIMEOUT: Final = 5.0
+#: How much of a failed command's stderr reaches the log.
+STDERR_TAIL_BYTES: Final = 400
+
+_ICONS: Final[Mapping[str, str]] = types.MappingProxyType(
+    {"warning": ":warning:", "critical": ":rotating_light:", "resolved": ":white_check_mark:"}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The pure state machine: plain data in, plain data out, `now` always passed in.
+#
+# One alert per (kind, profile), id `host:kind:profile` (`-` for none). Lifecycle: pending ->
+# fired -> repeated every `repeat` (and for sts_error: escalated once, same id, to critical
+# when the credentials on disk expire) -> resolved once. Per profile:
+# - sts_error, the cause: from the first failed refresh until the next success. Fires on a
+#   permanent error, once a transient one has lasted `after`, or at once when the
+#   credentials on disk expire within `expiry_warning`. Critical when they have expired.
+# - expiring (warning) / expired (critical), the symptom with no known cause: credentials
+#   running out while no refresh has failed (a stalled scheduler, a lost job). They give way
+#   (resolve as superseded) to a firing sts_error, and `expiring` gives way to `expired`, so
+#   at most one alert per profile fires at a time. No credentials on disk (None) is neither.
+# Global: config_rejected (fires at once; resolved by a reload that leaves a valid config in
+# force) and write_failed (permanent at once, transient after `after`; resolved by a write).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """The timing rules and the host name every alert id carries."""
+
+    host: str
+    after: timedelta = timedelta(minutes=5)
+    expiry_warning: timedelta = timedelta(minutes=10)
+    repeat: timedelta = timedelta(hours=1)
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings, host: str) -> Policy:
+        return cls(
+            host=host,
+            after=timedelta(seconds=settings.after),
+            expiry_warning=timedelta(seconds=settings.expiry_warning),
+            repeat=timedelta(seconds=settings.repeat),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProfileFacts:
+    """What `tick` needs to know of one configured profile: its role and what is on disk."""
+
+    role_arn: str | None = None
+    expires_at: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert's state: pending (`firing` False) until its rule says fire, then firing.
+
+    Resolving removes the alert, so a record exists only while its condition lasts.
+    """
+
+    kind: Kind
+    profile: str | None
+    since: datetime
+    firing: bool = False
+    severity: Severity = "warning"
+    last_sent: datetime | None = None
+    permanent: bool = False
+    role_arn: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+    hint: str | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.profile)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "profile": self.profile,
+            "since": self.since.isoformat(),
+            "firing": self.firing,
+            "severity": self.severity,
+            "last_sent": _iso_or_none(self.last_sent),
+            "permanent": self.permanent,
+            "role_arn": self.role_arn,
+            "error_code": self.error_code,
+            "message": self.message,
+            "hint": self.hint,
+            "expires_at": _iso_or_none(self.expires_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Alert:
+        """Rebuild a record from `to_dict`; ValueError names the first field that is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"alert: expected a mapping (got {type(data).__name__})")
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"alert.kind: expected one of {', '.join(KINDS)} (got {kind!r})")
+        severity = data.get("severity", "warning")
+        if severity not in ("warning", "critical"):
+            raise ValueError(f"alert.severity: expected warning or critical (got {severity!r})")
+        since = _read_time(data, "since")
+        if since is None:
+            raise ValueError("alert.since: required")
+        return cls(
+            kind=cast(Kind, kind),
+            profile=_read_str(data, "profile"),
+            since=since,
+            firing=_read_bool(data, "firing"),
+            severity=cast(Severity, severity),
+            last_sent=_read_time(data, "last_sent"),
+            permanent=_read_bool(data, "permanent"),
+            role_arn=_read_str(data, "role_arn"),
+            error_code=_read_str(data, "error_code"),
+            message=_read_str(data, "message"),
+            hint=_read_str(data, "hint"),
+            expires_at=_read_time(data, "expires_at"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertState:
+    """Every live alert by (kind, profile); immutable, so a transition returns a new one."""
+
+    alerts: Mapping[Key, Alert] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+
+    def get(self, kind: Kind, profile: str | None = None) -> Alert | None:
+        return self.alerts.get((kind, profile))
+
+    def firing_count(self) -> int:
+        return sum(1 for alert in self.alerts.values() if alert.firing)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe, for the daemon's state file: a restart neither re-fires nor forgets."""
+        ordered = sorted(self.alerts.values(), key=lambda a: (a.kind, a.profile or ""))
+        return {"version": STATE_VERSION, "alerts": [alert.to_dict() for alert in ordered]}
+
+    @classmethod
+    def from_dict(cls, data: object) -> AlertState:
+        """Rebuild from `to_dict`; ValueError says what is wrong (callers start empty then)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"alert state: expected a mapping (got {type(data).__name__})")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"alert state.version: expected {STATE_VERSION} (got {data.get('version')!r})"
+            )
+        items = data.get("alerts")
+        if not isinstance(items, list):
+            raise ValueError("alert state.alerts: expected a list")
+        alerts = [Alert.from_dict(item) for item in items]
+        return cls(types.MappingProxyType({alert.key: alert for alert in alerts}))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One message for the sinks: an alert fired, repeated, escalated or resolved."""
+
+    alert_id: str
+    alert: Kind
+    status: Status
+    severity: Severity
+    transition: Transition
+    profile: str | None
+    role_arn: str | None
+    error_code: str | None
+    message: str | None
+    hint: str | None
+    expires_at: datetime | None
+    host: str
+    time: datetime
+    text: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "alert_id": self.alert_id,
+            "alert": self.alert,
+            "status": self.status,
+            "severity": self.severity,
+            "transition": self.transition,
+            "profile": self.profile,
+            "role_arn": self.role_arn,
+            "error_code": self.error_code,
+            "message": self.message,
+            "hint": self.hint,
+            "expires_at": _time_or_none(self.expires_at),
+            "host": self.host,
+            "time": format_time(self.time),
+            "text": self.text,
+        }
+
+    def redacted(self, redactor: Redactor) -> AlertEvent:
+        """Every string through the redactor: no secret reaches a webhook or a command."""
+
+        def clean(value: str | None) -> str | None:
+            return None if value is None else redactor.text(value)
+
+        return dataclasses.replace(
+            self,
+            alert_id=redactor.text(self.alert_id),
+            profile=clean(self.profile),
+            role_arn=clean(self.role_arn),
+            error_code=clean(self.error_code),
+            message=clean(self.message),
+            hint=clean(self.hint),
+            host=redactor.text(self.host),
+            text=redactor.text(self.text),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """A transition's result: the next state and the events it produced, in order."""
+
+    state: AlertState
+    events: tuple[AlertEvent, ...] = ()
+
+
+def alert_id(host: str, kind: Kind, profile: str | None) -> str:
+    return f"{host}:{kind}:{profile or '-'}"
+
+
+class _Draft:
+    """A working copy for one transition, so the public functions stay pure."""
+
+    def __init__(self, state: AlertState, policy: Policy, now: datetime) -> None:
+        self.alerts = dict(state.alerts)
+        self.policy = policy
+        self.now = now
+        self.events: list[AlertEvent] = []
+
+    def get(self, kind: Kind, profile: str | None) -> Alert | None:
+        return self.alerts.get((kind, profile))
+
+    def put(self, alert: Alert) -> None:
+        self.alerts[alert.key] = alert
+
+    def evaluate(self, alert: Alert) -> None:
+        """Store `alert` after firing, escalating or repeating it if its rule says so now."""
+        now, policy = self.now, self.policy
+        if not alert.firing:
+            if _should_fire(alert, policy, now):
+                severity: Severity = "critical" if _critical(alert, now) else "warning"
+                alert = dataclasses.replace(alert, firing=True, severity=severity)
+                alert = self._send(alert, "fired")
+        elif alert.severity == "warning" and _critical(alert, now):
+            alert = self._send(dataclasses.replace(alert, severity="critical"), "escalated")
+        elif alert.last_sent is None or now - alert.last_sent >= policy.repeat:
+            alert = self._send(alert, "repeated")
+        self.put(alert)
+
+    def resolve(
+        self, kind: Kind, profile: str | None, why: str, expires_at: datetime | None = None
+    ) -> None:
+        """Drop the alert; only one that was sent as firing is announced as resolved."""
+        alert = self.alerts.pop((kind, profile), None)
+        if alert is None or not alert.firing:
+            return
+        final = dataclasses.replace(
+            alert, message=why, hint=None, expires_at=expires_at or alert.expires_at
+        )
+        self.events.append(_event(final, self.policy, self.now, "resolved", "resolved"))
+
+    def _send(self, alert: Alert, transition: Transition) -> Alert:
+        alert = dataclasses.replace(alert, last_sent=self.now)
+        self.events.append(_event(alert, self.policy, self.now, "firing", transition))
+        return alert
+
+    def step(self) -> Step:
+        return Step(AlertState(types.MappingProxyType(self.alerts)), tuple(self.events))
+
+
+def _should_fire(alert: Alert, policy: Policy, now: datetime) -> bool:
+    """The firing rule per kind: expiry and config alerts exist only while they should fire."""
+    if alert.kind not in ("sts_error", "write_failed"):
+        return True
+    if alert.permanent or now - alert.since >= policy.after:
+        return True
+    return (
+        alert.kind == "sts_error"
+        and alert.expires_at is not None
+        and alert.expires_at - now <= policy.expiry_warning
+    )
+
+
+def _critical(alert: Alert, now: datetime) -> bool:
+    """Critical means consumers are broken now: the credentials on disk have expired."""
+    if alert.kind == "expired":
+        return True
+    return alert.kind == "sts_error" and alert.expires_at is not None and alert.expires_at <= now
+
+
+def _failure(
+    draft: _Draft,
+    kind: Kind,
+    profile: str | None,
+    *,
+    permanent: bool,
+    role_arn: str | None,
+    code: str | None,
+    message: str,
+    hint: str | None,
+    expires_at: datetime | None,
+) -> Alert:
+    old = draft.get(kind, profile)
+    details: dict[str, Any] = {
+        "permanent": permanent,
+        "error_code": code,
+        "message": _bounded(message),
+        "hint": _bounded(hint) if hint else None,
+    }
+    if role_arn is not None:
+        details["role_arn"] = role_arn
+    if expires_at is not None:
+        details["expires_at"] = expires_at
+    if old is None:
+        return Alert(kind=kind, profile=profile, since=draft.now, **details)
+    return dataclasses.replace(old, **details)
+
+
+def on_refresh_failed(
+    state: AlertState,
+    policy: Policy,
+    *,
+    profile: str,
+    role_arn: str | None,
+    code: str,
+    message: str,
+    hint: str | None,
+    permanent: bool,
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> Step:
+    """A refresh of `profile` failed: start its sts_error alert, or update and re-check it.
+
+    Fires at once for a permanent error, once a transient one has lasted `after`, or as soon
+    as the credentials on disk (`expires_at`) are within `expiry_warning` of expiring.
+    Details are updated in place; the next repeat carries them.
+    """
+    draft = _Draft(state, policy, now)
+    draft.evaluate(
+        _failure(
+            draft,
+            "sts_error",
+            profile,
+            permanent=permanent,
+            role_arn=role_arn,
+            code=code,
+            message=message,
+            hint=hint,
+            expires_at=expires_at,
+        )
+    )
+    _supersede_expiry(draft, profile)
+    return draft.step()
+
+
+def on_refresh_succeeded(
+    state: AlertState,
+    policy: Policy,
+    *,
+    profile: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> Step:
+    """New credentials for `profile` are on disk: every alert of the profile resolves, once."""
+    draft = _Draft(state, policy, now)
+    for kind in PROFILE_KINDS:
+        draft.resolve(kind, profile, "credentials refreshed", expires_at)
+    return draft.step()
+
+
+def on_tick(
+    state: AlertState, policy: Policy, *, now: datetime, profiles: Mapping[str, ProfileFacts]
+) -> Step:
+    """The periodic check (every ~30 s): `after`, expiry, escalation and repeats.
+
+    `profiles` must hold every configured profile; alerts of profiles missing from it are
+    left untouched (`on_profile_removed` drops them).
+    """
+    draft = _Draft(state, policy, now)
+    for name in sorted(profiles):
+        facts = profiles[name]
+        sts = draft.get("sts_error", name)
+        if sts is not None:
+            draft.evaluate(
+                dataclasses.replace(
+                    sts,
+                    expires_at=facts.expires_at,
+                    role_arn=facts.role_arn or sts.role_arn,
+                )
+            )
+        _expiry_rules(draft, name, facts)
+    for kind in GLOBAL_KINDS:
+        alert = draft.get(kind, None)
+        if alert is not None:
+            draft.evaluate(alert)
+    return draft.step()
+
+
+def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
+    """`expiring` and `expired`: running out with no failed refresh known to explain it.
+
+    They cover what sts_error cannot see (a stalled scheduler, a lost job). While an
+    sts_error fires for the profile it carries the expiry itself (and escalates), so these
+    two are then resolved as superseded; likewise `expiring` once `expired` takes over.
+    At most one alert per profile fires at a time.
+    """
+    now, expires_at = draft.now, facts.expires_at
+    sts = draft.get("sts_error", profile)
+    blocked = sts is not None and sts.firing
+    wanted: dict[Kind, bool] = {
+        "expired": not blocked and expires_at is not None and expires_at <= now,
+        "expiring": not blocked
+        and expires_at is not None
+        and now < expires_at <= now + draft.policy.expiry_warning,
+    }
+    for kind in ("expired", "expiring"):
+        current = draft.get(kind, profile)
+        if wanted[kind] and expires_at is not None:
+            message = _expiry_message(kind, expires_at, now)
+            if current is None:
+                current = Alert(kind=kind, profile=profile, since=now)
+            draft.evaluate(
+                dataclasses.replace(
+                    current,
+                    role_arn=facts.role_arn or current.role_arn,
+                    expires_at=expires_at,
+                    message=message,
+                )
+            )
+        elif current is not None:
+            if blocked:
+                why = "superseded by sts_error"
+            elif wanted["expired"]:
+                why = "superseded by expired"
+            else:
+                why = "credentials refreshed"
+            draft.resolve(kind, profile, why, expires_at)
+
+
+def _supersede_expiry(draft: _Draft, profile: str) -> None:
+    sts = draft.get("sts_error", profile)
+    if sts is not None and sts.firing:
+        for kind in ("expired", "expiring"):
+            draft.resolve(kind, profile, "superseded by sts_error")
+
+
+def _expiry_message(kind: Kind, expires_at: datetime, now: datetime) -> str:
+    if kind == "expired":
+        return f"credentials expired at {format_time(expires_at)} and were not refreshed"
+    left = format_duration((expires_at - now).total_seconds())
+    return f"credentials expire in {left} and have not been refreshed"
+
+
+def on_write_failed(
+    state: AlertState,
+    policy: Policy,
+    *,
+    code: str,
+    message: str,
+    now: datetime,
+    permanent: bool = True,
+) -> Step:
+    """The credentials file could not be written; a transient failure (a lock) waits `after`."""
+    draft = _Draft(state, policy, now)
+    draft.evaluate(
+        _failure(
+            draft,
+            "write_failed",
+            None,
+            permanent=permanent,
+            role_arn=None,
+            code=code,
+            message=message,
+            hint=None,
+            expires_at=None,
+        )
+    )
+    return draft.step()
+
+
+def on_write_succeeded(state: AlertState, policy: Policy, *, now: datetime) -> Step:
+    draft = _Draft(state, policy, now)
+    draft.resolve("write_failed", None, "the credentials file was written")
+    return draft.step()
+
+
+def on_config_rejected(
+    state: AlertState, policy: Policy, *, errors: Sequence[str], now: datetime
+) -> Step:
+    """A reload was refused (the old config stays in force): a human must fix the file."""
+    draft = _Draft(state, policy, now)
+    message = "; ".join(errors) or "the config was rejected"
+    draft.evaluate(
+        _failure(
+            draft,
+            "config_rejected",
+            None,
+            permanent=True,
+            role_arn=None,
+            code="config_invalid",
+            message=f"{len(errors)} problem(s): {message}",
+            hint="run `credfresh validate` on the config file",
+            expires_at=None,
+        )
+    )
+    return draft.step()
+
+
+def on_config_applied(state: AlertState, policy: Policy, *, now: datetime) -> Step:
+    """A reload left a valid config in force (applied, or unchanged after a revert)."""
+    draft = _Draft(state, policy, now)
+    draft.resolve("config_rejected", None, "a valid config is in force")
+    return draft.step()
+
+
+def on_profile_removed(state: AlertState, policy: Policy, *, profile: str, now: datetime) -> Step:
+    """The profile left the config: its alerts resolve, since nothing will ever clear them."""
+    draft = _Draft(state, policy, now)
+    for kind in PROFILE_KINDS:
+        draft.resolve(kind, profile, "profile removed from the config")
+    return draft.step()
+
+
+def _event(
+    alert: Alert, policy: Policy, now: datetime, status: Status, transition: Transition
+) -> AlertEvent:
+    return AlertEvent(
+        alert_id=alert_id(policy.host, alert.kind, alert.profile),
+        alert=alert.kind,
+        status=status,
+        severity=alert.severity,
+        transition=transition,
+        profile=alert.profile,
+        role_arn=alert.role_arn,
+        error_code=alert.error_code,
+        message=alert.message,
+        hint=alert.hint,
+        expires_at=alert.expires_at,
+        host=policy.host,
+        time=now,
+        text=render_text(alert, policy.host, now, status, transition),
+    )
+
+
+def render_text(
+    alert: Alert, host: str, now: datetime, status: Status, transition: Transition
+) -> str:
+    """One Slack-renderable line: icon, host, profile, kind, code, message, hint, expiry."""
+    icon = _ICONS["resolved" if status == "resolved" else alert.severity]
+    head = f"{icon} credfresh on {host}: "
+    head += f"{alert.profile} {alert.kind}" if alert.profile else alert.kind
+    if status == "resolved":
+        head += " resolved"
+    else:
+        if alert.error_code:
+            head += f" {alert.error_code}"
+        if transition == "escalated":
+            head += " (escalated to critical: the credentials on disk expired)"
+        elif transition == "repeated":
+            head += f" (still firing since {format_time(alert.since)})"
+    parts = [head]
+    if alert.message:
+        parts.append(alert.message)
+    if status == "firing":
+        if alert.hint:
+            parts.append(f"hint: {alert.hint}")
+        if alert.expires_at is not None and alert.kind == "sts_error":
+            verb = "expired" if alert.expires_at <= now else "expire"
+            parts.append(f"credentials on disk {verb} at {format_time(alert.expires_at)}")
+    line = " ".join(" — ".join(parts).split())
+    return _slack_escape(line)[:MAX_TEXT_CHARS]
+
+
+def _slack_escape(text: str) -> str:
+    """Slack reads &, < and > as markup; a message quoting them must not become a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _bounded(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _time_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
+
+
+def _read_str(data: Mapping[str, object], name: str) -> str | None:
+    value = data.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"alert.{name}: expected a string or null (got {type(value).__name__})")
+
+
+def _read_bool(data: Mapping[str, object], name: str) -> bool:
+    value = data.get(name, False)
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"alert.{name}: expected true or false (got {type(value).__name__})")
+
+
+def _read_time(data: Mapping[str, object], name: str) -> datetime | None:
+    value = _read_str(data, name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"alert.{name}: expected an ISO 8601 time (got {value!r})") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"alert.{name}: expected a time with a UTC offset (got {value!r})")
+    return moment
+
+
+# --------------------------------------------------------------------------------------------
+# Sinks: where events go. They run on the manager's worker thread, never on the refresh path.
+# --------------------------------------------------------------------------------------------
+
+
+class Logger(Protocol):
+    """The slice of a structlog logger the alert machinery uses."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+class SinkError(Exception):
+    """A delivery failed; the message is safe to log (no URL, no secret)."""
+
+
+class Sink(Protocol):
+    name: str
+
+    def send(self, payload: Mapping[str, object]) -> str:
+        """Deliver one event; return a short status for the log, raise SinkError on failure."""
+        ...
+
+    def abort(self) -> None:
+        """Cut a delivery in progress short (called from another thread on shutdown)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def environ_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """`urllib.request.getproxies_environment` over an injected environ (lowercase wins)."""
+    proxies: dict[str, str] = {}
+    for name, value in environ.items():
+        if value and name.lower().endswith("_proxy"):
+            proxies[name.lower()[:-6]] = value
+    for name, value in environ.items():
+        if name.endswith("_proxy"):
+            if value:
+                proxies[name[:-6].lower()] = value
+            else:
+                proxies.pop(name[:-6].lower(), None)
+    return proxies
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy boto3 would use for `url`, or None to connect directly.
+
+    Same rules as botocore: `<scheme>_proxy` (lowercase preferred over uppercase),
+    `no_proxy` by host or domain suffix with `*` for all (no CIDR ranges, like botocore),
+    and a proxy given without a scheme means `http://`.
+    """
+    proxies = environ_proxies(environ)
+    parts = urllib.parse.urlsplit(url)
+    hostport = parts.netloc.rpartition("@")[2]
+    no_proxy = proxies.get("no")
+    if no_proxy and urllib.request.proxy_bypass(hostport, {"no": no_proxy}):
+        return None
+    proxy = proxies.get(parts.scheme.lower())
+    if not proxy:
+        return None
+    if proxy.startswith("//"):
+        return "http:" + proxy
+    return proxy if proxy.startswith(("http:", "https:")) else "http://" + proxy
+
+
+def webhook_secrets(url: str) -> tuple[str, ...]:
+    """The parts of a webhook URL that must never reach a log: all of it, its path and query."""
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    found = [url, target, parts.path, parts.query]
+    if parts.password:
+        found.append(parts.password)
+    return tuple(part for part in found if part and part != "/")
+
+
+def default_retry() -> urllib3.Retry:
+    """3 retries with backoff on connection errors and 429/5xx; never on a read timeout.
+
+    A POST that timed out reading may have been delivered: retrying it would post twice.
+    Retry-After is ignored so a 503 cannot park the worker for an hour.
+    """
+    return urllib3.Retry(
+        total=3,
+        connect=3,
+        read=0,
+        status=3,
+        other=0,
+        redirect=False,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"POST"}),
+        raise_on_status=False,
+        respect_retry_after_header=False,
+    )
+
+
+class WebhookSink:
+    """POST the event JSON to a URL, through the proxy boto3 would use for it."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        environ: Mapping[str, str],
+        timeout: float = WEBHOOK_TIMEOUT,
+        retries: urllib3.Retry | None = None,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        options: dict[str, Any] = {
+            "num_pools": 1,
+            "maxsize": 1,
+            "retries": retries if retries is not None else default_retry(),
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+            "headers": {"User-Agent": f"credfresh/{__version__}"},
+        }
+        self.proxy = proxy_for(url, environ)
+        self._http: urllib3.PoolManager
+        if self.proxy is None:
+            self._http = urllib3.PoolManager(**options)
+        else:
+            parsed = urllib3.util.parse_url(self.proxy)
+            headers = {}
+            if parsed.auth:
+                headers = urllib3.util.make_headers(
+                    proxy_basic_auth=urllib.parse.unquote(parsed.auth)
+                )
+            bare = parsed._replace(auth=None).url
+            self._http = urllib3.ProxyManager(bare, proxy_headers=headers, **options)
+
+    def send(self, payload: Mapping[str, object]) -> str:
+        try:
+            response = self._http.request(
+                "POST", self._url, json=payload, redirect=False, preload_content=False
+            )
+        except urllib3.exceptions.MaxRetryError as exc:
+            raise SinkError(_describe(exc.reason)) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise SinkError(_describe(exc)) from None
+        try:
+            response.read(64 * 1024)
+        except urllib3.exceptions.HTTPError:
+            pass
+        finally:
+            response.release_conn()
+            response.close()
+        if not 200 <= response.status < 300:
+            raise SinkError(f"HTTP {response.status}")
+        return f"HTTP {response.status}"
+
+    def abort(self) -> None:
+        """Nothing to cut: a stuck request ends at the 5 s timeout on its own."""
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+def _describe(reason: BaseException | None) -> str:
+    """A failure in words that never quote the URL (a Slack webhook's path is its secret).
+
+    Order matters: urllib3's NewConnectionError is a subclass of ConnectTimeoutError.
+    """
+    errors = urllib3.exceptions
+    if isinstance(reason, errors.ReadTimeoutError):
+        return "no answer within the timeout"
+    if isinstance(reason, errors.ProxyError):
+        return "the proxy refused or failed the request"
+    if isinstance(reason, errors.SSLError):
+        return "TLS handshake failed"
+    if isinstance(reason, errors.NewConnectionError | ConnectionError):
+        return "connection failed"
+    if isinstance(reason, errors.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(reason, errors.ResponseError):
+        return "too many error responses"
+    return f"request failed ({type(reason).__name__})"
+
+
+class CommandSink:
+    """Run an argv list with the event JSON on stdin, without any AWS_* variable.
+
+    The command gets its own process group, so a timeout kills whatever it started too.
+    """
+
+    name = "command"
+
+    def __init__(self, argv: Sequence[str], *, timeout: float, environ: Mapping[str, str]) -> None:
+        if not argv:
+            raise ValueError("command: expected a non-empty argv list")
+        self._argv = list(argv)
+        self._timeout = timeout
+        self._env = {k: v for k, v in environ.items() if not k.upper().startswith("AWS_")}
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._aborted = False
+
+    def send(self, payload: Mapping[str, object]) -> str:
+        data = json.dumps(payload).encode() + b"\n"
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    self._argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env=self._env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise SinkError(
+                    f"could not run {self._argv[0]}: {exc.strerror or type(exc).__name__}"
+                ) from None
+            with self._lock:
+                self._running = process
+                aborted = self._aborted
+            if aborted:
+                _kill_group(process)
+            try:
+                process.communicate(data, timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.wait()
+                raise SinkError(f"timed out after {self._timeout:g} s; killed") from None
+            finally:
+                with self._lock:
+                    self._running = None
+            code = process.returncode
+            if code == 0:
+                return "exit status 0"
+            tail = _tail(stderr)
+            if code < 0:
+                raise SinkError(f"killed by {signal.Signals(-code).name}{tail}")
+            raise SinkError(f"exit status {code}{tail}")
+
+    def abort(self) -> None:
+        """Kill the running command, and any started after this (the manager is closing)."""
+        with self._lock:
+            self._aborted = True
+            process = self._running
+        if process is not None:
+            _kill_group(process)
+
+    def close(self) -> None:
+        """Nothing is held between events."""
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _tail(stream: IO[bytes]) -> str:
+    size = stream.seek(0, os.SEEK_END)
+    if not size:
+        return ""
+    stream.seek(max(0, size - STDERR_TAIL_BYTES))
+    text = " ".join(stream.read().decode("utf-8", "replace").split())
+    return f": {text}" if text else ""
+
+
+def build_sinks(
+    settings: AlertSettings, environ: Mapping[str, str], redactor: Redactor | None = None
+) -> tuple[Sink, ...]:
+    """The sinks the settings ask for; none is a valid choice (alerts are then only logged).
+
+    The webhook URL is a credential (Slack's path is its token) and urllib3 logs the request
+    path when it retries, so the URL and its path become known secrets of the redactor.
+    """
+    sinks: list[Sink] = []
+    if settings.webhook_url:
+        if redactor is not None:
+            redactor.add(*webhook_secrets(settings.webhook_url))
+        sinks.append(WebhookSink(settings.webhook_url, environ=environ))
+    if settings.command:
+        sinks.append(
+            CommandSink(settings.command, timeout=settings.command_timeout, environ=environ)
+        )
+    return tuple(sinks)
+
+
+# --------------------------------------------------------------------------------------------
+# The manager: holds the state, turns observations into events, feeds the worker.
+# --------------------------------------------------------------------------------------------
+
+_Item = tuple[dict[str, object], tuple[Sink, ...]]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sink_settings(settings: AlertSettings) -> tuple[object, ...]:
+    return (settings.webhook_url, tuple(settings.command), settings.command_timeout)
+
+
+class _Outbox:
+    """A bounded queue that drops its oldest item when full, and can be closed."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
+        self._maxsize = max(1, maxsize)
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: _Item) -> _Item | None:
+        """Queue `item`; return what was dropped for it (the item itself once closed)."""
+        with self._cond:
+            if self._closed:
+                return item
+            dropped = self._items.popleft() if len(self._items) >= self._maxsize else None
+            self._items.append(item)
+            self._cond.notify()
+            return dropped
+
+    def get(self) -> _Item | None:
+        """The next item; None once closed and empty."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def clear(self) -> list[_Item]:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+class AlertManager:
+    """Thread-safe holder of the alert state; observation methods only compute and enqueue.
+
+    Every string that enters (error messages, config errors) and every event that leaves goes
+    through the Redactor. Sinks run on one worker thread with a bounded queue, so a webhook
+    that never answers or a command that hangs delays no observation. The worker starts with
+    the first event to deliver. Each observation returns the events it produced (the daemon
+    saves `to_dict()` into its state file when there are any).
+    """
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        *,
+        redactor: Redactor,
+        logger: Logger | None = None,
+        host: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        sinks: Iterable[Sink] | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        state: AlertState | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if logger is None:
+            import structlog
+
+            logger = cast(Logger, structlog.get_logger("credfresh.alerts"))
+        self._log = logger
+        self._clock = clock
+        self._redactor = redactor
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._settings = settings
+        self._policy = Policy.from_settings(settings, host or socket.gethostname())
+        self._sinks = (
+            tuple(sinks) if sinks is not None else build_sinks(settings, self._environ, redactor)
+        )
+        self._state = state or AlertState()
+        self._lock = threading.Lock()
+        self._outbox = _Outbox(queue_size)
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._aborted = threading.Event()
+        self._retired: list[Sink] = []
+
+    @property
+    def host(self) -> str:
+        return self._policy.host
+
+    def reconfigure(self, settings: AlertSettings, sinks: Iterable[Sink] | None = None) -> None:
+        """Apply reloaded alert settings: new timings now, new sinks for events from now on.
+
+        Sinks are rebuilt only when their settings changed. Replaced sinks may still serve
+        queued events, so they are closed only by `close`.
+        """
+        with self._lock:
+            unchanged = _sink_settings(settings) == _sink_settings(self._settings)
+        if sinks is None and unchanged:
+            new_sinks = None
+        elif sinks is not None:
+            new_sinks = tuple(sinks)
+        else:
+            new_sinks = build_sinks(settings, self._environ, self._redactor)
+        with self._lock:
+            self._settings = settings
+            self._policy = Policy.from_settings(settings, self._policy.host)
+            if new_sinks is not None:
+                self._retired.extend(self._sinks)
+                self._sinks = new_sinks
+
+    # Observations ----------------------------------------------------------------------------
+
+    def refresh_failed(
+        self,
+        profile: str,
+        *,
+        role_arn: str | None,
+        code: str,
+        message: str,
+        hint: str | None = None,
+        permanent: bool,
+        now: datetime,
+        expires_at: datetime | None = None,
+    ) -> tuple[AlertEvent, ...]:
+        """A refresh failed; `expires_at` is when the credentials on disk expire (if any)."""
+        clean = self._redactor.text
+        return self._apply(
+            lambda state, policy: on_refresh_failed(
+                state,
+                policy,
+                profile=profile,
+                role_arn=role_arn,
+                code=clean(code),
+                message=clean(message),
+                hint=clean(hint) if hint else None,
+                permanent=permanent,
+                now=now,
+                expires_at=expires_at,
+            )
+        )
+
+    def refresh_succeeded(
+        self, profile: str, now: datetime, expires_at: datetime | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """Call once the new credentials are on disk (not merely issued)."""
+        return self._apply(
+            lambda state, policy: on_refresh_succeeded(
+                state, policy, profile=profile, now=now, expires_at=expires_at
+            )
+        )
+
+    def tick(self, now: datetime, profiles: Mapping[str, ProfileFacts]) -> tuple[AlertEvent, ...]:
+        """Every ~30 s, with facts for every configured profile."""
+        return self._apply(lambda state, policy: on_tick(state, policy, now=now, profiles=profiles))
+
+    def write_failed(
+        self, code: str, message: str, now: datetime, permanent: bool = True
+    ) -> tuple[AlertEvent, ...]:
+        clean = self._redactor.text
+        return self._apply(
+            lambda state, policy: on_write_failed(
+                state,
+                policy,
+                code=clean(code),
+                message=clean(message),
+                now=now,
+                permanent=permanent,
+            )
+        )
+
+    def write_succeeded(self, now: datetime) -> tuple[AlertEvent, ...]:
+        return self._apply(lambda state, policy: on_write_succeeded(state, policy, now=now))
+
+    def config_rejected(self, errors: Sequence[str], now: datetime) -> tuple[AlertEvent, ...]:
+        clean = [self._redactor.text(e) for e in errors]
+        return self._apply(
+            lambda state, policy: on_config_rejected(state, policy, errors=clean, now=now)
+        )
+
+    def config_applied(self, now: datetime) -> tuple[AlertEvent, ...]:
+        """After any reload that leaves a valid config in force, applied or unchanged."""
+        return self._apply(lambda state, policy: on_config_applied(state, policy, now=now))
+
+    def profile_removed(self, profile: str, now: datetime | None = None) -> tuple[AlertEvent, ...]:
+        when = now if now is not None else self._clock()
+        return self._apply(
+            lambda state, policy: on_profile_removed(state, policy, profile=profile, now=when)
+        )
+
+    # State -----------------------------------------------------------------------------------
+
+    def firing_count(self) -> int:
+        with self._lock:
+            return self._state.firing_count()
+
+    def snapshot(self) -> AlertState:
+        with self._lock:
+            return self._state
+
+    def to_dict(self) -> dict[str, object]:
+        return self.snapshot().to_dict()
+
+    def load(self, data: object) -> bool:
+        """Restore state saved by `to_dict`; unusable data is logged and replaced by nothing.
+
+        None or an empty mapping (a state file from before alerts) is a clean empty state.
+        """
+        if data is None or (isinstance(data, Mapping) and not data):
+            data = AlertState().to_dict()
+        try:
+            state = AlertState.from_dict(data)
+        except ValueError as exc:
+            self._log.warning("alert_state_discarded", error=self._redactor.text(str(exc)))
+            state = AlertState()
+            loaded = False
+        else:
+            loaded = True
+        with self._lock:
+            self._state = state
+        return loaded
+
+    # Delivery --------------------------------------------------------------------------------
+
+    def _apply(self, transition: Callable[[AlertState, Policy], Step]) -> tuple[AlertEvent, ...]:
+        """Transition and enqueue under one lock, so sinks see events in transition order.
+
+        Queueing never blocks (a full queue drops its oldest item), so holding the lock for
+        it is cheap; logging happens after the lock is released.
+        """
+        dropped: list[_Item] = []
+        with self._lock:
+            step = transition(self._state, self._policy)
+            self._state = step.state
+            events = tuple(event.redacted(self._redactor) for event in step.events)
+            if self._sinks:
+                for event in events:
+                    lost = self._outbox.put((event.to_json(), self._sinks))
+                    if lost is not None:
+                        dropped.append(lost)
+                if self._worker is None and not self._closed:
+                    self._worker = threading.Thread(
+                        target=self._run, name="credfresh-alerts", daemon=True
+                    )
+                    self._worker.start()
+        for event in events:
+            log = self._log.warning if event.status == "firing" else self._log.info
+            log(
+                "alert",
+                alert_id=event.alert_id,
+                status=event.status,
+                severity=event.severity,
+                transition=event.transition,
+                error_code=event.error_code,
+            )
+        for payload, _ in dropped:
+            self._log.warning("alert_dropped", alert_id=payload.get("alert_id"))
+        return events
+
+    def _run(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            payload, sinks = item
+            for sink in sinks:
+                if self._aborted.is_set():
+                    self._log.warning("alert_dropped", alert_id=payload.get("alert_id"))
+                    continue
+                self._deliver(sink, payload)
+
+    def _deliver(self, sink: Sink, payload: Mapping[str, object]) -> None:
+        alert = payload.get("alert_id")
+        try:
+            status = sink.send(payload)
+        except SinkError as exc:
+            self._log.warning(
+                "alert_failed", alert_id=alert, sink=sink.name, error=self._redactor.text(str(exc))
+            )
+        except Exception as exc:  # a sink bug must not kill the worker
+            self._log.warning(
+                "alert_failed", alert_id=alert, sink=sink.name, error=type(exc).__name__
+            )
+        else:
+            self._log.info("alert_sent", alert_id=alert, sink=sink.name, status=status)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued within `timeout`, then drop the rest and stop the worker."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker
+            sinks = (*self._sinks, *self._retired)
+        self._outbox.close()
+        if worker is not None:
+            worker.join(timeout)
+            if worker.is_alive():
+                self._aborted.set()
+                for payload, _ in self._outbox.clear():
+                    self._log.warning("alert_dropped", alert_id=payload.get("alert_id"))
+                for sink in sinks:
+                    sink.abort()
+                worker.join(1.0)
+        if worker is None or not worker.is_alive():
+            for sink in sinks:
+                sink.close()

@@ -1,0 +1,298 @@
+"""The /healthz, /readyz and /metrics endpoint, served from a daemon thread."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final, Protocol
+
+from credfresh.credentials import format_time
+
+#: `health() -> (healthy, detail)`: the scheduler heartbeat check.
+HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
+#: `ready(profile or None) -> (HTTP status, body)`: 200, 503, or 404 for an unknown profile.
+ReadyCheck = Callable[[str | None], tuple[int, Mapping[str, object]]]
+#: `render() -> bytes`: the metrics text exposition.
+MetricsRender = Callable[[], bytes]
+
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+JSON_CONTENT_TYPE: Final = "application/json"
+#: A client that sends nothing (or trickles) loses its connection after this; others never wait
+#: on it, since each connection has its own thread.
+REQUEST_TIMEOUT: Final = 5.0
+MAX_PROFILE_NAME_ECHO: Final = 128
+
+
+class Logger(Protocol):
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+def liveness(
+    now: float, last_heartbeat: float | None, interval: float
+) -> tuple[bool, dict[str, object]]:
+    """Healthy while the scheduler's heartbeat (monotonic seconds) is under two intervals old.
+
+    A missed wake-up can be a busy moment; two in a row mean the loop is stuck.
+    """
+    if last_heartbeat is None:
+        return False, {"healthy": False, "reason": "no heartbeat yet"}
+    age = max(0.0, now - last_heartbeat)
+    healthy = age < 2 * interval
+    return healthy, {"healthy": healthy, "heartbeat_age_seconds": round(age, 3)}
+
+
+def readiness(
+    now: datetime, expiries: Mapping[str, datetime | None], profile: str | None = None
+) -> tuple[int, dict[str, object]]:
+    """200 when every profile (or the one asked for) has unexpired credentials on disk.
+
+    503 lists the failing profiles with `missing` or `expired`; 404 for an unknown profile.
+    """
+    if profile is not None:
+        if profile not in expiries:
+            return 404, {"error": "unknown profile", "profile": profile[:MAX_PROFILE_NAME_ECHO]}
+        expires_at = expiries[profile]
+        problem = _problem(now, expires_at)
+        body: dict[str, object] = {
+            "profile": profile,
+            "ready": problem is None,
+            "expires_at": None if expires_at is None else format_time(expires_at),
+        }
+        if problem is not None:
+            body["reason"] = problem
+        return (200 if problem is None else 503), body
+    failing = {
+        name: problem
+        for name, expires_at in sorted(expiries.items())
+        if (problem := _problem(now, expires_at)) is not None
+    }
+    ready = not failing
+    return (200 if ready else 503), {"ready": ready, "profiles": len(expiries), "failing": failing}
+
+
+def _problem(now: datetime, expires_at: datetime | None) -> str | None:
+    if expires_at is None:
+        return "missing"
+    return "expired" if expires_at <= now else None
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer on IPv4 or IPv6, dual-stack for `::`, without reverse DNS."""
+
+    daemon_threads = True
+    block_on_close = False
+    # socketserver's default backlog of 5 drops the SYNs of a burst (clients retry after 1 s).
+    request_queue_size = 64
+
+    def __init__(self, host: str, port: int, app: HttpServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.app = app
+        super().__init__((host, port), _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # HTTPServer.server_bind would call socket.getfqdn: a DNS lookup at startup for nothing.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """No traceback on stderr: a client that vanished mid-answer is routine and silent."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError | TimeoutError):
+            self.app.log.warning("http_connection_failed", error=type(error).__name__)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+    server_version = "credfresh"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.app.request_timeout)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr: scrapes every 15 s would drown the daemon's own log."""
+
+    def do_GET(self) -> None:
+        self._route(head=False)
+
+    def do_HEAD(self) -> None:
+        self._route(head=True)
+
+    def do_POST(self) -> None:
+        self._not_allowed()
+
+    def do_PUT(self) -> None:
+        self._not_allowed()
+
+    def do_DELETE(self) -> None:
+        self._not_allowed()
+
+    def do_PATCH(self) -> None:
+        self._not_allowed()
+
+    def do_OPTIONS(self) -> None:
+        self._not_allowed()
+
+    def do_TRACE(self) -> None:
+        self._not_allowed()
+
+    def do_CONNECT(self) -> None:
+        self._not_allowed()
+
+    def _not_allowed(self) -> None:
+        self._send(
+            405,
+            _json({"error": "method not allowed"}),
+            JSON_CONTENT_TYPE,
+            head=False,
+            extra={"Allow": "GET, HEAD"},
+        )
+
+    def _route(self, *, head: bool) -> None:
+        app = self.server.app
+        parts = urllib.parse.urlsplit(self.path)
+        try:
+            if parts.path == "/healthz":
+                healthy, detail = app.health()
+                self._send(200 if healthy else 503, _json(detail), JSON_CONTENT_TYPE, head=head)
+            elif parts.path == "/readyz":
+                query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+                names = query.get("profile")
+                status, body = app.ready(names[-1] if names else None)
+                self._send(status, _json(body), JSON_CONTENT_TYPE, head=head)
+            elif parts.path == "/metrics":
+                self._send(200, app.metrics(), METRICS_CONTENT_TYPE, head=head)
+            else:
+                self._send(404, _json({"error": "not found"}), JSON_CONTENT_TYPE, head=head)
+        except Exception as exc:
+            app.log.warning("http_handler_failed", path=parts.path, error=type(exc).__name__)
+            self._send(500, _json({"error": "internal error"}), JSON_CONTENT_TYPE, head=head)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        head: bool,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+def _json(body: Mapping[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True).encode() + b"\n"
+
+
+class HttpServer:
+    """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it.
+
+    Every connection gets its own daemon thread and a `request_timeout` socket timeout, so a
+    slow or silent client delays nobody and holds its thread for a bounded time.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        health: HealthCheck,
+        ready: ReadyCheck,
+        metrics: MetricsRender,
+        request_timeout: float = REQUEST_TIMEOUT,
+        logger: Logger | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if logger is None:
+            import structlog
+
+            logger = structlog.get_logger("credfresh.http")
+        self.host = host
+        self.health = health
+        self.ready = ready
+        self.metrics = metrics
+        self.request_timeout = request_timeout
+        self.log: Logger = logger
+        self._requested_port = port
+        self._poll_interval = poll_interval
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_listen(
+        cls,
+        listen: str,
+        *,
+        health: HealthCheck,
+        ready: ReadyCheck,
+        metrics: MetricsRender,
+        request_timeout: float = REQUEST_TIMEOUT,
+        logger: Logger | None = None,
+    ) -> HttpServer:
+        """From the config's `http.listen` (`127.0.0.1:9464`, `[::]:9464`)."""
+        from credfresh.schema import split_listen
+
+        host, port = split_listen(listen)
+        return cls(
+            host,
+            port,
+            health=health,
+            ready=ready,
+            metrics=metrics,
+            request_timeout=request_timeout,
+            logger=logger,
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when asked for port 0); the requested one before start."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind (OSError if the address is taken) and serve from a daemon thread."""
+        if self._server is not None:
+            return
+        server = _Server(self.host, self._requested_port, self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": self._poll_interval},
+            name="credfresh-http",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting and close the socket; requests in flight finish on their own threads."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        self._server = None
+        self._thread = None

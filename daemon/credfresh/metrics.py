@@ -1,0 +1,226 @@
+"""Prometheus metrics on a registry of credfresh's own, for /metrics and the textfile collector."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+RefreshResult = Literal["success", "transient_error", "permanent_error"]
+ReloadResult = Literal["applied", "rejected", "unchanged"]
+
+REFRESH_RESULTS: Final[tuple[RefreshResult, ...]] = (
+    "success",
+    "transient_error",
+    "permanent_error",
+)
+RELOAD_RESULTS: Final[tuple[ReloadResult, ...]] = ("applied", "rejected", "unchanged")
+#: STS answers in ~50-300 ms; the tail covers sts.timeout (10 s) and a slow chained source.
+DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: The textfile is world-readable: node_exporter runs as another user, and no metric is a
+#: secret (profile names, counts and times). Credential files stay 0600.
+TEXTFILE_MODE: Final = 0o644
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+
+
+class Metrics(Collector):
+    """Every credfresh metric, kept as plain numbers and rendered by a custom collector.
+
+    prometheus_client's Counter and Histogram add `_created` series unless the process-wide
+    `disable_created_metrics()` is called; a collector that builds its metric families at
+    scrape time never emits them, touches no global, and lets `remove_profile` drop a
+    profile's series from every family at once. All methods are thread-safe.
+    """
+
+    def __init__(self, *, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._bounds = (*sorted(float(b) for b in buckets if math.isfinite(b)), math.inf)
+        self._profiles = 0
+        self._expiry: dict[str, float] = {}
+        self._last_success: dict[str, float] = {}
+        self._refreshes: dict[tuple[str, str], int] = {}
+        self._sts_errors: dict[tuple[str, str], int] = {}
+        self._bucket_counts = [0] * len(self._bounds)
+        self._duration_sum = 0.0
+        self._file_writes = 0
+        self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+        self._alerts_firing = 0
+        self.registry.register(self)
+
+    # Updates ---------------------------------------------------------------------------------
+
+    def set_profiles(self, count: int) -> None:
+        """How many profiles the config in force has."""
+        with self._lock:
+            self._profiles = count
+
+    def set_expiry(self, profile: str, expires_at: datetime | float | None) -> None:
+        """When the credentials on disk expire (a datetime or Unix time); None drops it."""
+        with self._lock:
+            if expires_at is None:
+                self._expiry.pop(profile, None)
+            else:
+                self._expiry[profile] = _unix(expires_at)
+
+    def set_last_success(self, profile: str, when: datetime | float) -> None:
+        with self._lock:
+            self._last_success[profile] = _unix(when)
+
+    def refresh(self, profile: str, result: RefreshResult, duration: float) -> None:
+        """One refresh attempt by result, and its duration in seconds.
+
+        A profile's first attempt creates all three result series at 0, so `increase()` sees
+        the first failure instead of a series appearing out of nowhere.
+        """
+        if result not in REFRESH_RESULTS:
+            raise ValueError(
+                f"result: expected one of {', '.join(REFRESH_RESULTS)} (got {result!r})"
+            )
+        with self._lock:
+            for each in REFRESH_RESULTS:
+                self._refreshes.setdefault((profile, each), 0)
+            self._refreshes[(profile, result)] += 1
+            if duration >= 0 and math.isfinite(duration):
+                self._bucket_counts[bisect.bisect_left(self._bounds, duration)] += 1
+                self._duration_sum += duration
+
+    def sts_error(self, profile: str, code: str) -> None:
+        with self._lock:
+            key = (profile, code)
+            self._sts_errors[key] = self._sts_errors.get(key, 0) + 1
+
+    def file_written(self) -> None:
+        with self._lock:
+            self._file_writes += 1
+
+    def config_reloaded(self, result: ReloadResult) -> None:
+        if result not in RELOAD_RESULTS:
+            raise ValueError(
+                f"result: expected one of {', '.join(RELOAD_RESULTS)} (got {result!r})"
+            )
+        with self._lock:
+            self._reloads[result] += 1
+
+    def set_alerts_firing(self, count: int) -> None:
+        with self._lock:
+            self._alerts_firing = count
+
+    def remove_profile(self, name: str) -> None:
+        """Forget a profile that left the config: no stale series for it stays exported."""
+        with self._lock:
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        self._expiry.pop(name, None)
+        self._last_success.pop(name, None)
+        for table in (self._refreshes, self._sts_errors):
+            for key in [key for key in table if key[0] == name]:
+                del table[key]
+
+    # Output ----------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format 0.0.4 (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    def write_textfile(self, path: Path) -> bool:
+        """Write `render()` for node_exporter's textfile collector, atomically, mode 0644.
+
+        Through credfresh's one atomic-write helper (temp file in the same directory, O_EXCL,
+        fsync, rename), so the collector never reads half a file. Returns False when the file
+        already held these bytes. Raises CredfileError when the file cannot be written.
+        """
+        from credfresh.atomicfile import atomic_write
+
+        return atomic_write(path, self.render(), mode=TEXTFILE_MODE)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        with self._lock:
+            profiles = self._profiles
+            expiry = sorted(self._expiry.items())
+            last_success = sorted(self._last_success.items())
+            refreshes = sorted(self._refreshes.items())
+            sts_errors = sorted(self._sts_errors.items())
+            counts = list(self._bucket_counts)
+            duration_sum = self._duration_sum
+            file_writes = self._file_writes
+            reloads = list(self._reloads.items())
+            alerts_firing = self._alerts_firing
+        yield GaugeMetricFamily("credfresh_profiles", "Profiles in the config in force.", profiles)
+        family = GaugeMetricFamily(
+            "credfresh_credentials_expiry_timestamp_seconds",
+            "When the credentials on disk for the profile expire (Unix time).",
+            labels=["profile"],
+        )
+        for name, value in expiry:
+            family.add_metric([name], value)
+        yield family
+        family = GaugeMetricFamily(
+            "credfresh_last_success_timestamp_seconds",
+            "When the profile was last refreshed successfully (Unix time).",
+            labels=["profile"],
+        )
+        for name, value in last_success:
+            family.add_metric([name], value)
+        yield family
+        counter = CounterMetricFamily(
+            "credfresh_refresh_total",
+            "Refresh attempts by result: success, transient_error, permanent_error.",
+            labels=["profile", "result"],
+        )
+        for (name, result), count in refreshes:
+            counter.add_metric([name, result], count)
+        yield counter
+        counter = CounterMetricFamily(
+            "credfresh_sts_errors_total",
+            "Failed refreshes by STS error code.",
+            labels=["profile", "code"],
+        )
+        for (name, code), count in sts_errors:
+            counter.add_metric([name, code], count)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "credfresh_refresh_duration_seconds",
+            "How long one refresh took, STS call and file write included.",
+        )
+        cumulative, running = [], 0
+        for bound, count in zip(self._bounds, counts, strict=True):
+            running += count
+            cumulative.append((_le(bound), float(running)))
+        histogram.add_metric([], cumulative, duration_sum)
+        yield histogram
+        yield CounterMetricFamily(
+            "credfresh_file_writes_total",
+            "Times the credentials file was rewritten.",
+            value=file_writes,
+        )
+        counter = CounterMetricFamily(
+            "credfresh_config_reloads_total",
+            "Config reloads by result: applied, rejected, unchanged.",
+            labels=["result"],
+        )
+        for result, count in reloads:
+            counter.add_metric([result], count)
+        yield counter
+        yield GaugeMetricFamily(
+            "credfresh_alerts_firing", "Alerts firing now.", value=alerts_firing
+        )
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: `0.25`, `1.0`, `+Inf`."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def _unix(moment: datetime | float) -> float:
+    return moment.timestamp() if isinstance(moment, datetime) else float(moment)
