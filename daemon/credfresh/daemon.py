@@ -28,9 +28,11 @@ from credfresh.errors import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, ConfigError, Cre
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
+    from credfresh.alerts import AlertManager
     from credfresh.cli import Streams
     from credfresh.engine import Engine
     from credfresh.logs import Logging
+    from credfresh.metrics import Metrics
 
 STOP_GRACE: Final = 5.0
 WAKEUP_INTERVAL: Final = 30.0
@@ -78,7 +80,7 @@ class InstanceLock:
 
 
 @contextlib.contextmanager
-def signal_handlers(handlers: Mapping[int, Any]) -> Iterator[None]:
+def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
     """Install handlers for the block and restore the previous ones afterwards."""
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
@@ -127,8 +129,11 @@ class Daemon:
         self.stopping = False
         self.reload_event = threading.Event()
         self._interrupts = 0
+        self.alerts = self._build_alerts(config)
+        self.metrics = self._build_metrics()
         self.engine = self._build_engine(config)
         self._http: Any = None
+        self._endpoint: Any = None
         self._watcher: Any = None
         self._ready = False
         self._reload_reason = "SIGHUP"
@@ -148,8 +153,50 @@ class Daemon:
             log=self.log,
             redactor=self.logging.redactor,
             clients_factory=clients,
+            alerts=self.alerts,
+            metrics=self.metrics,
             wakeup_interval=wakeup,
         )
+
+    def _build_alerts(self, config: Config) -> AlertManager:
+        from credfresh.alerts import AlertManager
+
+        return AlertManager(
+            config.alerts, redactor=self.logging.redactor, logger=self.log, environ=self.environ
+        )
+
+    def _build_metrics(self) -> Metrics:
+        from credfresh.metrics import Metrics
+
+        return Metrics()
+
+    def _start_servers(self) -> None:
+        """Health, readiness and metrics; the container credentials endpoint; both opt-in."""
+        from credfresh.httpserver import HttpServer
+
+        if self.config.http.listen:
+            self._http = HttpServer.from_listen(
+                self.config.http.listen,
+                health=self.health,
+                ready=self.ready,
+                metrics=self.metrics.render,
+                logger=self.log,
+            )
+            self._http.start()
+            self.log.info("http_listening", listen=self.config.http.listen, port=self._http.port)
+        settings = self.config.container_credentials
+        if settings.listen and settings.token_file is not None:
+            from credfresh.endpoint import CredentialsEndpoint
+
+            self._endpoint = CredentialsEndpoint(
+                settings.listen,
+                settings.token_file,
+                known=lambda name: name in self.engine.config.profiles,
+                current=self.engine.on_disk,
+                log=self.log,
+            )
+            self._endpoint.start()
+            self.log.info("endpoint_listening", listen=settings.listen, port=self._endpoint.port)
 
     # ----- signals --------------------------------------------------------------------
 
@@ -170,7 +217,8 @@ class Daemon:
     def run(self) -> int:
         from credfresh import state as state_file
 
-        saved, _alerts = state_file.load(self.config.state_file)
+        saved, saved_alerts = state_file.load(self.config.state_file)
+        self.alerts.load(saved_alerts)
         handlers = {
             signal.SIGTERM: self._on_stop,
             signal.SIGINT: self._on_stop,
@@ -186,6 +234,7 @@ class Daemon:
                 profiles=len(self.config.profiles),
             )
             self.engine.start(saved)
+            self._start_servers()
             self._start_watcher()
             try:
                 self._loop()
@@ -217,6 +266,7 @@ class Daemon:
                 last_status = 0.0
             if self.engine.state_dirty.is_set():
                 self._save_state()
+                self._write_textfile()
             now = time.monotonic()
             if ping_every and now - last_ping >= ping_every and self.healthy():
                 self.notifier.watchdog()
@@ -231,7 +281,12 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop()
         idle = self.engine.stop(grace=STOP_GRACE)
+        for server in (self._http, self._endpoint):
+            if server is not None:
+                server.stop()
+        self.alerts.close(timeout=2.0)
         self._save_state()
+        self._write_textfile()
         self.log.info("stopped", clean=idle)
         return idle
 
@@ -245,6 +300,15 @@ class Daemon:
             state_file.save(self.engine.config.state_file, profiles, alerts)
         except CredfreshError as exc:
             self.log.error("state_write_failed", error_code=exc.code, message=str(exc))
+
+    def _write_textfile(self) -> None:
+        path = self.engine.config.metrics.textfile
+        if path is None:
+            return
+        try:
+            self.metrics.write_textfile(path)
+        except CredfreshError as exc:
+            self.log.error("textfile_write_failed", error_code=exc.code, message=str(exc))
 
     def _flush_streams(self) -> None:
         for stream in (self.streams.out, self.streams.err, sys.stdout, sys.stderr):
@@ -293,22 +357,39 @@ class Daemon:
                 return
             self._rejected = str(exc)
             self.log.error("config_rejected", reason=reason, errors=exc.problems)
+            self.metrics.config_reloaded("rejected")
+            self.alerts.config_rejected(exc.problems, datetime.now(UTC))
             return
         self._rejected = None
+        self.alerts.config_applied(datetime.now(UTC))
         if new.digest == self.config.digest:
             if reason != "poll":
                 self.log.info("config_unchanged", reason=reason)
+                self.metrics.config_reloaded("unchanged")
             return
         explicit = reason == "SIGHUP"
         if not explicit:
             self.notifier.reloading()
         changes = self.engine.apply(new)
+        if new.alerts != self.config.alerts:
+            self.alerts.reconfigure(new.alerts)
         self.config = new
+        self.metrics.config_reloaded("applied")
         self.log.info("config_reloaded", reason=reason, **changes)
         if not explicit:
             self.notifier.ready()
 
     # ----- views ----------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, Mapping[str, object]]:
+        from credfresh.httpserver import liveness
+
+        return liveness(time.monotonic(), self.engine.heartbeat, self.engine.wakeup_interval)
+
+    def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
+        from credfresh.httpserver import readiness
+
+        return readiness(datetime.now(UTC), self.engine.disk_expiries(), profile)
 
     def healthy(self) -> bool:
         """The scheduler beat within two wake-up intervals (systemd watchdog, /healthz)."""

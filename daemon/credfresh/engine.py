@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from credfresh.alerts import AlertManager
     from credfresh.logs import Redactor
-    from credfresh.metrics import Metrics
+    from credfresh.metrics import Metrics, RefreshResult
 
 WAKEUP_INTERVAL: Final = 30.0
 WAKEUP_JOB: Final = "__credfresh_wakeup__"
@@ -332,7 +332,7 @@ class Engine:
             consecutive_failures=attempt + 1,
         )
         if self.metrics is not None:
-            result = "permanent_error" if failure.permanent else "transient_error"
+            result: RefreshResult = "permanent_error" if failure.permanent else "transient_error"
             self.metrics.refresh(profile.name, result, took)
             self.metrics.sts_error(profile.name, failure.code)
         if self.alerts is not None:
@@ -617,12 +617,15 @@ class Engine:
                 for name in self.config.profiles
             }
 
-    def not_ready(self, now: datetime, only: str | None = None) -> list[str]:
-        """Profiles without unexpired credentials on disk."""
+    def disk_expiries(self) -> dict[str, datetime | None]:
+        """Each configured profile's expiry as last written to disk (None: not on disk)."""
         with self._lock:
-            names = [only] if only else list(self.config.profiles)
-            return [
-                name
-                for name in names
-                if name not in self.written or self.written[name].expiration <= now
-            ]
+            return {
+                name: self.written[name].expiration if name in self.written else None
+                for name in self.config.profiles
+            }
+
+    def on_disk(self, name: str) -> Credentials | None:
+        """What the file holds for a profile, for the container credentials endpoint."""
+        with self._lock:
+            return self.written.get(name) if name in self.config.profiles else None

@@ -65,7 +65,9 @@ def plan_once(
     pending = list(to_refresh)
     while pending:
         source = config.profiles[pending.pop()].source_profile
-        if source in config.profiles and source not in to_refresh and source not in conflicts:
+        if source is None or source not in config.profiles:
+            continue
+        if source not in to_refresh and source not in conflicts:
             usable = refresh.state_of(now, current.get(source), 0.0) == "fresh"
             if not usable:
                 to_refresh.append(source)
@@ -181,7 +183,8 @@ def status_rows(
         kind: refresh.State = refresh.state_of(now, creds, refresh_before)
         if creds is None and name in foreign:
             kind = "conflict"
-        entry = state.get(name) if isinstance(state.get(name), dict) else {}
+        found = state.get(name)
+        entry: Mapping[str, Any] = found if isinstance(found, dict) else {}
         rows.append(
             {
                 "profile": name,

@@ -120,7 +120,7 @@ class BatchWriter:
             conflicts = self._write(updates, removals)
         except CredfileError as exc:
             self._failures += 1
-            delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures - 1, 10))
+            delay = min(RETRY_MAX, RETRY_MIN * float(2 ** min(self._failures - 1, 10)))
             with self._cond:
                 for name, creds in updates.items():
                     self._updates.setdefault(name, creds)
