@@ -32,7 +32,7 @@ SECRET_KEYS: Final = frozenset(
         "x-amz-security-token",
     }
 )
-_ACCESS_KEY_ID = re.compile(r"\b((?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{4})[A-Z0-9]{8}([A-Z0-9]{4})\b")
+_ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AROA|AIDA|ABIA|ACCA)[A-Z0-9]{12}([A-Z0-9]{4})\b")
 _SECRET_LIKE = re.compile(
     r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[A-Z])(?=[A-Za-z0-9/+]*[a-z])"
     r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
@@ -177,6 +177,7 @@ class Logging:
         processors: Iterable[Processor] = [
             structlog.stdlib.filter_by_level,
             *_shared_processors(),
+            self.redactor,  # before the record exists: no handler ever sees a raw secret
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ]
         logger: structlog.stdlib.BoundLogger = structlog.wrap_logger(

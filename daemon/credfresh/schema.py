@@ -235,7 +235,7 @@ class TopModel(_Strict):
 def split_listen(value: str) -> tuple[str, int]:
     """`127.0.0.1:9464` or `[::]:9464` into host and port; raise ValueError otherwise."""
     match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$", value)
-    if not match or not 0 < int(match.group(3)) < 65536:
+    if not match or not 0 <= int(match.group(3)) < 65536:
         raise ValueError("expected HOST:PORT like 127.0.0.1:9464 or [::]:9464")
     return (match.group(1) or match.group(2)), int(match.group(3))
 
