@@ -286,4 +286,3 @@ def main(*, duration: float | None, streams: Streams) -> int:
             "directory is removed.",
         )
         return code if daemon_code == 0 else EXIT_FAILED
-
