@@ -124,7 +124,9 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sts: DevSTS, monkeypatch: pytest.MonkeyPatch, leak_watch: Any) -> Project:
+def project(
+    tmp_path: Path, sts: DevSTS, monkeypatch: pytest.MonkeyPatch, leak_watch: Any
+) -> Project:
     """A project whose source profile `base` holds the walkthrough user's long-term key."""
     walkthrough = sts.walkthrough
     assert walkthrough is not None

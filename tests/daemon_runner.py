@@ -29,8 +29,18 @@ class DaemonProcess:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*argv_prefix, sys.executable, "-m", "credfresh", "run", "-c", str(config_path),
-             "--log-format", "json", *extra_args],
+            [
+                *argv_prefix,
+                sys.executable,
+                "-m",
+                "credfresh",
+                "run",
+                "-c",
+                str(config_path),
+                "--log-format",
+                "json",
+                *extra_args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -67,7 +77,9 @@ class DaemonProcess:
         )
 
     def wait_event(self, event: str, timeout: float = 10.0, count: int = 1) -> list[dict[str, Any]]:
-        self.wait_for(lambda evs: sum(e.get("event") == event for e in evs) >= count, timeout, event)
+        self.wait_for(
+            lambda evs: sum(e.get("event") == event for e in evs) >= count, timeout, event
+        )
         return self.named(event)
 
     def signal(self, signum: int) -> None:

@@ -69,7 +69,7 @@ class TestValid:
         assert config.profiles["p"].policy == '{"Version":"2012-10-17","Statement":[]}'
 
     def test_paths_default_from_environment(self, tmp_path: Path) -> None:
-        """credentials_file and state_file follow AWS_SHARED_CREDENTIALS_FILE and STATE_DIRECTORY."""
+        """credentials_file and state_file follow the AWS and systemd environment variables."""
         env = {"AWS_SHARED_CREDENTIALS_FILE": "/x/creds", "STATE_DIRECTORY": "/var/lib/cf"}
         config = load_config(write(tmp_path, one_profile()), env)
         assert config.credentials_file == Path("/x/creds")
@@ -111,7 +111,9 @@ class TestRules:
 
     def test_missing_role_arn(self, tmp_path: Path) -> None:
         """Every profile needs a role ARN."""
-        assert_problem(problems_of(tmp_path, {"profiles": {"p": {}}}), "profiles.p.role_arn", "required")
+        assert_problem(
+            problems_of(tmp_path, {"profiles": {"p": {}}}), "profiles.p.role_arn", "required"
+        )
 
     def test_region_partition(self, tmp_path: Path) -> None:
         """A region must belong to the role ARN's partition."""
@@ -150,8 +152,11 @@ class TestRules:
     def test_too_many_policy_arns(self, tmp_path: Path) -> None:
         """At most 10 managed policy ARNs."""
         arns = [f"arn:aws:iam::aws:policy/P{i}" for i in range(11)]
-        assert_problem(problems_of(tmp_path, one_profile(policy_arns=arns)),
-                       "profiles.p.policy_arns", "at most 10")
+        assert_problem(
+            problems_of(tmp_path, one_profile(policy_arns=arns)),
+            "profiles.p.policy_arns",
+            "at most 10",
+        )
 
     def test_too_many_tags(self, tmp_path: Path) -> None:
         """At most 50 tags."""
@@ -160,13 +165,15 @@ class TestRules:
 
     def test_tag_key_length(self, tmp_path: Path) -> None:
         """Tag keys are at most 128 characters."""
-        assert_problem(problems_of(tmp_path, one_profile(tags={"k" * 129: "v"})),
-                       "profiles.p.tags", "128")
+        assert_problem(
+            problems_of(tmp_path, one_profile(tags={"k" * 129: "v"})), "profiles.p.tags", "128"
+        )
 
     def test_tag_value_length(self, tmp_path: Path) -> None:
         """Tag values are at most 256 characters."""
-        assert_problem(problems_of(tmp_path, one_profile(tags={"k": "v" * 257})),
-                       "profiles.p.tags", "256")
+        assert_problem(
+            problems_of(tmp_path, one_profile(tags={"k": "v" * 257})), "profiles.p.tags", "256"
+        )
 
     def test_transitive_keys_among_tags(self, tmp_path: Path) -> None:
         """Transitive tag keys must be tag keys."""
@@ -180,7 +187,7 @@ class TestRules:
         assert_problem(problems, "profiles.p.policy_file", "not allowed together with policy")
 
     @pytest.mark.parametrize(
-        "key,value",
+        ("key", "value"),
         [
             ("source_profile", "base"),
             ("external_id", "abcdef"),
@@ -196,20 +203,31 @@ class TestRules:
 
     def test_chaining_cycle(self, tmp_path: Path) -> None:
         """Chains that loop are refused, once per cycle."""
-        doc = {"profiles": {"a": {"role_arn": ARN, "source_profile": "b"},
-                            "b": {"role_arn": ARN, "source_profile": "a"}}}
+        doc = {
+            "profiles": {
+                "a": {"role_arn": ARN, "source_profile": "b"},
+                "b": {"role_arn": ARN, "source_profile": "a"},
+            }
+        }
         problems = problems_of(tmp_path, doc)
         assert sum("chaining cycle" in p for p in problems) == 1
 
     def test_self_source(self, tmp_path: Path) -> None:
         """A profile cannot chain from itself."""
-        assert_problem(problems_of(tmp_path, one_profile(source_profile="p")),
-                       "profiles.p.source_profile", "own source")
+        assert_problem(
+            problems_of(tmp_path, one_profile(source_profile="p")),
+            "profiles.p.source_profile",
+            "own source",
+        )
 
     def test_chained_duration(self, tmp_path: Path) -> None:
         """A chained role lasts at most 3600 s."""
-        doc = {"profiles": {"a": {"role_arn": ARN},
-                            "b": {"role_arn": ARN, "source_profile": "a", "duration_seconds": 7200}}}
+        doc = {
+            "profiles": {
+                "a": {"role_arn": ARN},
+                "b": {"role_arn": ARN, "source_profile": "a", "duration_seconds": 7200},
+            }
+        }
         assert_problem(problems_of(tmp_path, doc), "profiles.b.duration_seconds", "at most 3600")
 
     def test_unreadable_policy_file(self, tmp_path: Path) -> None:
@@ -219,8 +237,11 @@ class TestRules:
 
     def test_all_problems_at_once(self, tmp_path: Path) -> None:
         """Every problem in the file is reported in one go."""
-        doc = {"sts": {"max_concurrency": 0}, "retry": {"initial": "x"},
-               "profiles": {"a": {"role_arn": "x"}, "b": {"role_arn": ARN, "region": "mars"}}}
+        doc = {
+            "sts": {"max_concurrency": 0},
+            "retry": {"initial": "x"},
+            "profiles": {"a": {"role_arn": "x"}, "b": {"role_arn": ARN, "region": "mars"}},
+        }
         assert len(problems_of(tmp_path, doc)) == 4
 
     def test_container_listen_address(self, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
 import signal
 import threading
@@ -106,16 +107,16 @@ class TestFailures:
             assert all(kept[n].expiration <= datetime.now(UTC) for n in kept)
             assert all(kept[n].access_key_id != before[n].access_key_id or True for n in kept)
             proc.wait_for(
-                lambda _: all(
-                    c.expiration > datetime.now(UTC) for c in sections(project).values()
-                )
-                and len(sections(project)) == 2,
+                lambda _: (
+                    all(c.expiration > datetime.now(UTC) for c in sections(project).values())
+                    and len(sections(project)) == 2
+                ),
                 5,
                 "fresh credentials after recovery",
             )
             assert time.time() - recovered_at <= 5
         times = [t for t in attempts(project, "credfresh-a") if outage_start <= t <= recovered_at]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(gaps) >= 3
         for n, gap in enumerate(gaps):
             ceiling = min(3.0, 0.5 * 2**n)
@@ -139,7 +140,7 @@ class TestFailures:
             assert "trust policy" in failed["hint"]
             proc.wait_event("refreshed", 10, count=2)
         times = attempts(project, "credfresh-bad")
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(1.9 <= gap <= 2.6 for gap in gaps), gaps
         assert "good" in sections(project)
 

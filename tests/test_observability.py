@@ -62,7 +62,9 @@ def webhook() -> Iterator[Webhook]:
 
 
 def command_sink(path: Path) -> list[str]:
-    script = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+    script = (
+        "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+    )
     return [sys.executable, "-c", script, str(path)]
 
 
@@ -97,7 +99,7 @@ class TestAlertLifecycle:
     def test_fire_repeat_escalate_resolve_across_restart(
         self, project: Project, tmp_path: Path, webhook: Webhook, leak_watch: Any
     ) -> None:
-        """One FIRE, repeats only after `repeat`, escalation on expiry, one RESOLVE; restart-safe."""
+        """One FIRE, no early repeat, escalation on expiry, one RESOLVE, across a restart."""
         sink_file = tmp_path / "command-alerts.jsonl"
         leak_watch(sink_file)
         project.sts.proxy.lifetime = 8
@@ -172,9 +174,7 @@ class TestAlertLifecycle:
             project.sts.proxy.fail(code, when=session(name))
         project.write_config()
         with start(project, tmp_path) as proc:
-            wait_until(
-                lambda: all(webhook.of(code.lower()) for code in codes), 10, "every alert"
-            )
+            wait_until(lambda: all(webhook.of(code.lower()) for code in codes), 10, "every alert")
             time.sleep(2)
             proc.stop()
         for code in codes:
@@ -212,7 +212,9 @@ class TestSlowSinks:
 
 
 class TestHealthAndMetrics:
-    def test_endpoints_and_textfile(self, project: Project, tmp_path: Path, leak_watch: Any) -> None:
+    def test_endpoints_and_textfile(
+        self, project: Project, tmp_path: Path, leak_watch: Any
+    ) -> None:
         """/healthz, /readyz (all, one, unknown) and /metrics answer; the textfile parses."""
         textfile = tmp_path / "metrics" / "credfresh.prom"
         textfile.parent.mkdir()
@@ -315,14 +317,25 @@ class TestLogs:
                 continue
             text = path.read_text()
             names |= set(
-                re.findall(r"\.(?:debug|info|warning|error|critical|exception)\(\s*\"([a-z_]+)\"", text)
+                re.findall(
+                    r"\.(?:debug|info|warning|error|critical|exception)\(\s*\"([a-z_]+)\"", text
+                )
             )
             names |= set(re.findall(r"(?:_emit\(on_event, |on_event\()\"([a-z_]+)\"", text))
         missing = sorted(n for n in names if f"| `{n}` |" not in README)
         assert not missing
         for required in (
-            "started", "ready", "refreshed", "refresh_failed", "file_written", "section_restored",
-            "config_reloaded", "config_rejected", "alert_sent", "alert_failed", "clock_skew",
+            "started",
+            "ready",
+            "refreshed",
+            "refresh_failed",
+            "file_written",
+            "section_restored",
+            "config_reloaded",
+            "config_rejected",
+            "alert_sent",
+            "alert_failed",
+            "clock_skew",
             "stopping",
         ):
             assert f"| `{required}` |" in README

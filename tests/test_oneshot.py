@@ -14,19 +14,19 @@ import botocore.config
 import pytest
 from botocore.configloader import raw_config_parse
 
+from conftest import Project
 from credfresh import credfile
 from credfresh.cli import main
-from credfresh.config import StsSettings
 from credfresh.devsts import DevSTS
 from credfresh.schema import load_config
 from credfresh.sts import StsClients
 
-from conftest import Project
-
 
 def run(project: Project, *args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = main([*args, "-c", str(project.config_path)], stdout=out, stderr=err, environ=project.env)
+    code = main(
+        [*args, "-c", str(project.config_path)], stdout=out, stderr=err, environ=project.env
+    )
     return code, out.getvalue(), err.getvalue()
 
 
@@ -64,7 +64,10 @@ class TestOnce:
 
     def test_every_parameter_reaches_sts(self, project: Project, tmp_path: Path) -> None:
         """Session name, duration, policy, policy ARNs, tags, external id, source identity."""
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
         project.profile(
             "p",
             role_session_name="etl-job",
@@ -110,7 +113,9 @@ class TestOnce:
         project.profile("p")
         project.profile("ok", role_session_name="fine")
         project.write_config()
-        project.sts.proxy.fail(code, when=lambda r: r.params.get("RoleSessionName") == "credfresh-p")
+        project.sts.proxy.fail(
+            code, when=lambda r: r.params.get("RoleSessionName") == "credfresh-p"
+        )
         status, _, err = run(project, "once")
         assert status == 1
         kind = "permanent" if permanent else "transient"
@@ -143,8 +148,11 @@ class TestOnce:
         token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl\n")
         document = project.document
         document["defaults"].pop("source_profile")
-        project.profile("irsa", role_arn=project.walkthrough.web_identity_role_arn,
-                        web_identity_token_file=str(token))
+        project.profile(
+            "irsa",
+            role_arn=project.walkthrough.web_identity_role_arn,
+            web_identity_token_file=str(token),
+        )
         project.write_config()
         code, _, err = run(project, "once")
         assert code == 0, err
@@ -156,9 +164,12 @@ class TestOnce:
         ("body", "why"),
         [
             ("<html><body>Please log in to the hotel wifi</body></html>", "captive"),
-            ("<AssumeRoleResponse><AssumeRoleResult><Credentials>"
-             "<AccessKeyId>ASIAX</AccessKeyId></Credentials></AssumeRoleResult>"
-             "</AssumeRoleResponse>", "missing"),
+            (
+                "<AssumeRoleResponse><AssumeRoleResult><Credentials>"
+                "<AccessKeyId>ASIAX</AccessKeyId></Credentials></AssumeRoleResult>"
+                "</AssumeRoleResponse>",
+                "missing",
+            ),
         ],
     )
     def test_broken_answers_write_nothing(self, project: Project, body: str, why: str) -> None:
@@ -246,7 +257,13 @@ class TestCredentialProcess:
         assert code == 0
         data = json.loads(out)
         assert data["Version"] == 1
-        assert set(data) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+        assert set(data) == {
+            "Version",
+            "AccessKeyId",
+            "SecretAccessKey",
+            "SessionToken",
+            "Expiration",
+        }
 
     def test_boto3_uses_the_recipe(self, project: Project, sts: DevSTS) -> None:
         """A boto3 Session on the credential_process recipe calls GetCallerIdentity."""
@@ -277,6 +294,10 @@ class TestCredentialProcess:
             "sys.stderr.write(repr(bad))"
         )
         result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=project.env, check=False
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=project.env,
+            check=False,
         )
         assert result.stderr.strip().endswith("[]"), result.stderr

@@ -65,7 +65,9 @@ class TestBackoff:
         maximum=st.floats(min_value=60, max_value=3600),
         seed=st.integers(),
     )
-    def test_transient_bounds(self, attempt: int, initial: float, maximum: float, seed: int) -> None:
+    def test_transient_bounds(
+        self, attempt: int, initial: float, maximum: float, seed: int
+    ) -> None:
         """Retry n waits U(0.5, 1) * min(max, initial * 2**n)."""
         base = min(maximum, initial * 2.0 ** min(attempt, 62))
         delay = refresh.retry_delay(

@@ -50,9 +50,11 @@ class TestReload:
             project.document["profiles"]["edit"]["role_session_name"] = "edited"
             project.write_config()
             wait_until(
-                lambda: set(managed(project.credentials_file)) == {"keep", "new", "edit"}
-                and managed(project.credentials_file)["edit"].access_key_id
-                != before["edit"].access_key_id,
+                lambda: (
+                    set(managed(project.credentials_file)) == {"keep", "new", "edit"}
+                    and managed(project.credentials_file)["edit"].access_key_id
+                    != before["edit"].access_key_id
+                ),
                 2,
                 "add, remove and change on disk",
             )
@@ -71,8 +73,10 @@ class TestReload:
         project.write_config()
         with start(project, tmp_path) as proc:
             first = managed(project.credentials_file)["p"]
-            policy.write_text('{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", '
-                              '"Action": "s3:*", "Resource": "*"}]}')
+            policy.write_text(
+                '{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", '
+                '"Action": "s3:*", "Resource": "*"}]}'
+            )
             proc.signal(signal.SIGHUP)
             wait_until(
                 lambda: managed(project.credentials_file)["p"].access_key_id != first.access_key_id,
@@ -147,8 +151,11 @@ class TestReload:
             project.document["credentials_file"] = str(new)
             project.write_config()
             wait_until(
-                lambda: new.exists() and "a" in managed(new)
-                and "a" not in managed(project.credentials_file),
+                lambda: (
+                    new.exists()
+                    and "a" in managed(new)
+                    and "a" not in managed(project.credentials_file)
+                ),
                 2,
                 "the move",
             )
@@ -163,7 +170,9 @@ class TestSystemd:
         project.write_config()
         with NotifyListener() as listener:
             env = {**listener.environ, "WATCHDOG_USEC": "1000000"}
-            proc = DaemonProcess(project.config_path, env_with(project.env, **env), tmp_path / "d.log")
+            proc = DaemonProcess(
+                project.config_path, env_with(project.env, **env), tmp_path / "d.log"
+            )
             with proc:
                 listener.wait_for(lambda m: m.fields.get("READY") == "1", 10)
                 listener.wait_for(lambda m: "STATUS" in m.fields, 5)

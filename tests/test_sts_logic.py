@@ -49,7 +49,9 @@ class TestClassify:
         assert failure.permanent
         assert failure.hint
 
-    @pytest.mark.parametrize("code", ["Throttling", "connection_error", "timeout", "InternalFailure"])
+    @pytest.mark.parametrize(
+        "code", ["Throttling", "connection_error", "timeout", "InternalFailure"]
+    )
     def test_transient(self, code: str) -> None:
         """Throttling, 5xx and network errors are transient."""
         assert not classify(code, "m", 500).permanent
@@ -74,19 +76,25 @@ class TestAccept:
     def test_past_expiry_refused(self) -> None:
         """An Expiration in the past is a failure."""
         with pytest.raises(StsError, match="past"):
-            accept_response(response(NOW - timedelta(seconds=1)), received_at=NOW, duration_seconds=900)
+            accept_response(
+                response(NOW - timedelta(seconds=1)), received_at=NOW, duration_seconds=900
+            )
 
     def test_far_future_refused(self) -> None:
         """An Expiration beyond duration + 5 min is a failure."""
         with pytest.raises(StsError, match="later"):
-            accept_response(response(NOW + timedelta(hours=2)), received_at=NOW, duration_seconds=3600)
+            accept_response(
+                response(NOW + timedelta(hours=2)), received_at=NOW, duration_seconds=3600
+            )
 
     @pytest.mark.parametrize("field", ["AccessKeyId", "SecretAccessKey", "SessionToken"])
     def test_missing_or_empty_field(self, field: str) -> None:
         """Every credential field must be present and non-empty."""
         with pytest.raises(StsError) as info:
             accept_response(
-                response(NOW + timedelta(hours=1), **{field: ""}), received_at=NOW, duration_seconds=3600
+                response(NOW + timedelta(hours=1), **{field: ""}),
+                received_at=NOW,
+                duration_seconds=3600,
             )
         assert info.value.failure.code == "invalid_response"
 
