@@ -27,6 +27,7 @@ for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 SECRETS: dict[str, str] = {}
 WATCHED: list[Path] = []
 TEXTS: list[str] = []
+SEEN: list[str] = []  # every captured output of the session, for tests/test_zz_secrets.py
 
 
 def remember_secrets(sts: DevSTS) -> None:
@@ -86,6 +87,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             continue
     TEXTS.clear()
     WATCHED.clear()
+    SEEN.extend(texts)
     found = sorted({label for text in texts for label in leaks_in(text)})
     if found and report.passed:
         report.outcome = "failed"

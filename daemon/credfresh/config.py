@@ -148,6 +148,7 @@ class Config:
     profiles: Mapping[str, Profile]
     digest: str
     warnings: tuple[str, ...] = ()
+    policy_files: tuple[Path, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,13 +175,13 @@ def read_bytes(path: Path) -> bytes:
         with path.open("rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as exc:
-        raise ConfigError([f"config file not found: {path}"], path=str(path)) from exc
+        raise ConfigError([f"(file): not found: {path}"], path=str(path)) from exc
     except OSError as exc:
         raise ConfigError(
-            [f"config file cannot be read: {exc.strerror or type(exc).__name__}"], path=str(path)
+            [f"(file): cannot be read ({exc.strerror or type(exc).__name__})"], path=str(path)
         ) from exc
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"config file is larger than {MAX_CONFIG_BYTES} bytes"], path=str(path))
+        raise ConfigError([f"(file): larger than {MAX_CONFIG_BYTES} bytes"], path=str(path))
     return data
 
 
@@ -190,16 +191,21 @@ def parse_document(data: bytes, path: Path) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [f"config is not valid UTF-8 (byte {exc.start})"], path=str(path)
+            [f"(document): not valid UTF-8 (byte {exc.start})"], path=str(path)
         ) from exc
     if path.suffix.lower() == ".toml":
         import tomllib
 
         try:
             document: object = tomllib.loads(text)
+        except RecursionError as exc:
+            raise ConfigError(["(document): nests too deeply"], path=str(path)) from exc
         except tomllib.TOMLDecodeError as exc:
             where = str(exc).rsplit("(", 1)[-1].rstrip(")") if "(" in str(exc) else ""
-            raise ConfigError([f"config is not valid TOML ({where})"], path=str(path)) from exc
+            raise ConfigError([f"(document): not valid TOML ({where})"], path=str(path)) from exc
+        from credfresh import yamlsafe
+
+        yamlsafe.check_size(document, str(path))
     else:
         from credfresh import yamlsafe
 

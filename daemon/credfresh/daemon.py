@@ -91,10 +91,13 @@ def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
 
 
 def check_config_permissions(config: Config, euid: int) -> list[str]:
-    """As root, a config anyone else can edit decides which roles root assumes: refuse it."""
-    paths = [config.path]
+    """Whoever can edit the config or a policy file decides which roles are assumed.
+
+    As root such a file must be owned by root and writable by no one else; the caller
+    refuses to start. For other users the same findings are warnings.
+    """
     problems = []
-    for path in paths:
+    for path in (config.path, *config.policy_files):
         try:
             st = path.stat()
         except OSError:
@@ -102,7 +105,9 @@ def check_config_permissions(config: Config, euid: int) -> list[str]:
         if st.st_mode & 0o022:
             problems.append(f"{path} is writable by group or others: run `chmod go-w {path}`")
         if st.st_uid not in (euid, 0):
-            problems.append(f"{path} is owned by uid {st.st_uid}: run `chown {euid} {path}`")
+            problems.append(
+                f"{path} is owned by uid {st.st_uid}, not by uid {euid}: run `chown {euid} {path}`"
+            )
     return problems
 
 

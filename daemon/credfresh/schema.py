@@ -339,6 +339,7 @@ def build_config(
         warnings.append("profiles: no profiles configured; credfresh has nothing to refresh")
     base = path.parent
     policy_parts: list[bytes] = []
+    policy_paths: list[Path] = []
     models: dict[str, tuple[ProfileModel, set[str]]] = {}
     for name, raw_body in profiles_doc.items():
         prefix = f"profiles.{name}"
@@ -371,6 +372,7 @@ def build_config(
             problems=problems,
             warnings=warnings,
             policy_parts=policy_parts,
+            policy_paths=policy_paths,
         )
         if profile is not None:
             profiles[name] = profile
@@ -415,6 +417,7 @@ def build_config(
         profiles=profiles,
         digest=cfg.digest_of(raw, *policy_parts),
         warnings=tuple(warnings),
+        policy_files=tuple(dict.fromkeys(policy_paths)),
     )
 
 
@@ -450,6 +453,7 @@ def _profile(
     problems: list[str],
     warnings: list[str],
     policy_parts: list[bytes],
+    policy_paths: list[Path],
 ) -> cfg.Profile | None:
     prefix = f"profiles.{name}"
     start = len(problems)
@@ -479,6 +483,7 @@ def _profile(
         policy_text = _compact_policy(model.policy, where("policy"), problems)
     elif model.policy_file is not None:
         policy_path = cfg.expand_path(model.policy_file, base)
+        policy_paths.append(policy_path)
         try:
             data = policy_path.read_bytes()
         except OSError as exc:

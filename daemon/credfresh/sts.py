@@ -405,6 +405,8 @@ class StsClients:
             ReadTimeoutError,
         )
 
+        from botocore.parsers import ResponseParserError
+
         client = self.client_for(profile, source)
         params = assume_role_params(profile)
         try:
@@ -439,7 +441,7 @@ class StsClients:
                 else "invalid_response"
             )
             raise StsError(classify(code, type(exc).__name__), profile.name) from None
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        except (ResponseParserError, KeyError, ValueError, TypeError, AttributeError) as exc:
             # botocore's parsers raise these on bodies that are not STS XML (a captive
             # portal's HTML page, truncated or invalid XML).
             raise StsError(classify("invalid_response", type(exc).__name__), profile.name) from None

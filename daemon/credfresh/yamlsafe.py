@@ -23,19 +23,21 @@ def load(text: str, source: str) -> object:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = exc.problem or "syntax error"
         raise ConfigError(
-            [f"config is not valid YAML ({problem} at {where})"], path=source
+            [f"(document): not valid YAML ({problem} at {where})"], path=source
         ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(
-            [f"config is not valid YAML ({type(exc).__name__})"], path=source
+            [f"(document): not valid YAML ({type(exc).__name__})"], path=source
         ) from exc
     except RecursionError as exc:
-        raise ConfigError([f"config nests deeper than {MAX_DEPTH} levels"], path=source) from exc
-    _check_size(document, source)
+        raise ConfigError(
+            [f"(document): nests deeper than {MAX_DEPTH} levels"], path=source
+        ) from exc
+    check_size(document, source)
     return document
 
 
-def _check_size(document: object, source: str) -> None:
+def check_size(document: object, source: str) -> None:
     """Count nodes as the expanded tree would have them (aliases share objects: memoise by id)."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
@@ -43,7 +45,7 @@ def _check_size(document: object, source: str) -> None:
     while stack:
         node, depth, done = stack.pop()
         if depth > MAX_DEPTH:
-            raise ConfigError([f"config nests deeper than {MAX_DEPTH} levels"], path=source)
+            raise ConfigError([f"(document): nests deeper than {MAX_DEPTH} levels"], path=source)
         if not isinstance(node, dict | list):
             continue
         key = id(node)
@@ -54,14 +56,14 @@ def _check_size(document: object, source: str) -> None:
             total = 1 + sum(sizes.get(id(c), 1) for c in children)
             if total > MAX_NODES:
                 raise ConfigError(
-                    [f"config expands to more than {MAX_NODES} values (YAML aliases?)"],
+                    [f"(document): expands to more than {MAX_NODES} values (YAML aliases?)"],
                     path=source,
                 )
             sizes[key] = total
             open_nodes.discard(key)
             continue
         if key in open_nodes:
-            raise ConfigError(["config refers to itself (recursive YAML alias)"], path=source)
+            raise ConfigError(["(document): refers to itself (recursive YAML alias)"], path=source)
         if key in sizes:
             continue
         sizes[key] = 1
