@@ -45,3 +45,15 @@ def test_readme_starts_with_the_two_commands() -> None:
     head = "\n".join(README.splitlines()[:6])
     assert "make demo" in head
     assert "make test" in head
+
+
+def test_test_references_exist() -> None:
+    """Every `tests/x.py::Class::test` the README cites exists."""
+    import re
+
+    missing = []
+    for ref in re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)+)`", README):
+        path, names = Path(ref[0]), ref[1].strip(":").split("::")
+        text = path.read_text() if path.exists() else ""
+        missing += [f"{path}::{n}" for n in names if not re.search(rf"(def|class) {n}\b", text)]
+    assert not missing
