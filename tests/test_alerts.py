@@ -23,12 +23,9 @@ from credfresh.alerts import (
     AlertEvent,
     AlertManager,
     AlertState,
-    CommandSink,
     Policy,
     ProfileFacts,
-    SinkError,
     Step,
-    WebhookSink,
     on_config_applied,
     on_config_rejected,
     on_profile_removed,
@@ -37,10 +34,10 @@ from credfresh.alerts import (
     on_tick,
     on_write_failed,
     on_write_succeeded,
-    proxy_for,
 )
 from credfresh.config import AlertSettings
 from credfresh.logs import Redactor
+from credfresh.sinks import CommandSink, SinkError, WebhookSink, proxy_for
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(host="web-1")

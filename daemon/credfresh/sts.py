@@ -404,7 +404,6 @@ class StsClients:
             ParamValidationError,
             ReadTimeoutError,
         )
-
         from botocore.parsers import ResponseParserError
 
         client = self.client_for(profile, source)
