@@ -339,3 +339,19 @@ class TestLogs:
             "stopping",
         ):
             assert f"| `{required}` |" in README
+
+
+class TestRedactorScale:
+    def test_many_known_secrets_are_found_quickly(self) -> None:
+        """With thousands of known secrets, each one is still redacted, by lookup not scan."""
+        import secrets as random_secrets
+
+        redactor = Redactor()
+        known = [random_secrets.token_hex(20).lower() for _ in range(2000)]
+        redactor.add(*known)
+        text = f"error: key={known[1234]} and token {known[7]}/tail"
+        cleaned = redactor.text(text)
+        assert known[1234] not in cleaned
+        assert known[7] not in cleaned
+        redactor.forget(known[7])
+        assert known[7] in redactor.text(known[7] + " ")

@@ -92,6 +92,7 @@ class Engine:
         self.written: dict[str, Credentials] = {}
         self._running: set[str] = set()
         self._pending: set[str] = set()
+        self._secrets: dict[str, list[Credentials]] = {}
         self._first_pass: set[str] = set()
         self.first_pass_done = threading.Event()
         self.state_dirty = threading.Event()
@@ -121,7 +122,7 @@ class Engine:
                 if creds is not None:
                     self.current[name] = creds
                     self.written[name] = creds
-                    self.redactor.add(creds.secret_access_key, creds.session_token)
+                    self._remember_secrets(name, creds)
                 kind = refresh.state_of(now, creds, profile.refresh_before)
                 self.states[name].state = kind
                 self.states[name].expires_at = creds.expiration if creds else None
@@ -244,7 +245,7 @@ class Engine:
             self._failed(profile, exc.failure, time.monotonic() - started)
             return
         creds = issued.credentials
-        self.redactor.add(creds.secret_access_key, creds.session_token)
+        self._remember_secrets(profile.name, creds)
         took = time.monotonic() - started
         self._report_skew(issued.skew)
         with self._lock:
@@ -279,6 +280,17 @@ class Engine:
             self.alerts.refresh_succeeded(profile.name, self.clock())
         self._schedule_next(profile.name, self.clock())
         self._wake_dependants(profile.name)
+
+    def _remember_secrets(self, name: str, creds: Credentials) -> None:
+        """Redact this set and the one before it; older sets are forgotten (memory stays flat)."""
+        self.redactor.add(creds.secret_access_key, creds.session_token)
+        with self._lock:
+            generations = self._secrets.setdefault(name, [])
+            generations.append(creds)
+            stale = generations[:-2]
+            del generations[:-2]
+        for old in stale:
+            self.redactor.forget(old.secret_access_key, old.session_token)
 
     def _wake_dependants(self, source: str) -> None:
         """A chained profile waiting for this source runs now; fresh dependants are left be."""

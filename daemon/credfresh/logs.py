@@ -38,6 +38,8 @@ _SECRET_LIKE = re.compile(
     r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
 )
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_-]{100,}")
+_RUN = re.compile(r"[A-Za-z0-9/+=]{16,}")
+_SCAN_ALL_BELOW: Final = 64
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 # botocore at DEBUG logs signed request headers; APScheduler logs every job at INFO
 # (thousands of lines a day with many profiles), so it is kept to warnings.
@@ -73,9 +75,15 @@ class Redactor:
             self._known = self._known - {s for s in secrets if s}
 
     def text(self, value: str) -> str:
-        for secret in self._known:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+        known = self._known
+        if known:
+            if len(known) <= _SCAN_ALL_BELOW:
+                for secret in known:
+                    if secret in value:
+                        value = value.replace(secret, REDACTED)
+            else:
+                # Many profiles: look up each base64-ish run instead of scanning for each secret.
+                value = _RUN.sub(lambda m: REDACTED if m.group(0) in known else m.group(0), value)
         value = _JWT.sub(REDACTED, value)
         value = _LONG_TOKEN.sub(REDACTED, value)
         value = _SECRET_LIKE.sub(REDACTED, value)
