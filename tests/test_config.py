@@ -303,6 +303,13 @@ class TestCommand:
         """Unknown commands are usage errors."""
         assert self.run("frobnicate")[0] == EXIT_CONFIG
 
+    def test_subcommand_help(self) -> None:
+        """Each subcommand's --help prints its usage through the injected stream."""
+        for command in ("run", "once", "status", "validate", "credential-process", "demo"):
+            code, out, _ = self.run(command, "--help")
+            assert code == 0
+            assert out.startswith(f"usage: credfresh {command}")
+
     def test_version(self) -> None:
         """--version prints the version."""
         code, out, _ = self.run("--version")

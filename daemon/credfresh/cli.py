@@ -91,7 +91,16 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         help="log rendering (default: console on a TTY, else JSON)",
     )
     opt(common, "--log-level", choices=["debug", "info", "warning", "error"], help="log level")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    class _Bound(_Parser):
+        """Subcommand parsers write (help, usage errors) to the same injected streams."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, streams=streams, **kwargs)
+
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Bound
+    )
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])

@@ -1,0 +1,294 @@
+"""`credfresh console-url`: an AWS console sign-in URL from a profile's current credentials.
+
+The federation endpoint trades the profile's temporary credentials for a sign-in token
+(`Action=getSigninToken`), and the login URL carries that token. Both are bearer secrets: the
+credentials go only to the federation endpoint over https, and the URL only to stdout, never
+to a log or an error message. Like `status`, this command needs neither boto3 nor pydantic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.parse
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+from credfresh import credfile
+from credfresh.config import parse_duration, read_light
+from credfresh.credentials import Credentials, format_time
+from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, CredfreshError
+
+if TYPE_CHECKING:
+    import urllib3
+
+    from credfresh.cli import Streams
+
+#: Set to point `console-url` at another federation endpoint (a test stand-in); https, or http
+#: to a loopback address only, since the profile's credentials are sent to it.
+FEDERATION_ENV: Final = "CREDFRESH_FEDERATION_URL"
+FEDERATION_URLS: Final = {
+    "aws": "https://signin.aws.amazon.com/federation",
+    "aws-cn": "https://signin.amazonaws.cn/federation",
+    "aws-us-gov": "https://signin.amazonaws-us-gov.com/federation",
+}
+CONSOLE_URLS: Final = {
+    "aws": "https://console.aws.amazon.com/",
+    "aws-cn": "https://console.amazonaws.cn/",
+    "aws-us-gov": "https://console.amazonaws-us-gov.com/",
+}
+DEFAULT_ISSUER: Final = "credfresh"
+#: SessionDuration bounds of getSigninToken for AssumeRole* credentials (AWS documentation).
+MIN_SESSION_SECONDS: Final = 900
+MAX_SESSION_SECONDS: Final = 43200
+REQUEST_TIMEOUT: Final = 10.0
+MAX_RESPONSE_BYTES: Final = 64 * 1024
+
+
+class ConsoleError(CredfreshError):
+    """The sign-in token could not be obtained; the message never holds a secret or a URL.
+
+    `status` is the federation endpoint's HTTP status when it answered.
+    """
+
+    code = "federation_failed"
+
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def session_seconds(duration: str | float) -> int:
+    """`--duration` as whole seconds within 900..43200; ValueError says what was expected."""
+    seconds = parse_duration(duration)
+    if seconds != int(seconds):
+        raise ValueError("expected a whole number of seconds")
+    if not MIN_SESSION_SECONDS <= seconds <= MAX_SESSION_SECONDS:
+        raise ValueError("expected 15m to 12h (900 to 43200 seconds)")
+    return int(seconds)
+
+
+def partition_of(*arns: str) -> str:
+    """The partition of the first ARN that names a known one; `aws` otherwise."""
+    for arn in arns:
+        parts = arn.split(":", 2)
+        if len(parts) == 3 and parts[0] == "arn" and parts[1] in FEDERATION_URLS:
+            return parts[1]
+    return "aws"
+
+
+def federation_url(partition: str, environ: Mapping[str, str]) -> str:
+    """The partition's sign-in federation endpoint, or $CREDFRESH_FEDERATION_URL.
+
+    The override must be https, or plain http to a loopback address: anything else would
+    send the profile's credentials in clear text across a network.
+    """
+    override = environ.get(FEDERATION_ENV)
+    if not override:
+        return FEDERATION_URLS[partition]
+    parts = urllib.parse.urlsplit(override)
+    if parts.query or parts.fragment or not parts.hostname:
+        raise ValueError(f"{FEDERATION_ENV}: expected a URL like https://HOST/federation")
+    if parts.scheme == "https":
+        return override
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return override
+    raise ValueError(f"{FEDERATION_ENV}: expected https, or http to a loopback address")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_destination(destination: str) -> str:
+    """The console page to open: an https URL (AWS refuses other destinations anyway)."""
+    parts = urllib.parse.urlsplit(destination)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("expected an https URL like https://console.aws.amazon.com/s3/")
+    return destination
+
+
+def signin_token_request(federation: str, creds: Credentials, seconds: int | None) -> str:
+    """The getSigninToken URL: it carries the credentials, so it is a secret itself.
+
+    Without `seconds`, no SessionDuration: the endpoint refuses one (HTTP 400) for a role
+    session obtained with temporary credentials (role chaining).
+    """
+    session = json.dumps(
+        {
+            "sessionId": creds.access_key_id,
+            "sessionKey": creds.secret_access_key,
+            "sessionToken": creds.session_token,
+        },
+        separators=(",", ":"),
+    )
+    params = {"Action": "getSigninToken"}
+    if seconds is not None:
+        params["SessionDuration"] = str(seconds)
+    params["Session"] = session
+    return f"{federation}?{urllib.parse.urlencode(params)}"
+
+
+def login_url(federation: str, *, issuer: str, destination: str, signin_token: str) -> str:
+    """The URL a browser opens to land signed in on `destination`."""
+    query = urllib.parse.urlencode(
+        {
+            "Action": "login",
+            "Issuer": issuer,
+            "Destination": destination,
+            "SigninToken": signin_token,
+        }
+    )
+    return f"{federation}?{query}"
+
+
+def fetch_signin_token(url: str, http: urllib3.PoolManager | None = None) -> str:
+    """GET the getSigninToken URL and return the token; raise ConsoleError.
+
+    No retries and no redirects: urllib3 would log the URL (which holds the credentials)
+    when retrying. Errors name only the exception type or the HTTP status.
+    """
+    import urllib3
+
+    pool = http or urllib3.PoolManager(
+        timeout=urllib3.Timeout(total=REQUEST_TIMEOUT), retries=False
+    )
+    try:
+        response = pool.request("GET", url, preload_content=False, redirect=False)
+        try:
+            data = response.read(MAX_RESPONSE_BYTES + 1)
+        finally:
+            response.release_conn()
+    except urllib3.exceptions.HTTPError as exc:
+        raise ConsoleError(
+            f"the federation endpoint could not be reached ({type(exc).__name__})",
+            code="federation_unreachable",
+        ) from None
+    if response.status != 200:
+        raise ConsoleError(
+            f"the federation endpoint answered HTTP {response.status}",
+            code="federation_refused",
+            status=response.status,
+        )
+    try:
+        token = json.loads(data.decode("utf-8"))["SigninToken"]
+    except (ValueError, KeyError, TypeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise ConsoleError(
+            "the federation endpoint answered without a SigninToken", code="federation_invalid"
+        )
+    return token
+
+
+def _signin_token(
+    federation: str,
+    creds: Credentials,
+    seconds: int,
+    http: urllib3.PoolManager | None,
+    err: TextIO,
+) -> str:
+    """Ask with SessionDuration; on HTTP 400 ask once more without it.
+
+    The federation endpoint answers 400 to SessionDuration when the role session was itself
+    assumed with temporary credentials (role chaining: an instance role, IRSA, a chained
+    profile); without it the console session follows the credentials' own limits.
+    """
+    try:
+        return fetch_signin_token(signin_token_request(federation, creds, seconds), http)
+    except ConsoleError as exc:
+        if exc.status != 400:
+            raise
+    err.write(
+        "credfresh: the federation endpoint refused SessionDuration (a chained role session?); "
+        "asking again without it, so --duration does not apply\n"
+    )
+    return fetch_signin_token(signin_token_request(federation, creds, None), http)
+
+
+def main(
+    config_path: Path,
+    profile: str,
+    *,
+    destination: str | None = None,
+    issuer: str | None = None,
+    duration: str | float = "1h",
+    streams: Streams,
+    http: urllib3.PoolManager | None = None,
+    clock: Callable[[], datetime] = _now,
+) -> int:
+    """Print the sign-in URL for `profile`: exit 0, 1 (no valid credentials, federation
+    failure) or 2 (config or usage)."""
+    err = streams.err
+    try:
+        seconds = session_seconds(duration)
+    except ValueError as exc:
+        err.write(f"credfresh: --duration: {exc}\n")
+        return EXIT_CONFIG
+    if issuer is not None and (not issuer or any(ch in issuer for ch in "\r\n")):
+        err.write("credfresh: --issuer: expected a single line of text\n")
+        return EXIT_CONFIG
+    try:
+        if destination is not None:
+            check_destination(destination)
+    except ValueError as exc:
+        err.write(f"credfresh: --destination: {exc}\n")
+        return EXIT_CONFIG
+    try:
+        light = read_light(config_path, streams.environ)
+    except ConfigError as exc:
+        err.write(f"credfresh: {exc}\n")
+        return EXIT_CONFIG
+    settings = light.profiles.get(profile)
+    if settings is None:
+        err.write(f"credfresh: profile {profile} is not in {config_path}\n")
+        return EXIT_CONFIG
+    try:
+        view = credfile.read_managed(light.credentials_file, light.owner, [profile])
+    except CredfreshError as exc:
+        err.write(f"credfresh: {exc.code}: {exc}\n")
+        return EXIT_FAILED
+    creds = view.managed.get(profile)
+    if creds is None:
+        err.write(
+            f"credfresh: profile {profile} has no credentials in {light.credentials_file} "
+            "(is credfresh running?)\n"
+        )
+        return EXIT_FAILED
+    if creds.expiration <= clock():
+        err.write(
+            f"credfresh: profile {profile} expired at {format_time(creds.expiration)} "
+            "(is credfresh running? see `credfresh status`)\n"
+        )
+        return EXIT_FAILED
+    partition = partition_of(creds.principal_arn, settings.role_arn)
+    try:
+        federation = federation_url(partition, streams.environ)
+    except ValueError as exc:
+        err.write(f"credfresh: {exc}\n")
+        return EXIT_CONFIG
+    target = destination or CONSOLE_URLS[partition]
+    try:
+        token = _signin_token(federation, creds, seconds, http, err)
+    except ConsoleError as exc:
+        err.write(f"credfresh: {exc.code}: {exc}\n")
+        return EXIT_FAILED
+    streams.out.write(
+        login_url(
+            federation,
+            issuer=issuer or DEFAULT_ISSUER,
+            destination=target,
+            signin_token=token,
+        )
+        + "\n"
+    )
+    return EXIT_OK

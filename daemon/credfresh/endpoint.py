@@ -1,0 +1,567 @@
+"""The container credentials endpoint: botocore's `AWS_CONTAINER_CREDENTIALS_FULL_URI` server.
+
+A long-running SDK process reads the shared credentials file once and keeps the old keys; this
+endpoint hands it the daemon's current credentials instead, and botocore refreshes them by
+itself (advisory 15 min, mandatory 10 min before expiry). Every request must carry the token
+of `token_file` in its `Authorization` header, exactly as botocore sends it.
+
+Hardening, since anything on the host (or in the pod) can connect: the request head is read
+with a byte budget and one deadline (no unbounded reads, no slowloris), each connection has
+its own daemon thread, tokens are compared in constant time, profile names are checked
+against the config's name rule before any lookup, and nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import http.client
+import io
+import ipaddress
+import json
+import os
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from credfresh.credentials import Credentials, format_time
+from credfresh.schema import CONTAINER_HOSTS, PROFILE_NAME
+
+PATH_PREFIX: Final = "/v1/credentials/"
+#: The whole request head (request line and headers) must arrive within this, or the
+#: connection is dropped; its thread is then free again.
+REQUEST_TIMEOUT: Final = 5.0
+#: Bytes read for one request head at most: far above any real token, far below a flood.
+MAX_HEAD_BYTES: Final = 32 * 1024
+MAX_REQUEST_LINE: Final = 8 * 1024
+#: A token file larger than this is refused (an EKS or Kubernetes token is about 1-2 KiB).
+MAX_TOKEN_BYTES: Final = 16 * 1024
+#: After answering, unread input is drained this much (bounded) before closing, so the
+#: client sees the answer instead of a reset.
+LINGER_BYTES: Final = 64 * 1024
+LINGER_SECONDS: Final = 1.0
+#: Refusals are logged at most once per reason in this many seconds (with a count).
+LOG_INTERVAL: Final = 60.0
+JSON_CONTENT_TYPE: Final = "application/json"
+ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
+
+_LISTEN = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})$")
+_ACCOUNT_ID = re.compile(r"^\d{12}$")
+
+
+class Logger(Protocol):
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9911` or `[::1]:9911` into (host, port); raise ValueError for anything else.
+
+    Checked again here, not only in the schema: an address botocore refuses over http would
+    be useless, and any other one would offer credentials beyond the host. Port 0 (any free
+    port) is allowed for tests; host names are not (they resolve at someone else's will).
+    """
+    match = _LISTEN.match(listen)
+    if not match or int(match.group(3)) > 65535:
+        raise ValueError(f"container endpoint listen {listen!r}: expected HOST:PORT")
+    text = match.group(1) or match.group(2)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        address = None
+    if address not in ALLOWED_HOSTS:
+        raise ValueError(
+            f"container endpoint listen {listen!r}: expected one of "
+            f"{', '.join(CONTAINER_HOSTS)} (the addresses botocore accepts over http)"
+        )
+    return str(address), int(match.group(3))
+
+
+def account_id(principal_arn: str) -> str | None:
+    """The account of an `arn:aws:sts::123456789012:assumed-role/...` ARN, if it has one."""
+    parts = principal_arn.split(":", 5)
+    if len(parts) == 6 and _ACCOUNT_ID.match(parts[4]):
+        return parts[4]
+    return None
+
+
+def credentials_body(creds: Credentials) -> dict[str, str]:
+    """The JSON botocore's container provider reads (`Token`, not `SessionToken`)."""
+    body = {
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "Token": creds.session_token,
+        "Expiration": format_time(creds.expiration),
+    }
+    account = account_id(creds.principal_arn)
+    if account is not None:
+        body["AccountId"] = account
+    return body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """One response: status, JSON body (may hold credentials, so never in a repr), headers."""
+
+    status: int
+    body: Mapping[str, object] = dataclasses.field(repr=False)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _Refusal(Exception):
+    """A request answered with an error: `reason` is for the log, `message` for the client."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+def profile_from_path(path: str) -> str:
+    """The profile name of `/v1/credentials/<name>`; raise _Refusal otherwise.
+
+    The name is percent-decoded (strict UTF-8) and must then be a valid config profile name
+    with no empty, `.` or `..` segment: it is only ever a dictionary key, but nothing odd
+    should reach even that. Unknown paths are 404, impossible names 400.
+    """
+    raw = path.partition("?")[0]
+    if not raw.startswith(PATH_PREFIX):
+        raise _Refusal(404, "not found", "unknown_path")
+    try:
+        name = urllib.parse.unquote(raw[len(PATH_PREFIX) :], errors="strict")
+    except UnicodeDecodeError:
+        raise _Refusal(400, "invalid profile name", "bad_profile_name") from None
+    if not PROFILE_NAME.fullmatch(name) or any(
+        segment in ("", ".", "..") for segment in name.split("/")
+    ):
+        raise _Refusal(400, "invalid profile name", "bad_profile_name")
+    return name
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class TokenFile:
+    """The expected `Authorization` value, re-read whenever the file changes.
+
+    Each request costs one stat; the content is read again only when the inode, size, mtime
+    or ctime moved (a Kubernetes Secret update swaps a symlink, which changes the inode). An
+    unreadable, empty, oversized or malformed file leaves no usable token: every request is
+    then refused, and the log says why once per change, never with the content. Surrounding
+    whitespace is stripped (`echo token > file` works for us), but a trailing newline earns a
+    warning: botocore refuses to send a token file that ends with one.
+    """
+
+    def __init__(self, path: Path, log: Logger) -> None:
+        self.path = path
+        self._log = log
+        self._lock = threading.Lock()
+        self._signature: tuple[int, ...] | None = None
+        self._digest: bytes | None = None
+        self._problem: str | None = None
+
+    def digest(self) -> bytes | None:
+        """SHA-256 of the current token, or None when the file gives no usable token."""
+        with self._lock:  # one stat per request; a read only after a change
+            try:
+                st = os.stat(self.path)
+            except OSError as exc:
+                self._set(None, None, f"cannot stat: {exc.strerror or type(exc).__name__}")
+                return None
+            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if signature != self._signature:
+                digest, problem = self._load()
+                self._set(signature, digest, problem)
+            return self._digest
+
+    def _load(self) -> tuple[bytes | None, str | None]:
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read(MAX_TOKEN_BYTES + 1)
+        except OSError as exc:
+            return None, f"cannot read: {exc.strerror or type(exc).__name__}"
+        if len(data) > MAX_TOKEN_BYTES:
+            return None, f"larger than {MAX_TOKEN_BYTES} bytes"
+        token = data.strip(b" \t\r\n")
+        if not token:
+            return None, "empty"
+        if any(byte < 0x20 or byte > 0x7E for byte in token):
+            return None, "expected printable ASCII on one line"
+        if data.endswith((b"\n", b"\r")):
+            self._log.warning(
+                "container_token_file_newline",
+                path=str(self.path),
+                hint="botocore refuses a token file that ends with a newline; "
+                "write it without one (printf '%s' TOKEN > FILE)",
+            )
+        return _digest(token), None
+
+    def _set(
+        self, signature: tuple[int, ...] | None, digest: bytes | None, problem: str | None
+    ) -> None:
+        """Record the file's state; log only changes (a new token, or a new problem)."""
+        changed = problem != self._problem or digest != self._digest
+        self._signature, self._digest, self._problem = signature, digest, problem
+        if not changed:
+            return
+        if problem is None:
+            self._log.info("container_token_loaded", path=str(self.path))
+        else:
+            self._log.warning(
+                "container_token_unusable",
+                path=str(self.path),
+                reason=problem,
+                effect="every container credentials request is refused",
+            )
+
+
+class _RateLimitedLog:
+    """One warning per key per interval, with how many were held back, so a client retrying
+    in a loop cannot flood the log."""
+
+    def __init__(self, log: Logger, interval: float, clock: Callable[[], float]) -> None:
+        self._log = log
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        self._log.warning(event, suppressed=held, **fields)
+
+
+class _HeadReader(io.BufferedIOBase):
+    """Reads a request head straight from the socket, within a byte budget and a deadline.
+
+    http.server would read 64 KiB per line and 100 lines, and let a client that trickles a
+    byte every few seconds hold its thread indefinitely; here the whole head gets
+    MAX_HEAD_BYTES and one deadline. Over budget raises an HTTPException, which
+    http.server's parse_request answers with 431.
+    """
+
+    def __init__(self, sock: socket.socket, budget: int, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._budget = budget
+        self._deadline = time.monotonic() + timeout
+        self._buffer = bytearray()
+        self._received = 0
+        self._lines = 0
+        #: A bare CR or NUL in a line, or a folded header line: http.client would split or
+        #: join such lines, so what it parses is not what the client sent. Answered with 400.
+        self.malformed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        limit = self._budget + 1 if size is None or size < 0 else size
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                count = end + 1
+                break
+            if len(self._buffer) >= limit:
+                count = limit
+                break
+            if self._received >= self._budget:
+                raise _HeadTooLarge(f"request head larger than {self._budget} bytes")
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request head not received in time")
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(min(4096, self._budget - self._received))
+            if not chunk:
+                count = len(self._buffer)
+                break
+            self._received += len(chunk)
+            self._buffer += chunk
+        line = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        content = line.removesuffix(b"\n").removesuffix(b"\r")
+        if b"\r" in content or b"\0" in content or (self._lines and line[:1] in (b" ", b"\t")):
+            self.malformed = True
+        self._lines += 1
+        return line
+
+
+class _HeadTooLarge(http.client.HTTPException):
+    pass
+
+
+class _Server(ThreadingHTTPServer):
+    """One daemon thread per connection; IPv6 for `::1` and `fd00:ec2::23`; no reverse DNS."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, host: str, port: int, app: CredentialsEndpoint) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.app = app
+        super().__init__((host, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn: a DNS lookup for nothing.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-answer is routine: a log line, no traceback on stderr."""
+        error = sys.exc_info()[1]
+        self.app.log.warning(
+            "container_connection_failed", error=type(error).__name__ if error else None
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+    server_version = "credfresh"
+    sys_version = ""
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        timeout = self.server.app.request_timeout
+        self.connection.settimeout(timeout)
+        self.rfile.close()
+        self._reader = _HeadReader(self.connection, MAX_HEAD_BYTES, timeout)
+        self.rfile = self._reader
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr: request lines are for nobody, and errors are logged."""
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def handle_one_request(self) -> None:
+        """Read one bounded request head, answer it, and close (HTTP/1.0, no keep-alive)."""
+        self.close_connection = True
+        app = self.server.app
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline or not self.parse_request():
+                return
+        except OSError:  # TimeoutError included: a silent or trickling client is dropped
+            return
+        self.connection.settimeout(app.request_timeout)
+        if self.request_version == "HTTP/0.9" or self._reader.malformed:
+            self.send_error(HTTPStatus.BAD_REQUEST)
+            return
+        answer = app.answer(
+            self.command or "", self.path, self.headers.get_all("Authorization") or []
+        )
+        self._send(answer)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors of the HTTP layer as JSON, without echoing any part of the request."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.0"  # parse_request may fail before knowing it: no 0.9
+        self.server.app.refused("bad_request", int(code))
+        try:
+            phrase = HTTPStatus(code).phrase.lower()
+        except ValueError:
+            phrase = "error"
+        self._send(Answer(int(code), {"error": phrase}))
+
+    def _send(self, answer: Answer) -> None:
+        body = json.dumps(answer.body, sort_keys=True).encode() + b"\n"
+        self.send_response(answer.status)
+        self.send_header("Content-Type", JSON_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, then drain a bounded amount: closing with unread input sends a reset,
+        which can make the client lose the answer (a 431 for an oversized head)."""
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                sock.settimeout(remaining)
+                chunk = sock.recv(16384)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except OSError:
+            return
+
+
+class CredentialsEndpoint:
+    """Serves `GET /v1/credentials/<profile>` to holders of the token, on a loopback address.
+
+    `known(name)` says whether a profile is configured; `current(name)` gives what the daemon
+    last wrote for it (or None). Order of checks, so that nobody without the token learns
+    anything, not even which profiles exist: method (405), token (401, or 400 for a malformed
+    header), path and name (404/400), profile (404), credentials (503 unless unexpired).
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        token_file: Path,
+        *,
+        known: Callable[[str], bool],
+        current: Callable[[str], Credentials | None],
+        log: Logger | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        request_timeout: float = REQUEST_TIMEOUT,
+        poll_interval: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if log is None:
+            import structlog
+
+            log = structlog.get_logger("credfresh.endpoint")
+        self.host, self._requested_port = parse_listen(listen)
+        self.log: Logger = log
+        self.token = TokenFile(Path(token_file), log)
+        self.known = known
+        self.current = current
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self._refusals = _RateLimitedLog(log, LOG_INTERVAL, monotonic)
+        self._poll_interval = poll_interval
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when asked for port 0); the requested one before start."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL: append a profile name for AWS_CONTAINER_CREDENTIALS_FULL_URI."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{PATH_PREFIX}"
+
+    def start(self) -> None:
+        """Bind (OSError if the address is taken or absent) and serve from a daemon thread."""
+        if self._server is not None:
+            return
+        self.token.digest()  # logs at once if the token file is unusable
+        server = _Server(self.host, self._requested_port, self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": self._poll_interval},
+            name="credfresh-endpoint",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting and close the socket; requests in flight finish on their threads."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        self._server = None
+        self._thread = None
+
+    def answer(self, method: str, path: str, authorization: Sequence[str]) -> Answer:
+        """Decide one request; pure but for the token file, the lookups and the clock."""
+        try:
+            if method != "GET":
+                raise _Refusal(405, "method not allowed", "method_not_allowed")
+            self._authorize(authorization)
+            name = profile_from_path(path)
+            if not self.known(name):
+                raise _Refusal(404, "unknown profile", "unknown_profile")
+            creds = self.current(name)
+            now = self.clock()
+            if creds is None or creds.expiration <= now:
+                reason = "missing" if creds is None else "expired"
+                self._refusals.warning(
+                    f"unavailable:{reason}:{name}",
+                    "container_credentials_unavailable",
+                    profile=name,
+                    reason=reason,
+                )
+                return Answer(503, {"error": "no valid credentials", "reason": reason})
+            return Answer(200, credentials_body(creds))
+        except _Refusal as refusal:
+            if refusal.status != 405:
+                self.refused(refusal.reason, refusal.status)
+            headers = {"Allow": "GET"} if refusal.status == 405 else {}
+            return Answer(refusal.status, {"error": refusal.message}, headers)
+        except Exception as exc:
+            self.log.warning("container_handler_failed", error=type(exc).__name__)
+            return Answer(500, {"error": "internal error"})
+
+    def refused(self, reason: str, status: int) -> None:
+        """Log a refusal (rate-limited per reason); never with the request's content."""
+        self._refusals.warning(reason, "container_request_refused", reason=reason, status=status)
+
+    def _authorize(self, values: Sequence[str]) -> None:
+        """The header must equal the token file's content; compared as SHA-256 digests with
+        hmac.compare_digest, so neither the content nor the length leaks through timing."""
+        expected = self.token.digest()
+        if expected is None:
+            raise _Refusal(401, "unauthorized", "token_file_unusable")
+        if not values:
+            raise _Refusal(401, "unauthorized", "missing_token")
+        if len(values) > 1:
+            raise _Refusal(400, "more than one Authorization header", "malformed_token")
+        # http.server decodes header bytes as latin-1: encoding back gives the bytes sent.
+        given = values[0].encode("latin-1", errors="replace").strip(b" \t")
+        if any(byte < 0x20 or byte > 0x7E for byte in given):
+            raise _Refusal(400, "malformed Authorization header", "malformed_token")
+        if not hmac.compare_digest(_digest(given), expected):
+            raise _Refusal(401, "unauthorized", "wrong_token")
