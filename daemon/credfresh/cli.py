@@ -76,7 +76,13 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         streams=streams,
     )
     parser.add_argument("--version", action="version", version=f"credfresh {__version__}")
-    common = _Parser(add_help=False, streams=streams)
+    class _Bound(_Parser):
+        """Subcommand parsers write (help, usage errors) to the same injected streams."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, streams=streams, **kwargs)
+
+    common = _Bound(add_help=False)
     opt(
         common,
         "-c",
@@ -91,12 +97,6 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         help="log rendering (default: console on a TTY, else JSON)",
     )
     opt(common, "--log-level", choices=["debug", "info", "warning", "error"], help="log level")
-
-    class _Bound(_Parser):
-        """Subcommand parsers write (help, usage errors) to the same injected streams."""
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, streams=streams, **kwargs)
 
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Bound
