@@ -76,6 +76,7 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         streams=streams,
     )
     parser.add_argument("--version", action="version", version=f"credfresh {__version__}")
+
     class _Bound(_Parser):
         """Subcommand parsers write (help, usage errors) to the same injected streams."""
 
