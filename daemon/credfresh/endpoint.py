@@ -23,20 +23,19 @@ import json
 import os
 import re
 import socket
-import socketserver
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from credfresh.credentials import Credentials, format_time
 from credfresh.schema import CONTAINER_HOSTS, PROFILE_NAME
+from credfresh.serving import LoopbackHTTPServer, ServerThread
 
 PATH_PREFIX: Final = "/v1/credentials/"
 #: The whole request head (request line and headers) must arrive within this, or the
@@ -316,28 +315,13 @@ class _HeadTooLarge(http.client.HTTPException):
     pass
 
 
-class _Server(ThreadingHTTPServer):
-    """One daemon thread per connection; IPv6 for `::1` and `fd00:ec2::23`; no reverse DNS."""
-
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 64
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, host: str, port: int, app: CredentialsEndpoint) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
-        super().__init__((host, port), _Handler)
+        super().__init__(host, port, _Handler, on_error=self._failed)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would call socket.getfqdn: a DNS lookup for nothing.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def _failed(self, error: BaseException | None) -> None:
         """A client that vanished mid-answer is routine: a log line, no traceback on stderr."""
-        error = sys.exc_info()[1]
         self.app.log.warning(
             "container_connection_failed", error=type(error).__name__ if error else None
         )
@@ -463,7 +447,7 @@ class CredentialsEndpoint:
             import structlog
 
             log = structlog.get_logger("credfresh.endpoint")
-        self.host, self._requested_port = parse_listen(listen)
+        self.host, port = parse_listen(listen)
         self.log: Logger = log
         self.token = TokenFile(Path(token_file), log)
         self.known = known
@@ -471,16 +455,17 @@ class CredentialsEndpoint:
         self.clock = clock
         self.request_timeout = request_timeout
         self._refusals = _RateLimitedLog(log, LOG_INTERVAL, monotonic)
-        self._poll_interval = poll_interval
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = ServerThread(
+            lambda bound: _Server(self.host, bound, self),
+            port,
+            name="credfresh-endpoint",
+            poll_interval=poll_interval,
+        )
 
     @property
     def port(self) -> int:
         """The bound port (the real one when asked for port 0); the requested one before start."""
-        if self._server is None:
-            return self._requested_port
-        return int(self._server.server_address[1])
+        return self._runner.port
 
     @property
     def url(self) -> str:
@@ -490,30 +475,14 @@ class CredentialsEndpoint:
 
     def start(self) -> None:
         """Bind (OSError if the address is taken or absent) and serve from a daemon thread."""
-        if self._server is not None:
+        if self._runner.running:
             return
         self.token.digest()  # logs at once if the token file is unusable
-        server = _Server(self.host, self._requested_port, self)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": self._poll_interval},
-            name="credfresh-endpoint",
-            daemon=True,
-        )
-        self._thread.start()
+        self._runner.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting and close the socket; requests in flight finish on their threads."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = None
-        self._thread = None
+        self._runner.stop(timeout)
 
     def answer(self, method: str, path: str, authorization: Sequence[str]) -> Answer:
         """Decide one request; pure but for the token file, the lookups and the clock."""

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
-import sys
-import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Final, Protocol
 
 from credfresh.credentials import format_time
+from credfresh.serving import LoopbackHTTPServer, ServerThread
 
 #: `health() -> (healthy, detail)`: the scheduler heartbeat check.
 HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
@@ -83,31 +80,13 @@ def _problem(now: datetime, expires_at: datetime | None) -> str | None:
     return "expired" if expires_at <= now else None
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer on IPv4 or IPv6, dual-stack for `::`, without reverse DNS."""
-
-    daemon_threads = True
-    block_on_close = False
-    # socketserver's default backlog of 5 drops the SYNs of a burst (clients retry after 1 s).
-    request_queue_size = 64
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, host: str, port: int, app: HttpServer) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
-        super().__init__((host, port), _Handler)
+        super().__init__(host, port, _Handler, on_error=self._failed)
 
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # HTTPServer.server_bind would call socket.getfqdn: a DNS lookup at startup for nothing.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """No traceback on stderr: a client that vanished mid-answer is routine and silent."""
-        error = sys.exc_info()[1]
+    def _failed(self, error: BaseException | None) -> None:
+        """A client that vanished mid-answer is routine and silent."""
         if not isinstance(error, ConnectionError | TimeoutError):
             self.app.log.warning("http_connection_failed", error=type(error).__name__)
 
@@ -234,10 +213,12 @@ class HttpServer:
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.log: Logger = logger
-        self._requested_port = port
-        self._poll_interval = poll_interval
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = ServerThread(
+            lambda bound: _Server(self.host, bound, self),
+            port,
+            name="credfresh-http",
+            poll_interval=poll_interval,
+        )
 
     @classmethod
     def from_listen(
@@ -267,32 +248,12 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The bound port (the real one when asked for port 0); the requested one before start."""
-        if self._server is None:
-            return self._requested_port
-        return int(self._server.server_address[1])
+        return self._runner.port
 
     def start(self) -> None:
         """Bind (OSError if the address is taken) and serve from a daemon thread."""
-        if self._server is not None:
-            return
-        server = _Server(self.host, self._requested_port, self)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": self._poll_interval},
-            name="credfresh-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._runner.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting and close the socket; requests in flight finish on their own threads."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = None
-        self._thread = None
+        self._runner.stop(timeout)
