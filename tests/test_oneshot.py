@@ -14,6 +14,7 @@ import botocore.config
 import pytest
 from botocore.configloader import raw_config_parse
 
+import conftest
 from conftest import Project
 from credfresh import credfile
 from credfresh.cli import main
@@ -48,6 +49,24 @@ class TestOnce:
         assert project.credentials_file.read_text().startswith("# managed by hand\n[base]\n")
         assert project.sts.proxy.calls_by_action.get("AssumeRole") == 3
         assert out.count("refreshed") == 3
+
+    def test_one_write_for_many_profiles(
+        self, project: Project, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """once writes every refreshed profile in ONE write of the file."""
+        writes: list[int] = []
+        real = credfile.write_profiles
+
+        def counting(*args: object, **kwargs: object) -> object:
+            writes.append(len(args[2]))  # type: ignore[arg-type]
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(credfile, "write_profiles", counting)
+        for i in range(12):
+            project.profile(f"p{i}")
+        project.write_config()
+        assert run(project, "once")[0] == 0
+        assert writes == [12]
 
     def test_fresh_profiles_cost_nothing(self, project: Project) -> None:
         """A second once makes no STS call; --force refreshes anyway."""
@@ -205,17 +224,53 @@ class TestOnce:
 
 
 class TestRotation:
-    def test_rotated_source_keys_are_reread(self, project: Project) -> None:
-        """After the source key is rotated in the file, the next call re-reads it once."""
-        project.profile("p")
+    def test_rotated_source_keys_are_reread(self, project: Project, sts: DevSTS) -> None:
+        """With IAM enforced, a deleted source key fails once and the rotated key is re-read."""
+        import boto3 as boto
+
+        from credfresh.devsts.walkthrough import SETUP_ACCESS_KEY_ID, SETUP_SECRET
+
+        original = sts.walkthrough
+        own = sts.setup_walkthrough(prefix="rotation")
+        sts.walkthrough = original
+        iam = boto.client(
+            "iam",
+            endpoint_url=sts.upstream_url,
+            region_name="us-east-1",
+            aws_access_key_id=SETUP_ACCESS_KEY_ID,
+            aws_secret_access_key=SETUP_SECRET,
+        )
+
+        def use_key(key_id: str, secret: str) -> None:
+            project.credentials_file.write_text(
+                f"[base]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+            )
+
+        use_key(own.access_key_id, own.secret_access_key)
+        project.profile("p", role_arn=own.role_arn)
         project.write_config()
         config = load_config(project.config_path, project.env)
         clients = StsClients(config.sts, credentials_file=str(project.credentials_file))
-        clients.assume(config.profiles["p"])
-        project.sts.proxy.fail("InvalidClientTokenId", times=1)
-        issued = clients.assume(config.profiles["p"])
+        sts.enable_auth()
+        try:
+            clients.assume(config.profiles["p"])
+            sts.disable_auth()
+            new_key = iam.create_access_key(UserName=own.user_name)["AccessKey"]
+            iam.delete_access_key(UserName=own.user_name, AccessKeyId=own.access_key_id)
+            conftest.SECRETS[new_key["SecretAccessKey"]] = "the rotated source secret"
+            use_key(new_key["AccessKeyId"], new_key["SecretAccessKey"])
+            sts.enable_auth()
+            issued = clients.assume(config.profiles["p"])
+        finally:
+            sts.disable_auth()
         assert issued.credentials.access_key_id.startswith("ASIA")
-        assert project.sts.proxy.calls_by_action["AssumeRole"] == 3
+        calls = project.sts.proxy.requests(action="AssumeRole")
+        assert [c.access_key_id for c in calls] == [
+            own.access_key_id,
+            own.access_key_id,
+            new_key["AccessKeyId"],
+        ]
+        assert calls[1].status == 403
 
 
 class TestStatus:
