@@ -322,6 +322,7 @@ class TestLogs:
                 )
             )
             names |= set(re.findall(r"(?:_emit\(on_event, |on_event\()\"([a-z_]+)\"", text))
+            names |= set(re.findall(r"\blog\(\s*\"([a-z_]+)\"", text))
         missing = sorted(n for n in names if f"| `{n}` |" not in README)
         assert not missing
         for required in (
