@@ -29,12 +29,21 @@ lint: $(VENV)/.test-installed
 types: $(VENV)/.test-installed
 	$(BIN)/mypy --strict daemon/
 
-unit: $(VENV)/.test-installed
+# The AWS CLI pins its own botocore, so it gets a venv of its own (inside $(VENV), so
+# .gitignore and `make clean` cover it); the torture tests run `aws configure set` from it.
+AWSCLI_VENV := $(VENV)/awscli
+export CREDFRESH_AWSCLI := $(abspath $(AWSCLI_VENV))/bin/aws
+
+$(AWSCLI_VENV)/bin/aws:
+	$(PYTHON) -m venv $(AWSCLI_VENV)
+	$(AWSCLI_VENV)/bin/python -m pip install --quiet 'awscli>=1.33,<2'
+
+unit: $(VENV)/.test-installed $(AWSCLI_VENV)/bin/aws
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 test: lint types unit
 
-torture: $(VENV)/.test-installed
+torture: $(VENV)/.test-installed $(AWSCLI_VENV)/bin/aws
 	$(BIN)/pytest -m slow -k 'not soak' $(PYTEST_ARGS)
 
 soak: $(VENV)/.test-installed

@@ -278,6 +278,7 @@ class Engine:
             self.metrics.set_last_success(profile.name, creds.issued.timestamp())
         if self.alerts is not None:
             self.alerts.refresh_succeeded(profile.name, self.clock())
+            self._update_gauges()
         self._schedule_next(profile.name, self.clock())
         self._wake_dependants(profile.name)
 
@@ -358,6 +359,7 @@ class Engine:
                 now=now,
                 expires_at=creds.expiration if creds else None,
             )
+            self._update_gauges()
         self._schedule(profile.name, now + timedelta(seconds=delay))
 
     def _report_skew(self, skew: timedelta) -> None:
