@@ -137,6 +137,7 @@ class Daemon:
         self.alerts = self._build_alerts(config)
         self.metrics = self._build_metrics()
         self.engine = self._build_engine(config)
+        self.engine.on_first_pass = self.wake.set
         self._http: Any = None
         self._endpoint: Any = None
         self._watcher: Any = None
@@ -269,7 +270,7 @@ class Daemon:
                 self.log.info("ready", profiles=len(self.engine.config.profiles))
                 self.notifier.ready()
                 last_status = 0.0
-            if self.engine.state_dirty.is_set():
+            if self._ready and self.engine.state_dirty.is_set():
                 self._save_state()
                 self._write_textfile()
             now = time.monotonic()

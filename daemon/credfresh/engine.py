@@ -95,6 +95,7 @@ class Engine:
         self._secrets: dict[str, list[Credentials]] = {}
         self._first_pass: set[str] = set()
         self.first_pass_done = threading.Event()
+        self.on_first_pass: Callable[[], None] | None = None
         self.state_dirty = threading.Event()
         self.heartbeat = time.monotonic()
         self._skew_reported = False
@@ -221,8 +222,11 @@ class Engine:
             with self._lock:
                 self._running.discard(name)
                 self._first_pass.discard(name)
+                finished = not self._first_pass and not self.first_pass_done.is_set()
                 if not self._first_pass:
                     self.first_pass_done.set()
+            if finished and self.on_first_pass is not None:
+                self.on_first_pass()
             self.heartbeat = time.monotonic()
 
     def _source_for(self, profile: Profile) -> Credentials | None:
@@ -484,17 +488,22 @@ class Engine:
         self.scheduler.wakeup()
 
     def _heal(self, now: datetime) -> None:
-        """A managed section that differs from what credfresh last wrote is written again."""
+        """A managed section that differs from what credfresh last wrote is written again.
+
+        Only while no write is pending: until then the file rightly lags `current`.
+        """
+        if self.writer.pending():
+            return
         view = self._read_file()
-        if view is None:
+        if view is None or self.writer.pending():
             return
         restore: dict[str, Credentials] = {}
         with self._lock:
-            for name, creds in self.written.items():
+            for name, wrote in self.written.items():
                 if name not in self.config.profiles:
                     continue
-                newest = self.current.get(name, creds)
-                if not same_on_disk(view.managed.get(name), newest) and newest.expiration > now:
+                newest = self.current.get(name, wrote)
+                if not same_on_disk(view.managed.get(name), wrote) and newest.expiration > now:
                     restore[name] = newest
         for name in sorted(restore):
             found = view.managed.get(name)

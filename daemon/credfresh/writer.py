@@ -14,7 +14,7 @@ from typing import Final
 from credfresh.credentials import Credentials
 from credfresh.errors import CredfileError
 
-LINGER: Final = 0.25
+LINGER: Final = 0.4
 RETRY_MIN: Final = 1.0
 RETRY_MAX: Final = 30.0
 
