@@ -468,7 +468,7 @@ def _check_result(path: Path, result: MergeResult, owner: str) -> None:
     written profile reads back as ours; a failure here is a credfresh bug, so nothing is
     written rather than risking other profiles.
     """
-    parser = configparser.RawConfigParser(strict=True)
+    parser = configparser.RawConfigParser(strict=True, interpolation=None)
     try:
         parser.read_file(io.StringIO(result.text, newline=None))
     except configparser.Error as exc:
