@@ -92,6 +92,7 @@ class Engine:
         self.written: dict[str, Credentials] = {}
         self._running: set[str] = set()
         self._pending: set[str] = set()
+        self._urgent: set[str] = set()
         self._secrets: dict[str, list[Credentials]] = {}
         self._first_pass: set[str] = set()
         self.first_pass_done = threading.Event()
@@ -267,7 +268,10 @@ class Engine:
             state.last_error_message = None
             state.last_error_permanent = False
             self._expired_reported.discard(profile.name)
-        self.writer.submit({profile.name: creds})
+        with self._lock:
+            urgent = profile.name in self._urgent
+            self._urgent.discard(profile.name)
+        self.writer.submit({profile.name: creds}, urgent=urgent)
         self.log.info(
             "refreshed",
             profile=profile.name,
@@ -564,6 +568,7 @@ class Engine:
             for name in removed:
                 self.states.pop(name, None)
                 self.current.pop(name, None)
+            self._urgent.update(added + changed)
             for name in added + changed:
                 previous = self.states.get(name)
                 self.states[name] = ProfileState(

@@ -55,9 +55,15 @@ class BatchWriter:
         self._thread.start()
 
     def submit(
-        self, updates: Mapping[str, Credentials] | None = None, removals: Collection[str] = ()
+        self,
+        updates: Mapping[str, Credentials] | None = None,
+        removals: Collection[str] = (),
+        *,
+        urgent: bool = False,
     ) -> None:
+        """Queue a change; `urgent` skips the linger (a profile someone just added waits)."""
         with self._cond:
+            self._hurry = self._hurry or urgent
             for name, creds in (updates or {}).items():
                 self._updates[name] = creds
                 self._removals.discard(name)
