@@ -338,9 +338,6 @@ class Engine:
             maximum=self.config.retry.max,
             rng=self._rng,
         )
-        if creds is not None and not failure.permanent:
-            due = refresh.due_at(creds, profile.refresh_before)
-            delay = delay if now >= due else min(delay, (due - now).total_seconds())
         self.log.warning(
             "refresh_failed",
             profile=profile.name,
