@@ -424,6 +424,29 @@ class Daemon:
         return status_line(fresh, failing, nxt)
 
 
+M_MMAP_THRESHOLD: Final = -3
+M_ARENA_MAX: Final = -8
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+    """Keep RSS flat: the Python heap is flat from the second refresh cycle on, but glibc
+    grows it by fragmentation (one arena per worker thread, and a dynamic mmap threshold
+    that moves each whole-file write's megabyte strings into the heap; benchmarks/
+    PROFILE.md). `MALLOC_*` variables in the environment win; not glibc: nothing to do.
+    """
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        arenas_set = libc.mallopt(M_ARENA_MAX, arenas)
+        threshold_set = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+        return bool(arenas_set and threshold_set)
+    except (OSError, AttributeError):
+        return False
+
+
 def main(
     config_path: Path,
     *,
@@ -435,6 +458,7 @@ def main(
     from credfresh.logs import Logging
     from credfresh.schema import load_config
 
+    tune_malloc()
     logging = Logging(streams.out, fmt=log_format, level=log_level)
     logging.install()
     log = logging.get()
