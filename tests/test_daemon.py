@@ -229,3 +229,24 @@ class TestProcessLife:
 
 
 _ = (threading, pytest)
+
+
+class TestSkippedRuns:
+    def test_retry_due_while_its_job_finishes_is_not_lost(
+        self, project: Project, tmp_path: Path
+    ) -> None:
+        """Under a burst of very fast retries every profile still gets refreshed (a smoke test)."""
+        project.document["retry"] = {"initial": "0.01s", "max": "0.02s"}
+        for i in range(4):
+            project.profile(f"p{i}", duration_seconds=3600)
+        project.write_config()
+        project.sts.proxy.fail("Throttling", times=120)
+        with daemon(project, tmp_path, wakeup="30") as proc:
+            proc.wait_for(
+                lambda events: (
+                    {e.get("profile") for e in events if e["event"] == "refreshed"}
+                    >= {f"p{i}" for i in range(4)}
+                ),
+                20,
+                "every profile refreshed after the throttling burst",
+            )

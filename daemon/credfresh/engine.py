@@ -91,7 +91,7 @@ class Engine:
         self.current: dict[str, Credentials] = {}
         self.written: dict[str, Credentials] = {}
         self._running: set[str] = set()
-        self._pending: set[str] = set()
+        self._pending: dict[str, float] = {}  # handed to the scheduler, at (monotonic)
         self._urgent: set[str] = set()
         self._secrets: dict[str, list[Credentials]] = {}
         self._first_pass: set[str] = set()
@@ -133,6 +133,9 @@ class Engine:
             if not self._first_pass:
                 self.first_pass_done.set()
         self.writer.start()
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+        self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
         self.scheduler.add_job(
             self.wakeup,
@@ -178,7 +181,7 @@ class Engine:
             replace_existing=True,
         )
         with self._lock:
-            self._pending.add(name)
+            self._pending[name] = time.monotonic()
             state = self.states.get(name)
             if state is not None:
                 state.next_attempt = when
@@ -213,7 +216,7 @@ class Engine:
         self.heartbeat = time.monotonic()
         with self._lock:
             profile = self.config.profiles.get(name)
-            self._pending.discard(name)
+            self._pending.pop(name, None)
             if profile is None or name in self._running:
                 return
             self._running.add(name)
@@ -229,6 +232,26 @@ class Engine:
             if finished and self.on_first_pass is not None:
                 self.on_first_pass()
             self.heartbeat = time.monotonic()
+
+    def _skipped(self, event: Any) -> None:
+        """APScheduler dropped a run (max_instances=1: a retry came due while its own job was
+        still finishing). A dropped one-shot job is gone, so schedule it again, from another
+        thread: this listener runs inside the scheduler's own loop.
+        """
+        name = str(getattr(event, "job_id", ""))
+        if name == WAKEUP_JOB or not name:
+            return
+        with self._lock:
+            self._pending.pop(name, None)
+        timer = threading.Timer(0.2, self._reschedule_skipped, args=(name,))
+        timer.daemon = True
+        timer.start()
+
+    def _reschedule_skipped(self, name: str) -> None:
+        with self._lock:
+            busy = name in self._running or name in self._pending
+        if not busy and name in self.config.profiles and self.scheduler.get_job(name) is None:
+            self._schedule(name, self.clock())
 
     def _source_for(self, profile: Profile) -> Credentials | None:
         if not profile.chained or profile.source_profile is None:
@@ -477,8 +500,14 @@ class Engine:
         for name in list(self.config.profiles):
             job = self.scheduler.get_job(name)
             with self._lock:
-                if name in self._running or (job is None and name in self._pending):
-                    continue  # running, or handed to the executor and about to run
+                handed = self._pending.get(name)
+                about_to_run = (
+                    job is None
+                    and handed is not None
+                    and time.monotonic() - handed < self.wakeup_interval
+                )
+                if name in self._running or about_to_run:
+                    continue  # running, or handed to the executor a moment ago
             expected = self.expected_run(name, now)
             if expected is None:
                 continue
