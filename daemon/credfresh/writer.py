@@ -116,8 +116,16 @@ class BatchWriter:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                if retry and not self._stopping:
-                    self._cond.wait(retry)
+                # Back off for the whole delay: new submissions join the pending batch
+                # instead of ending the wait (a lasting disk fault is not retried per refresh).
+                deadline = time.monotonic() + retry
+                while (
+                    retry
+                    and not self._stopping
+                    and not self._hurry
+                    and (remaining := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(remaining)
 
     def _write_batch(self, updates: dict[str, Credentials], removals: set[str]) -> float:
         """Write one batch; return the delay before retrying it, or 0 when done."""
