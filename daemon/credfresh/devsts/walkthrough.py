@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 # Placeholder admin credentials for setup against moto with auth enforcement off.
-SETUP_ACCESS_KEY_ID: Final = "AKIAIOSFODNN7EXAMPLE"
+SETUP_ACCESS_KEY_ID: Final = "devsts-setup-key"  # moto without auth takes any key id
 SETUP_SECRET: Final = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # noqa: S105 - AWS docs' example
 OIDC_URL: Final = "https://oidc.example.com"
 OIDC_AUDIENCE: Final = "sts.amazonaws.com"
@@ -210,7 +210,7 @@ def stub_walkthrough(
         account_id=account_id,
         user_name=f"{prefix}-user",
         user_arn=f"arn:aws:iam::{account_id}:user/{prefix}-user",
-        access_key_id="AKIADEVSTSSTUBUSER01",
+        access_key_id="devsts-stub-user-key",
         secret_access_key="devsts/stub/secret/key/not/for/any/real/use",  # noqa: S106
         role_arn=f"{roles}-role",
         chained_role_arn=f"{roles}-chained-role",
