@@ -116,7 +116,7 @@ def make_project(
         CREDFRESH_WAKEUP_INTERVAL=wakeup,
     )
     # Passed through so a run can compare allocator settings (RSS figures of the soak).
-    for name in ("MALLOC_ARENA_MAX", "PYTHONMALLOC"):
+    for name in ("MALLOC_ARENA_MAX", "PYTHONMALLOC", "GLIBC_TUNABLES"):
         if name in os.environ:
             env[name] = os.environ[name]
     return Project(

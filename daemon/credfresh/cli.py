@@ -250,6 +250,10 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
+    if argv is None and args.command == "run":
+        from credfresh.allocator import reexec_without_tcache
+
+        reexec_without_tcache(streams.environ, sys.orig_argv)
     try:
         return COMMANDS[args.command](args, streams)
     except ConfigError as exc:

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from credfresh import __version__
+from credfresh.allocator import tune_malloc
 from credfresh.config import Config
 from credfresh.errors import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, ConfigError, CredfreshError
 
@@ -422,29 +423,6 @@ class Daemon:
         ]
         nxt = min(upcoming, key=lambda item: item[1]) if upcoming else None
         return status_line(fresh, failing, nxt)
-
-
-M_MMAP_THRESHOLD: Final = -3
-M_ARENA_MAX: Final = -8
-
-
-def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
-    """Keep RSS flat: the Python heap is flat from the second refresh cycle on, but glibc
-    grows it by fragmentation (one arena per worker thread, and a dynamic mmap threshold
-    that moves each whole-file write's megabyte strings into the heap; benchmarks/
-    PROFILE.md). `MALLOC_*` variables in the environment win; not glibc: nothing to do.
-    """
-    if any(name.startswith("MALLOC_") for name in os.environ):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        arenas_set = libc.mallopt(M_ARENA_MAX, arenas)
-        threshold_set = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-        return bool(arenas_set and threshold_set)
-    except (OSError, AttributeError):
-        return False
 
 
 def main(

@@ -1,0 +1,78 @@
+"""glibc allocator settings that keep a weeks-long daemon's RSS flat.
+
+The Python heap of `credfresh run` is flat, yet RSS used to climb for half an hour (7-8 MB
+in a 30-minute soak). The growth was glibc's per-thread cache (tcache): every worker thread
+keeps up to 7 freed chunks of each size up to 1 KiB, which is exactly where Python puts its
+objects larger than 512 bytes, and objects allocated by one thread and freed by another
+fill the freeing thread's cache while the allocating thread takes new memory. With 64
+workers the caches can hold 10-15 MB, and they fill slowly. `malloc_trim` cannot reach
+them and no `mallopt` turns them off; only the `GLIBC_TUNABLES` variable can, and glibc
+reads it at process start. So `credfresh run` re-executes itself once with
+`glibc.malloc.tcache_count=0` added (benchmarks/PROFILE.md, "tcache").
+
+Settings the user made win: `MALLOC_*` variables, or a `glibc.malloc.tcache_count` of
+their own in `GLIBC_TUNABLES`. Not glibc (musl): nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+TCACHE_TUNABLE: Final = "glibc.malloc.tcache_count"
+TUNABLES: Final = "GLIBC_TUNABLES"
+M_MMAP_THRESHOLD: Final = -3
+M_ARENA_MAX: Final = -8
+
+
+def is_glibc() -> bool:
+    """True when this process runs on glibc (the only allocator these settings are for)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):
+        return False
+
+
+def tunables_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment to re-execute with, or None when the current one is already right."""
+    if any(name.startswith("MALLOC_") for name in environ):
+        return None
+    current = environ.get(TUNABLES, "")
+    if any(item.split("=", 1)[0] == TCACHE_TUNABLE for item in current.split(":") if item):
+        return None
+    setting = f"{TCACHE_TUNABLE}=0"
+    return {**environ, TUNABLES: f"{current}:{setting}" if current else setting}
+
+
+def reexec_without_tcache(environ: Mapping[str, str], argv: Sequence[str]) -> None:
+    """Replace this process with itself under `tunables_env`; return if that is not needed.
+
+    Call only from the real process entry, before any thread starts: the process image
+    (pid, open descriptors, the systemd notify socket) carries over, everything else is new.
+    """
+    env = tunables_env(environ)
+    if env is None or not is_glibc() or not argv:
+        return
+    try:
+        os.execve(sys.executable, list(argv), env)  # noqa: S606 - our own interpreter and argv
+    except OSError:
+        return
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+    """Cap the arenas (one per worker thread otherwise) and fix the mmap threshold (its
+    dynamic growth moved each whole-file write's megabyte strings into the heap).
+    """
+    if any(name.startswith("MALLOC_") for name in os.environ) or not is_glibc():
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        arenas_set = libc.mallopt(M_ARENA_MAX, arenas)
+        threshold_set = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+        return bool(arenas_set and threshold_set)
+    except (OSError, AttributeError):
+        return False
