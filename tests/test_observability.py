@@ -144,9 +144,17 @@ class TestAlertLifecycle:
             time.sleep(1.5)
         resolved = [b for b in webhook.of("app") if b["status"] == "resolved"]
         assert len(resolved) == 1
-        repeats = [b for b in webhook.of("app") if b.get("transition") == "repeated"]
-        times = [b["time"] for b in webhook.of("app")]
-        assert len(times) == len(set(times)) or repeats
+        lifecycles: dict[str, list[str]] = {}
+        for body in webhook.of("app"):
+            lifecycles.setdefault(body["alert_id"], []).append(body["transition"])
+        sts_error = lifecycles.pop(first["alert_id"])
+        assert sts_error[0] == "fired"
+        assert sts_error[-1] == "resolved"
+        assert "escalated" in sts_error
+        assert set(sts_error[1:-1]) <= {"repeated", "escalated"}, sts_error
+        for transitions in lifecycles.values():
+            assert transitions[0] == "fired"
+            assert transitions.count("fired") == 1, transitions
         by_command = [b for b in command_bodies(sink_file) if b["profile"] == "app"]
         assert [b["status"] for b in by_command] == [b["status"] for b in webhook.of("app")]
         leak_watch(json.dumps(webhook.bodies))
