@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import io
 import json
 import secrets
@@ -28,6 +30,7 @@ from credfresh.console import (
     FEDERATION_URLS,
     federation_url,
     partition_of,
+    proxy_for,
     session_seconds,
 )
 from credfresh.credentials import Credentials
@@ -118,6 +121,55 @@ def federation() -> Iterator[Federation]:
     yield stand_in
     stand_in.server.shutdown()
     stand_in.server.server_close()
+
+
+class ForwardProxy:
+    """A loopback HTTP proxy: forwards absolute-URI GETs and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silent."""
+
+            def do_GET(self) -> None:
+                target = urllib.parse.urlsplit(self.path)
+                proxy.seen.append(
+                    {"host": target.netloc, "auth": self.headers.get("Proxy-Authorization", "")}
+                )
+                upstream = http.client.HTTPConnection(target.netloc, timeout=5)
+                upstream.request("GET", f"{target.path}?{target.query}")
+                answer = upstream.getresponse()
+                body = answer.read()
+                upstream.close()
+                self.send_response(answer.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
+@pytest.fixture
+def forward_proxy() -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy()
+    proxy.thread.start()
+    yield proxy
+    proxy.server.shutdown()
+    proxy.server.server_close()
 
 
 class Setup:
@@ -345,6 +397,67 @@ class TestFailures:
         assert code == 2
         assert "--destination" in err
         assert federation.requests == []
+
+
+class TestProxy:
+    """The sign-in request goes through the environment's proxy, as botocore's STS calls do."""
+
+    def test_through_the_proxy_with_its_credentials(
+        self, setup: Setup, federation: Federation, forward_proxy: ForwardProxy
+    ) -> None:
+        federation.expected = setup.creds["app"]
+        proxy_password = secrets.token_urlsafe(12)
+        proxy_url = forward_proxy.url.replace("//", f"//ops:{proxy_password}%40x@")
+        code, out, err = setup.run("app", env={**setup.env, "HTTP_PROXY": proxy_url})
+        assert code == 0, err
+        assert federation.signin_token in out
+        federation_host = urllib.parse.urlsplit(federation.url).netloc
+        expected_auth = base64.b64encode(f"ops:{proxy_password}@x".encode()).decode()
+        assert forward_proxy.seen == [{"host": federation_host, "auth": f"Basic {expected_auth}"}]
+        assert proxy_password not in out + err
+
+    def test_no_proxy_and_lowercase_win(
+        self, setup: Setup, federation: Federation, forward_proxy: ForwardProxy
+    ) -> None:
+        federation.expected = setup.creds["app"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        env = {**setup.env, "HTTP_PROXY": closed, "http_proxy": forward_proxy.url}
+        assert setup.run("app", env=env)[0] == 0
+        assert len(forward_proxy.seen) == 1
+        code, _, err = setup.run("app", env={**env, "NO_PROXY": "localhost,127.0.0.1"})
+        assert code == 0, err
+        assert len(forward_proxy.seen) == 1, "NO_PROXY names the host: no proxy"
+
+    def test_unusable_proxy_exit_1_without_its_value(
+        self, setup: Setup, federation: Federation
+    ) -> None:
+        federation.expected = setup.creds["app"]
+        env = {**setup.env, "HTTP_PROXY": "socks5://ops:hunter2@127.0.0.1:1080"}
+        code, out, err = setup.run("app", env=env)
+        assert (code, out) == (1, "")
+        assert "proxy_invalid" in err
+        assert "hunter2" not in err
+        assert federation.requests == []
+
+    @pytest.mark.parametrize(
+        ("environ", "expected"),
+        [
+            ({}, None),
+            ({"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
+            ({"https_proxy": "p:3128"}, "http://p:3128"),
+            ({"HTTPS_PROXY": "http://a", "https_proxy": "http://b"}, "http://b"),
+            ({"HTTP_PROXY": "http://p"}, None),
+            ({"HTTPS_PROXY": "http://p", "NO_PROXY": "amazon.com"}, None),
+            ({"HTTPS_PROXY": "http://p", "no_proxy": ".aws.amazon.com"}, None),
+            ({"HTTPS_PROXY": "http://p", "NO_PROXY": "*"}, None),
+            ({"HTTPS_PROXY": "http://p", "NO_PROXY": "zon.com,example.com"}, "http://p"),
+            ({"HTTPS_PROXY": ""}, None),
+        ],
+    )
+    def test_proxy_for(self, environ: dict[str, str], expected: str | None) -> None:
+        assert proxy_for("https://signin.aws.amazon.com/federation", environ) == expected
 
 
 class TestPieces:

@@ -151,17 +151,72 @@ def login_url(federation: str, *, issuer: str, destination: str, signin_token: s
     return f"{federation}?{query}"
 
 
-def fetch_signin_token(url: str, http: urllib3.PoolManager | None = None) -> str:
-    """GET the getSigninToken URL and return the token; raise ConsoleError.
+def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy to reach `url` through, or None to connect directly.
 
-    No retries and no redirects: urllib3 would log the URL (which holds the credentials)
-    when retrying. Errors name only the exception type or the HTTP status.
+    Read as Python's urllib and botocore read the environment (so STS and the console take
+    the same path): `<scheme>_proxy` in either case, the lowercase name winning, and
+    `no_proxy` as comma-separated host suffixes or `*`.
+    """
+    parts = urllib.parse.urlsplit(url)
+    wanted = (f"{parts.scheme}_proxy", "no_proxy")
+    found: dict[str, str] = {}
+    for name in sorted(environ, key=str.islower):
+        if name.lower() in wanted and environ[name]:
+            found[name.lower()] = environ[name]
+    proxy = found.get(wanted[0])
+    if proxy is None or _bypassed(parts.hostname or "", found.get("no_proxy", "")):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    for entry in no_proxy.split(","):
+        suffix = entry.strip().lstrip(".").lower()
+        if suffix == "*" or (suffix and (host == suffix or host.endswith(f".{suffix}"))):
+            return True
+    return False
+
+
+def connection_pool(url: str, environ: Mapping[str, str]) -> urllib3.PoolManager:
+    """A pool for `url`: through the environment's proxy (its user:password as basic auth)
+    or direct. No retries and no redirects: urllib3 logs the URL, which holds the
+    credentials, when it retries.
     """
     import urllib3
 
-    pool = http or urllib3.PoolManager(
-        timeout=urllib3.Timeout(total=REQUEST_TIMEOUT), retries=False
-    )
+    timeout = urllib3.Timeout(total=REQUEST_TIMEOUT)
+    proxy = proxy_for(url, environ)
+    if proxy is None:
+        return urllib3.PoolManager(timeout=timeout, retries=False)
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        host = parts.hostname
+        port = parts.port
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError(parts.scheme)
+    except ValueError:
+        raise ConsoleError(
+            "the proxy in the environment (HTTPS_PROXY or HTTP_PROXY) is not an http(s) URL",
+            code="proxy_invalid",
+        ) from None
+    headers = None
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}")
+    netloc = f"[{host}]" if ":" in host else host
+    bare = f"{parts.scheme}://{netloc}" + (f":{port}" if port else "")
+    return urllib3.ProxyManager(bare, proxy_headers=headers, timeout=timeout, retries=False)
+
+
+def fetch_signin_token(url: str, pool: urllib3.PoolManager) -> str:
+    """GET the getSigninToken URL and return the token; raise ConsoleError.
+
+    Errors name only the exception type or the HTTP status, never the URL.
+    """
+    import urllib3
+
     try:
         response = pool.request("GET", url, preload_content=False, redirect=False)
         try:
@@ -194,7 +249,7 @@ def _signin_token(
     federation: str,
     creds: Credentials,
     seconds: int,
-    http: urllib3.PoolManager | None,
+    http: urllib3.PoolManager,
     err: TextIO,
 ) -> str:
     """Ask with SessionDuration; on HTTP 400 ask once more without it.
@@ -278,7 +333,8 @@ def main(
         return EXIT_CONFIG
     target = destination or CONSOLE_URLS[partition]
     try:
-        token = _signin_token(federation, creds, seconds, http, err)
+        pool = http or connection_pool(federation, streams.environ)
+        token = _signin_token(federation, creds, seconds, pool, err)
     except ConsoleError as exc:
         err.write(f"credfresh: {exc.code}: {exc}\n")
         return EXIT_FAILED
