@@ -54,7 +54,31 @@ def fake_credentials(principal: str, expires_in: timedelta = timedelta(hours=1))
     return creds
 
 
-class Federation:
+class LoopbackServer:
+    """An HTTP server on a free loopback port, served from a daemon thread."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def serve(self) -> Iterator[Any]:
+        self.thread.start()
+        yield self
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Federation(LoopbackServer):
     """The stand-in: checks getSigninToken's Session against the expected credentials."""
 
     def __init__(self) -> None:
@@ -64,15 +88,11 @@ class Federation:
         self.body: bytes | None = None
         self.refuse_duration = False
         self.signin_token = secrets.token_urlsafe(64)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/federation"
+        return f"{self.base_url}/federation"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stand_in = self
@@ -116,27 +136,15 @@ class Federation:
 
 @pytest.fixture
 def federation() -> Iterator[Federation]:
-    stand_in = Federation()
-    stand_in.thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    yield from Federation().serve()
 
 
-class ForwardProxy:
+class ForwardProxy(LoopbackServer):
     """A loopback HTTP proxy: forwards absolute-URI GETs and records what it was asked."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -165,11 +173,7 @@ class ForwardProxy:
 
 @pytest.fixture
 def forward_proxy() -> Iterator[ForwardProxy]:
-    proxy = ForwardProxy()
-    proxy.thread.start()
-    yield proxy
-    proxy.server.shutdown()
-    proxy.server.server_close()
+    yield from ForwardProxy().serve()
 
 
 class Setup:
@@ -407,7 +411,7 @@ class TestProxy:
     ) -> None:
         federation.expected = setup.creds["app"]
         proxy_password = secrets.token_urlsafe(12)
-        proxy_url = forward_proxy.url.replace("//", f"//ops:{proxy_password}%40x@")
+        proxy_url = forward_proxy.base_url.replace("//", f"//ops:{proxy_password}%40x@")
         code, out, err = setup.run("app", env={**setup.env, "HTTP_PROXY": proxy_url})
         assert code == 0, err
         assert federation.signin_token in out
@@ -423,7 +427,7 @@ class TestProxy:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        env = {**setup.env, "HTTP_PROXY": closed, "http_proxy": forward_proxy.url}
+        env = {**setup.env, "HTTP_PROXY": closed, "http_proxy": forward_proxy.base_url}
         assert setup.run("app", env=env)[0] == 0
         assert len(forward_proxy.seen) == 1
         code, _, err = setup.run("app", env={**env, "NO_PROXY": "localhost,127.0.0.1"})
