@@ -35,7 +35,8 @@ MAX_WRITES: Final = 20
 PEER_PREFILL: Final = 400
 AWSCLI_VENV: Final = OUT / "awscli-venv"
 WHY_SLOW: Final = (
-    "about 0.35 s pass before the first STS call (interpreter, imports, config validation, "
+    "about 0.4 s pass before the first STS call (interpreter, the re-execution without "
+    "glibc's tcache, imports, config validation, "
     "botocore's endpoint data), and during the pass the writer's whole-file configparser "
     "re-check (`credfile._check_result`) holds the GIL the 16 workers need, so calls average "
     "55-60 ms instead of 50 (PROFILE.md, change 2)"

@@ -28,11 +28,9 @@ MAX_WRITE_MS: Final = 50.0
 BUCKETS_PER_LIFETIME: Final = 15
 BAR_WIDTH: Final = 50
 WHY_MEMORY: Final = (
-    "the traced Python heap is flat from cycle 2 on (tracemalloc) and RSS settles by cycle "
-    "3-4 (the figure in brackets): allocator warm-up and fragmentation from per-write "
-    "transients, chiefly configparser's objects for the whole file at every write "
-    "(`credfile._check_result`), spread over one glibc arena per worker thread (PROFILE.md, "
-    "change 2 and MALLOC_ARENA_MAX)"
+    "the traced Python heap is flat from cycle 2 on (tracemalloc); look at glibc first: "
+    "arenas, the mmap threshold and the per-thread tcache that `credfresh run` turns off "
+    '(allocator.py; PROFILE.md, changes 2 and 6 and "tcache")'
 )
 WHY_WRITE: Final = (
     "`credfile._check_result` re-parses the whole merged file with RawConfigParser, about two "
