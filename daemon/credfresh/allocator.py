@@ -35,9 +35,14 @@ def is_glibc() -> bool:
         return False
 
 
+def tuned_by_user(environ: Mapping[str, str]) -> bool:
+    """`MALLOC_*` variables mean the user tunes glibc's allocator: leave it all to them."""
+    return any(name.startswith("MALLOC_") for name in environ)
+
+
 def tunables_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     """The environment to re-execute with, or None when the current one is already right."""
-    if any(name.startswith("MALLOC_") for name in environ):
+    if tuned_by_user(environ):
         return None
     current = environ.get(TUNABLES, "")
     if any(item.split("=", 1)[0] == TCACHE_TUNABLE for item in current.split(":") if item):
@@ -65,7 +70,7 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
     """Cap the arenas (one per worker thread otherwise) and fix the mmap threshold (its
     dynamic growth moved each whole-file write's megabyte strings into the heap).
     """
-    if any(name.startswith("MALLOC_") for name in os.environ) or not is_glibc():
+    if tuned_by_user(os.environ) or not is_glibc():
         return False
     try:
         import ctypes
