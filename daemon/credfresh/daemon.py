@@ -91,25 +91,44 @@ def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def check_config_permissions(config: Config, euid: int) -> list[str]:
-    """Whoever can edit the config or a policy file decides which roles are assumed.
+def check_config_permissions(
+    config: Config, euid: int, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Whoever can edit or swap a file the config steers root with decides what root does.
 
-    As root such a file must be owned by root and writable by no one else; the caller
-    refuses to start. For other users the same findings are warnings.
+    The config, its policy files, web-identity token files, the container endpoint's token
+    file and the alert command's program: each, and every directory above it, must belong
+    to root (or `euid`) and be writable by no one else (`credfresh.trust`); the token file
+    must not be readable by others nor a symlink out of its directory. As root the caller
+    refuses such a config (exit 2 at start, `config_unsafe` on reload); for other users the
+    same findings are warnings.
     """
-    problems = []
-    for path in (config.path, *config.policy_files):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if st.st_mode & 0o022:
-            problems.append(f"{path} is writable by group or others: run `chmod go-w {path}`")
-        if st.st_uid not in (euid, 0):
-            problems.append(
-                f"{path} is owned by uid {st.st_uid}, not by uid {euid}: run `chown {euid} {path}`"
-            )
+    from credfresh import trust
+
+    env = os.environ if environ is None else environ
+    problems = config_path_problems(config.path, euid)
+
+    def add(found: list[str]) -> None:
+        problems.extend(p for p in found if p not in problems)
+
+    for path in config.policy_files:
+        add(trust.path_problems(path, euid))
+    for profile in config.profiles.values():
+        if profile.web_identity_token_file is not None:
+            add(trust.path_problems(profile.web_identity_token_file, euid))
+    token_file = config.container_credentials.token_file
+    if token_file is not None:
+        add(trust.token_file_problems(token_file, euid))
+    if config.alerts.command:
+        add(trust.command_problems(config.alerts.command[0], env.get("PATH", os.defpath), euid))
     return problems
+
+
+def config_path_problems(path: Path, euid: int) -> list[str]:
+    """The config file itself and its directories: checked before it is even parsed."""
+    from credfresh import trust
+
+    return trust.path_problems(path, euid)
 
 
 class Daemon:
@@ -357,15 +376,19 @@ class Daemon:
     def _reload(self, reason: str) -> None:
         from credfresh.schema import load_config
 
+        euid = os.geteuid()
+        unsafe = config_path_problems(self.config.path, euid)
+        if unsafe and euid == 0:
+            self._reject(reason, "config_unsafe", unsafe)
+            return
         try:
             new = load_config(self.config.path, self.environ)
         except ConfigError as exc:
-            if reason == "poll" and self._rejected == str(exc):
-                return
-            self._rejected = str(exc)
-            self.log.error("config_rejected", reason=reason, errors=exc.problems)
-            self.metrics.config_reloaded("rejected")
-            self.alerts.config_rejected(exc.problems, datetime.now(UTC))
+            self._reject(reason, exc.code, exc.problems)
+            return
+        unsafe = check_config_permissions(new, euid, self.environ)
+        if unsafe and euid == 0:
+            self._reject(reason, "config_unsafe", unsafe)
             return
         self._rejected = None
         self.alerts.config_applied(datetime.now(UTC))
@@ -374,6 +397,8 @@ class Daemon:
                 self.log.info("config_unchanged", reason=reason)
                 self.metrics.config_reloaded("unchanged")
             return
+        for problem in unsafe:
+            self.log.warning("config_permissions", message=problem)
         explicit = reason == "SIGHUP"
         if not explicit:
             self.notifier.reloading()
@@ -385,6 +410,19 @@ class Daemon:
         self.log.info("config_reloaded", reason=reason, **changes)
         if not explicit:
             self.notifier.ready()
+
+    def _reject(self, reason: str, code: str, problems: list[str]) -> None:
+        """Keep the last good config; say why once per distinct cause for the slow poll.
+
+        Alerts go through the config in force, never through the one refused.
+        """
+        key = f"{code}:" + "\n".join(problems)
+        if reason == "poll" and self._rejected == key:
+            return
+        self._rejected = key
+        self.log.error("config_rejected", reason=reason, error_code=code, errors=problems)
+        self.metrics.config_reloaded("rejected")
+        self.alerts.config_rejected(problems, datetime.now(UTC))
 
     # ----- views ----------------------------------------------------------------------
 
@@ -441,6 +479,10 @@ def main(
     logging.install()
     log = logging.get()
     try:
+        if os.geteuid() == 0 and (unsafe := config_path_problems(config_path, 0)):
+            log.error("config_unsafe", errors=unsafe, path=str(config_path))
+            streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
+            return EXIT_CONFIG
         try:
             config = load_config(config_path, streams.environ)
         except ConfigError as exc:
@@ -449,9 +491,9 @@ def main(
             return EXIT_CONFIG
         for warning in config.warnings:
             log.warning("config_warning", message=warning)
-        problems = check_config_permissions(config, os.geteuid())
+        problems = check_config_permissions(config, os.geteuid(), streams.environ)
         if problems and os.geteuid() == 0:
-            log.error("config_unsafe", errors=problems)
+            log.error("config_unsafe", errors=problems, path=str(config_path))
             streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(problems) + "\n")
             return EXIT_CONFIG
         for problem in problems:

@@ -158,6 +158,9 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
+_SWAPPED: Final = "replaced while it was opened: read again at the next request"
+
+
 class TokenFile:
     """The expected `Authorization` value, re-read whenever the file changes.
 
@@ -166,7 +169,9 @@ class TokenFile:
     unreadable, empty, oversized or malformed file leaves no usable token: every request is
     then refused, and the log says why once per change, never with the content. Surrounding
     whitespace is stripped (`echo token > file` works for us), but a trailing newline earns a
-    warning: botocore refuses to send a token file that ends with one.
+    warning: botocore refuses to send a token file that ends with one. A symlink is followed
+    only to a file inside the token file's own directory (a Secret's `..data/token`), never
+    out of it: whoever could plant such a link would choose the token.
     """
 
     def __init__(self, path: Path, log: Logger) -> None:
@@ -179,21 +184,32 @@ class TokenFile:
 
     def digest(self) -> bytes | None:
         """SHA-256 of the current token, or None when the file gives no usable token."""
-        with self._lock:  # one stat per request; a read only after a change
+        from credfresh.trust import link_escape
+
+        with self._lock:  # one resolve and stat per request; a read only after a change
+            if link_escape(self.path) is not None:
+                self._set(None, None, "a symlink to a file outside its directory: not followed")
+                return None
+            target = os.path.realpath(self.path)
             try:
-                st = os.stat(self.path)
+                st = os.stat(target)
             except OSError as exc:
                 self._set(None, None, f"cannot stat: {exc.strerror or type(exc).__name__}")
                 return None
             signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             if signature != self._signature:
-                digest, problem = self._load()
-                self._set(signature, digest, problem)
+                digest, problem = self._load(target, signature)
+                self._set(None if problem == _SWAPPED else signature, digest, problem)
             return self._digest
 
-    def _load(self) -> tuple[bytes | None, str | None]:
+    def _load(self, target: str, signature: tuple[int, ...]) -> tuple[bytes | None, str | None]:
+        """Read the resolved file itself (O_NOFOLLOW: no link swapped in since the resolve)."""
         try:
-            with open(self.path, "rb") as handle:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            with open(fd, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                if (st.st_dev, st.st_ino) != signature[:2]:
+                    return None, _SWAPPED
                 data = handle.read(MAX_TOKEN_BYTES + 1)
         except OSError as exc:
             return None, f"cannot read: {exc.strerror or type(exc).__name__}"
