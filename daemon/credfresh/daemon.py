@@ -486,7 +486,9 @@ def main(
         try:
             config = load_config(config_path, streams.environ)
         except ConfigError as exc:
-            log.error("config_rejected", errors=exc.problems, path=str(config_path))
+            log.error(
+                "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)
+            )
             streams.err.write(f"credfresh: {exc}\n")
             return EXIT_CONFIG
         for warning in config.warnings:
