@@ -366,6 +366,7 @@ class TestReadManaged:
             "credfresh.credentials",
             "credfresh.credfile",
             "credfresh.errors",
+            "credfresh.trust",
         }
 
 
@@ -569,7 +570,7 @@ class TestWriteProfiles:
         creds_path.write_text(FOREIGN)
         inode = creds_path.stat().st_ino
 
-        def busy(src: object, dst: object) -> None:
+        def busy(src: object, dst: object, **_: object) -> None:
             raise OSError(errno.EBUSY, "Device or resource busy")
 
         monkeypatch.setattr(atomicfile, "_rename", busy)
@@ -589,7 +590,7 @@ class TestWriteProfiles:
         creds_path.parent.mkdir()
         creds_path.write_text(FOREIGN)
 
-        def denied(src: object, dst: object) -> None:
+        def denied(src: object, dst: object, **_: object) -> None:
             raise OSError(errno.EACCES, "Permission denied")
 
         monkeypatch.setattr(atomicfile, "_rename", denied)

@@ -14,11 +14,11 @@ from credfresh.atomicfile import (
     EventCallback,
     TargetChangedError,
     atomic_write,
-    ensure_private_dir,
     file_lock,
+    open_target,
     read_snapshot,
+    read_target,
     remove_stale_temps,
-    resolve_target,
 )
 from credfresh.credentials import Credentials, format_time, parse_time
 from credfresh.errors import CredfileError
@@ -446,15 +446,20 @@ def read_managed(path: Path, owner: str, profiles: Collection[str] | None = None
     on the path of `credfresh credential-process`, which must start fast. Raises
     CredfileError `unparseable_file` (with `line`), `unsafe_path` or `read_failed`.
     """
-    real = resolve_target(path)
     try:
-        data = real.read_bytes()
+        target = open_target(path)
     except FileNotFoundError:
         return FileView({}, frozenset(), frozenset())
-    except OSError as exc:
-        raise CredfileError(
-            f"could not read {real}: {exc.strerror or type(exc).__name__}", code="read_failed"
-        ) from None
+    with target:
+        real = target.path
+        try:
+            data = read_target(target)
+        except OSError as exc:
+            raise CredfileError(
+                f"could not read {real}: {exc.strerror or type(exc).__name__}", code="read_failed"
+            ) from None
+    if data is None:
+        return FileView({}, frozenset(), frozenset())
     try:
         return view_of(decode(data), owner, profiles)
     except CredfileError as exc:
@@ -500,7 +505,8 @@ def write_profiles(
 ) -> WriteResult:
     """Write and remove any number of this owner's profiles in one locked, atomic write.
 
-    Sequence: check ownership and follow our own symlink (`resolve_target`), create missing
+    Sequence: check ownership and trust, follow our own symlink and open the file's
+    directory once (`open_target`; every later step works inside that handle), create missing
     directories 0700, flock `<file>.lock` (at most `lock_timeout` s), drop temp files that
     crashed writers left (under the lock every one is stale), read, `merge`, check the
     result with RawConfigParser(strict=True), then `atomic_write` (0600 temp, fsync,
@@ -516,36 +522,37 @@ def write_profiles(
     `credfile_changed_during_write`, `owner_not_kept`, `dir_fsync_failed`).
     """
     merge("", owner, updates, removals, adopt)  # bad arguments fail before any disk access
-    real = resolve_target(path)
-    ensure_private_dir(real.parent)
-    with file_lock(real.with_name(real.name + ".lock"), lock_timeout):
-        remove_stale_temps(real, locked=True, on_event=on_event)
-        for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
-            data, snapshot = read_snapshot(real)
-            try:
-                result = merge(decode(data), owner, updates, removals, adopt)
-            except CredfileError as exc:
-                raise _with_path(real, exc) from None
-            if not result.changed:
-                return WriteResult(real, False, (), (), result.conflicts)
-            _check_result(real, result, owner)
-            hook = None if before_commit is None else partial(before_commit, attempt)
-            try:
-                atomic_write(
-                    real,
-                    result.text.encode("utf-8"),
-                    mode=FILE_MODE,
-                    expected=snapshot,
-                    before_rename=hook,
-                    on_event=on_event,
-                )
-            except TargetChangedError:
-                if on_event is not None:
-                    on_event(
-                        "credfile_changed_during_write", {"path": str(real), "attempt": attempt}
+    with open_target(path, create=True) as target:
+        real, directory = target.path, target.directory
+        with file_lock(real.with_name(real.name + ".lock"), lock_timeout, directory=directory):
+            remove_stale_temps(real, locked=True, on_event=on_event, directory=directory)
+            for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
+                data, snapshot = read_snapshot(real, directory=directory)
+                try:
+                    result = merge(decode(data), owner, updates, removals, adopt)
+                except CredfileError as exc:
+                    raise _with_path(real, exc) from None
+                if not result.changed:
+                    return WriteResult(real, False, (), (), result.conflicts)
+                _check_result(real, result, owner)
+                hook = None if before_commit is None else partial(before_commit, attempt)
+                try:
+                    atomic_write(
+                        target,
+                        result.text.encode("utf-8"),
+                        mode=FILE_MODE,
+                        expected=snapshot,
+                        before_rename=hook,
+                        on_event=on_event,
                     )
-                continue
-            return WriteResult(real, True, result.updated, result.removed, result.conflicts)
+                except TargetChangedError:
+                    if on_event is not None:
+                        on_event(
+                            "credfile_changed_during_write",
+                            {"path": str(real), "attempt": attempt},
+                        )
+                    continue
+                return WriteResult(real, True, result.updated, result.removed, result.conflicts)
     raise CredfileError(
         f"{real} was changed by another program during each of {MAX_MERGE_ATTEMPTS} attempts;"
         " nothing was written",

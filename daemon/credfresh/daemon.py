@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, Final
 from credfresh import __version__
 from credfresh.allocator import tune_malloc
 from credfresh.config import Config
-from credfresh.errors import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, ConfigError, CredfreshError
+from credfresh.errors import (
+    EXIT_CONFIG,
+    EXIT_LOCKED,
+    EXIT_OK,
+    ConfigError,
+    CredfileError,
+    CredfreshError,
+)
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -53,10 +60,15 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        from credfresh.atomicfile import ensure_private_dir
+        """Take the lock; CredfileError `unsafe_path` when the pid file's tree is not safe.
 
-        ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        The pid file is opened inside one checked directory handle (`open_lock_file`): as
+        root a user's symlinked or writable directory on the way is refused, and so is a
+        pid file another uid owns, before anything is truncated.
+        """
+        from credfresh.atomicfile import open_lock_file
+
+        fd = open_lock_file(self.path, create_dirs=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -507,6 +519,12 @@ def main(
             log.error("already_running", message=str(exc))
             streams.err.write(f"credfresh: {exc}\n")
             return EXIT_LOCKED
+        except CredfileError as exc:
+            if exc.code != "unsafe_path":
+                raise
+            log.error("config_unsafe", errors=[str(exc)])
+            streams.err.write(f"credfresh: refusing to start:\n  {exc}\n")
+            return EXIT_CONFIG
         try:
             return Daemon(config, logging=logging, streams=streams, environ=streams.environ).run()
         finally:

@@ -9,8 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from credfresh.atomicfile import atomic_write
+from credfresh.atomicfile import atomic_write, read_file
 from credfresh.credentials import format_time, parse_time
+from credfresh.errors import CredfileError
 
 STATE_VERSION: Final = 1
 
@@ -70,10 +71,15 @@ def render(profiles: Mapping[str, ProfileState], alerts: Mapping[str, Any]) -> b
 
 
 def load(path: Path) -> tuple[dict[str, ProfileState], dict[str, Any]]:
-    """Read the state file; a missing, foreign-version or broken one starts afresh."""
+    """Read the state file; a missing, foreign-version, broken or unsafe one starts afresh.
+
+    Read through the same checks as the write (`read_file`): as root, a state file in a
+    tree another user controls could otherwise feed the daemon a planted history.
+    """
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_file(path)
+        document = json.loads(data.decode("utf-8")) if data is not None else None
+    except (OSError, ValueError, CredfileError):
         return {}, {}
     if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
         return {}, {}
