@@ -27,6 +27,8 @@ from credfresh import credfile
 from credfresh.cli import main
 from credfresh.config import StsSettings
 from credfresh.deadline import CallGuard, DeadlineExceeded
+from credfresh.httpserver import liveness
+from credfresh.notify import should_ping
 from credfresh.sts import StsClients, StsError, accept_response, call_deadline
 from credfresh.writer import BatchWriter
 from daemon_runner import DaemonProcess, env_with
@@ -236,8 +238,8 @@ class TestWriterFailures:
     def test_daemon_logs_write_failed_and_later_refreshes_land(
         self, project: Project, tmp_path: Path
     ) -> None:
-        """In a real daemon, writes that raise are write_failed (logged, retried) and the
-        refreshes after them reach the disk."""
+        """In a real daemon, writes that raise are write_failed (logged, alerted, retried) and
+        the refreshes after them reach the disk."""
         project.sts.proxy.lifetime = 4
         project.profile("p")
         project.write_config()
@@ -249,6 +251,13 @@ class TestWriterFailures:
             assert failed["error_code"] == "write_failed"
             assert "unexpected ValueError" in failed["message"]
             assert failed["retry_in"] > 0
+            proc.wait_for(
+                lambda evs: any(
+                    e.get("event") == "alert" and e.get("error_code") == "write_failed" for e in evs
+                ),
+                20,
+                "a write_failed alert",
+            )
             proc.wait_event("write_failed", 20, count=2)
             proc.wait_for(
                 lambda _: on_disk(project, "p") not in (None, before), 20, "a later refresh on disk"
@@ -280,6 +289,18 @@ class TestWriterFailures:
                 pings = sum("WATCHDOG" in m.fields for m in listener.messages)
                 time.sleep(1.5)  # five ping intervals of 0.3 s: none may come
                 assert sum("WATCHDOG" in m.fields for m in listener.messages) == pings
+
+
+class TestHealthDecisions:
+    def test_dead_writer_is_unhealthy_whatever_the_heartbeat(self) -> None:
+        """A fresh heartbeat does not make up for a dead writer: 503, and no watchdog ping."""
+        assert liveness(100.0, 99.0, 30.0, writer_alive=False) == (
+            False,
+            {"healthy": False, "reason": "writer thread died"},
+        )
+        assert liveness(100.0, 99.0, 30.0)[0] is True
+        assert should_ping(1.0, 30.0, writer_alive=False) is False
+        assert should_ping(1.0, 30.0) is True
 
 
 class TestConfigRegexes:
@@ -322,6 +343,7 @@ class TestOverallDeadline:
         profile = load_config(project.config_path, project.env).profiles["p"]
         project.sts.proxy.trickle(0.5, times=1, when={"Action": "AssumeRole"})
         outcome: list[BaseException | object] = []
+        others = set(_helpers())
         started = time.monotonic()
         caller = threading.Thread(target=lambda: outcome.append(_attempt(clients, profile)))
         caller.start()
@@ -333,9 +355,9 @@ class TestOverallDeadline:
         assert not outcome[0].failure.permanent
         assert call_deadline(settings) - 0.1 <= took <= call_deadline(settings) + 3
         deadline = time.monotonic() + 20
-        while _helpers() and time.monotonic() < deadline:
+        while set(_helpers()) - others and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _helpers(), "the abandoned helper never ended"
+        assert not set(_helpers()) - others, "the abandoned helper never ended"
         issued = clients.assume(profile)
         assert issued.credentials.access_key_id
 

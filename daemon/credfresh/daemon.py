@@ -404,8 +404,7 @@ class Daemon:
         return readiness(datetime.now(UTC), self.engine.disk_expiries(), profile)
 
     def healthy(self) -> bool:
-        """The scheduler beat within two wake-up intervals and the writer thread lives
-        (systemd watchdog, /healthz)."""
+        """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
         from credfresh.notify import should_ping
 
         age = time.monotonic() - self.engine.heartbeat

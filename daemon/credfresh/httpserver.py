@@ -34,8 +34,8 @@ class Logger(Protocol):
 def liveness(
     now: float, last_heartbeat: float | None, interval: float, *, writer_alive: bool = True
 ) -> tuple[bool, dict[str, object]]:
-    """Healthy while the scheduler's heartbeat (monotonic seconds) is under two intervals old
-    and the writer thread lives.
+    """Healthy while the heartbeat (monotonic seconds) is under two intervals old and the
+    writer thread lives.
 
     A missed wake-up can be a busy moment; two in a row mean the loop is stuck. A dead
     writer means refreshes land in memory only: the supervisor must restart the daemon.

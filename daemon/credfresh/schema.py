@@ -28,9 +28,7 @@ from credfresh.errors import ConfigError
 ROLE_ARN: Final = re.compile(
     r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}"
 )
-POLICY_ARN: Final = re.compile(
-    r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+"
-)
+POLICY_ARN: Final = re.compile(r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+")
 SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
 SOURCE_IDENTITY: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
 REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
