@@ -19,7 +19,7 @@ from credfresh.errors import ConfigError
 DEFAULT_CONFIG_PATH: Final = Path("/etc/credfresh/config.yaml")
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -32,7 +32,7 @@ def parse_duration(value: object) -> float:
             raise ValueError("expected a non-negative duration")
         return float(value)
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if match:
             return float(match.group(1)) * _UNITS[match.group(2)]
     raise ValueError("expected a duration like 90s, 15m, 1h or a number of seconds")

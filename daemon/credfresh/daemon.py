@@ -441,7 +441,12 @@ class Daemon:
     def health(self) -> tuple[bool, Mapping[str, object]]:
         from credfresh.httpserver import liveness
 
-        return liveness(time.monotonic(), self.engine.heartbeat, self.engine.wakeup_interval)
+        return liveness(
+            time.monotonic(),
+            self.engine.heartbeat,
+            self.engine.wakeup_interval,
+            writer_alive=self.engine.writer.alive(),
+        )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
         from credfresh.httpserver import readiness
@@ -449,11 +454,13 @@ class Daemon:
         return readiness(datetime.now(UTC), self.engine.disk_expiries(), profile)
 
     def healthy(self) -> bool:
-        """The scheduler beat within two wake-up intervals (systemd watchdog, /healthz)."""
+        """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
         from credfresh.notify import should_ping
 
         age = time.monotonic() - self.engine.heartbeat
-        return should_ping(age, self.engine.wakeup_interval)
+        return should_ping(
+            age, self.engine.wakeup_interval, writer_alive=self.engine.writer.alive()
+        )
 
     def status_line(self) -> str:
         from credfresh.notify import status_line

@@ -55,8 +55,8 @@ LOG_INTERVAL: Final = 60.0
 JSON_CONTENT_TYPE: Final = "application/json"
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
 
-_LISTEN = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})$")
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
+_ACCOUNT_ID = re.compile(r"\d{12}")
 
 
 class Logger(Protocol):
@@ -76,7 +76,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     be useless, and any other one would offer credentials beyond the host. Port 0 (any free
     port) is allowed for tests; host names are not (they resolve at someone else's will).
     """
-    match = _LISTEN.match(listen)
+    match = _LISTEN.fullmatch(listen)
     if not match or int(match.group(3)) > 65535:
         raise ValueError(f"container endpoint listen {listen!r}: expected HOST:PORT")
     text = match.group(1) or match.group(2)
@@ -95,7 +95,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def account_id(principal_arn: str) -> str | None:
     """The account of an `arn:aws:sts::123456789012:assumed-role/...` ARN, if it has one."""
     parts = principal_arn.split(":", 5)
-    if len(parts) == 6 and _ACCOUNT_ID.match(parts[4]):
+    if len(parts) == 6 and _ACCOUNT_ID.fullmatch(parts[4]):
         return parts[4]
     return None
 

@@ -32,12 +32,16 @@ class Logger(Protocol):
 
 
 def liveness(
-    now: float, last_heartbeat: float | None, interval: float
+    now: float, last_heartbeat: float | None, interval: float, *, writer_alive: bool = True
 ) -> tuple[bool, dict[str, object]]:
-    """Healthy while the scheduler's heartbeat (monotonic seconds) is under two intervals old.
+    """Healthy while the heartbeat (monotonic seconds) is under two intervals old and the
+    writer thread lives.
 
-    A missed wake-up can be a busy moment; two in a row mean the loop is stuck.
+    A missed wake-up can be a busy moment; two in a row mean the loop is stuck. A dead
+    writer means refreshes land in memory only: the supervisor must restart the daemon.
     """
+    if not writer_alive:
+        return False, {"healthy": False, "reason": "writer thread died"}
     if last_heartbeat is None:
         return False, {"healthy": False, "reason": "no heartbeat yet"}
     age = max(0.0, now - last_heartbeat)

@@ -192,13 +192,14 @@ def status_line(
     return line
 
 
-def should_ping(heartbeat_age: float, wakeup_interval: float) -> bool:
-    """Feed the watchdog only while the scheduler's heartbeat is recent.
+def should_ping(heartbeat_age: float, wakeup_interval: float, *, writer_alive: bool = True) -> bool:
+    """Feed the watchdog only while the scheduler's heartbeat is recent and the writer lives.
 
     The main loop pings from its own thread, which stays alive when the scheduler thread
     hangs; tying the ping to the scheduler's last heartbeat lets systemd restart a daemon
     that no longer refreshes. Recent means younger than HEARTBEAT_WAKEUPS wake-up intervals.
+    A dead writer thread is the same: refreshes would reach memory only, never the file.
     """
     if not wakeup_interval > 0:
         raise ValueError(f"wakeup_interval must be positive (got {wakeup_interval!r})")
-    return heartbeat_age < HEARTBEAT_WAKEUPS * wakeup_interval
+    return writer_alive and heartbeat_age < HEARTBEAT_WAKEUPS * wakeup_interval

@@ -26,15 +26,13 @@ from credfresh import config as cfg
 from credfresh.errors import ConfigError
 
 ROLE_ARN: Final = re.compile(
-    r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}$"
+    r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}"
 )
-POLICY_ARN: Final = re.compile(
-    r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+$"
-)
-SESSION_NAME: Final = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
-SOURCE_IDENTITY: Final = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
-REGION: Final = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
-PROFILE_NAME: Final = re.compile(r"^[A-Za-z0-9_.@+=,:/-]{1,128}$")
+POLICY_ARN: Final = re.compile(r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+")
+SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
+SOURCE_IDENTITY: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
+REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
+PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 MAX_POLICY_CHARS: Final = 2048
 MIN_COMFORTABLE_DURATION: Final = 1800
@@ -86,28 +84,28 @@ class ProfileModel(_Strict):
     @field_validator("role_arn")
     @classmethod
     def _role_arn(cls, value: str | None) -> str | None:
-        if value is not None and not ROLE_ARN.match(value):
+        if value is not None and not ROLE_ARN.fullmatch(value):
             raise ValueError(ROLE_ARN_HINT)
         return value
 
     @field_validator("role_session_name")
     @classmethod
     def _session_name(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_NAME.match(value):
+        if value is not None and not SESSION_NAME.fullmatch(value):
             raise ValueError("expected 2 to 64 characters of letters, digits and +=,.@_-")
         return value
 
     @field_validator("source_identity")
     @classmethod
     def _source_identity(cls, value: str | None) -> str | None:
-        if value is not None and not SOURCE_IDENTITY.match(value):
+        if value is not None and not SOURCE_IDENTITY.fullmatch(value):
             raise ValueError("expected 2 to 64 characters of letters, digits and +=,.@_-")
         return value
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
-        if value is not None and not REGION.match(value):
+        if value is not None and not REGION.fullmatch(value):
             raise ValueError("expected an AWS region like us-east-1")
         return value
 
@@ -124,7 +122,7 @@ class ProfileModel(_Strict):
         if len(value) > 10:
             raise ValueError("expected at most 10 policy ARNs")
         for arn in value:
-            if not POLICY_ARN.match(arn):
+            if not POLICY_ARN.fullmatch(arn):
                 raise ValueError(
                     "expected managed policy ARNs like arn:aws:iam::aws:policy/ReadOnlyAccess"
                 )
@@ -146,7 +144,7 @@ class ProfileModel(_Strict):
 
 
 def _check_url(value: str | None) -> str | None:
-    if value is not None and not re.match(r"^https?://[^\s/?#]+(/[^\s]*)?$", value):
+    if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value):
         raise ValueError("expected an http(s) URL like https://sts.eu-west-1.amazonaws.com")
     return value
 
@@ -234,7 +232,7 @@ class TopModel(_Strict):
 
 def split_listen(value: str) -> tuple[str, int]:
     """`127.0.0.1:9464` or `[::]:9464` into host and port; raise ValueError otherwise."""
-    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$", value)
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})", value)
     if not match or not 0 <= int(match.group(3)) < 65536:
         raise ValueError("expected HOST:PORT like 127.0.0.1:9464 or [::]:9464")
     return (match.group(1) or match.group(2)), int(match.group(3))
@@ -344,7 +342,7 @@ def build_config(
     for name, raw_body in profiles_doc.items():
         prefix = f"profiles.{name}"
         body = {} if raw_body is None else raw_body
-        if not PROFILE_NAME.match(name):
+        if not PROFILE_NAME.fullmatch(name):
             problems.append(f"{prefix}: expected a profile name of letters, digits and _.@+=,:/-")
             continue
         if not isinstance(body, dict):

@@ -9,23 +9,44 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import re
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from credfresh.config import Profile, StsSettings
 from credfresh.credentials import Credentials
+from credfresh.deadline import CallGuard, DeadlineExceeded
 from credfresh.errors import CredfreshError
 
 if TYPE_CHECKING:
     import botocore.session
 
+T = TypeVar("T")
+
 MAX_EXPIRY_SLACK: Final = timedelta(minutes=5)
 SKEW_REPORT: Final = timedelta(minutes=5)
 SKEW_IGNORED_BELOW: Final = timedelta(seconds=2)
 ROTATION_CODES: Final = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"})
+
+# The AWS formats of what credfresh takes from an answer, checked whole (`fullmatch`): a
+# newline or any other stray character in a value would end up in the credentials file.
+ACCESS_KEY_ID: Final = re.compile(r"[A-Za-z0-9_]{16,128}")
+SECRET_ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9/+=]{1,256}")
+SESSION_TOKEN: Final = re.compile(r"[A-Za-z0-9/+=_-]{1,16384}")
+CREDENTIAL_FORMATS: Final = {
+    "AccessKeyId": ACCESS_KEY_ID,
+    "SecretAccessKey": SECRET_ACCESS_KEY,
+    "SessionToken": SESSION_TOKEN,
+}
+ASSUMED_ROLE_ARN: Final = re.compile(
+    r"arn:aws(?:-[a-z]+)*:sts::\d{12}:assumed-role/[A-Za-z0-9_+=,.@-]{1,64}/[A-Za-z0-9_+=,.@-]{1,64}"
+)
+EXPIRATION_TEXT: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})?"
+)
 
 PERMANENT_CODES: Final = frozenset(
     {
@@ -81,7 +102,8 @@ HINTS: Final[Mapping[str, str]] = {
     "ValidationError": "a parameter is out of range, e.g. duration_seconds above the role's "
     "maximum session duration",
     "connection_error": "STS could not be reached: check the network, proxy and endpoint_url",
-    "timeout": "STS did not answer within sts.timeout",
+    "timeout": "STS did not answer within sts.timeout (to connect, plus sts.timeout for the "
+    "whole answer)",
     "invalid_response": "STS's answer was not a valid credential response (a captive proxy "
     "or a broken endpoint?)",
     "no_source_credentials": "no source credentials were found: set source_profile or "
@@ -167,13 +189,13 @@ def accept_response(
     if not isinstance(creds, Mapping):
         raise StsError(classify("invalid_response", "response has no Credentials"))
     fields = {}
-    for name in ("AccessKeyId", "SecretAccessKey", "SessionToken"):
+    for name, pattern in CREDENTIAL_FORMATS.items():
         value = creds.get(name)
         if not isinstance(value, str) or not value.strip() or not value.isascii():
             raise StsError(
                 classify("invalid_response", f"response field {name} is missing or empty")
             )
-        if any(ch.isspace() for ch in value) or "\x00" in value:
+        if not pattern.fullmatch(value):
             raise StsError(classify("invalid_response", f"response field {name} is malformed"))
         fields[name] = value
     expiration = creds.get("Expiration")
@@ -181,7 +203,7 @@ def accept_response(
         from credfresh.credentials import parse_time
 
         try:
-            expiration = parse_time(expiration)
+            expiration = parse_time(expiration) if EXPIRATION_TEXT.fullmatch(expiration) else None
         except ValueError:
             expiration = None
     if not isinstance(expiration, datetime):
@@ -197,10 +219,7 @@ def accept_response(
         raise StsError(
             classify("invalid_response", "response Expiration is later than the requested duration")
         )
-    principal = ""
-    assumed = response.get("AssumedRoleUser")
-    if isinstance(assumed, Mapping) and isinstance(assumed.get("Arn"), str):
-        principal = assumed["Arn"]
+    principal = _principal(response)
     return (
         Credentials(
             access_key_id=fields["AccessKeyId"],
@@ -212,6 +231,21 @@ def accept_response(
         ),
         skew,
     )
+
+
+def _principal(response: Mapping[str, Any]) -> str:
+    """The assumed-role ARN, or "" when the answer names none; anything else is refused."""
+    assumed = response.get("AssumedRoleUser")
+    if assumed is None:
+        return ""
+    arn = assumed.get("Arn") if isinstance(assumed, Mapping) else None
+    if arn is None and isinstance(assumed, Mapping):
+        return ""
+    if not isinstance(arn, str) or not ASSUMED_ROLE_ARN.fullmatch(arn):
+        raise StsError(
+            classify("invalid_response", "response field AssumedRoleUser.Arn is malformed")
+        )
+    return arn
 
 
 def assume_role_params(profile: Profile) -> dict[str, Any]:
@@ -246,6 +280,79 @@ class Issued:
 ClientKey = tuple[str, str | None, str | None, bool, bool]
 
 
+def call_deadline(settings: StsSettings) -> float:
+    """The whole call's budget: the connect timeout plus `sts.timeout` for the answer."""
+    connect_timeout = settings.timeout
+    return connect_timeout + settings.timeout
+
+
+def tracking_pools(guard: CallGuard) -> dict[str, type]:
+    """botocore's connection pools, with connections that show themselves to `guard`."""
+    from botocore.awsrequest import (
+        AWSHTTPConnection,
+        AWSHTTPConnectionPool,
+        AWSHTTPSConnection,
+        AWSHTTPSConnectionPool,
+    )
+
+    class Http(AWSHTTPConnection):
+        def connect(self) -> None:
+            guard.track(self)
+            super().connect()
+
+        def request(
+            self,
+            method: str,
+            url: str,
+            body: Any = None,
+            headers: Mapping[str, Any] | None = None,
+            *args: Any,
+            **kwargs: Any,
+        ) -> Any:
+            guard.track(self)
+            return super().request(method, url, body, headers, *args, **kwargs)
+
+    class Https(AWSHTTPSConnection):
+        def connect(self) -> None:
+            guard.track(self)
+            super().connect()
+
+        def request(
+            self,
+            method: str,
+            url: str,
+            body: Any = None,
+            headers: Mapping[str, Any] | None = None,
+            *args: Any,
+            **kwargs: Any,
+        ) -> Any:
+            guard.track(self)
+            return super().request(method, url, body, headers, *args, **kwargs)
+
+    class HttpPool(AWSHTTPConnectionPool):
+        ConnectionCls = Http
+
+    class HttpsPool(AWSHTTPSConnectionPool):
+        ConnectionCls = Https
+
+    return {"http": HttpPool, "https": HttpsPool}
+
+
+def track_connections(client: Any, pools: Mapping[str, type]) -> Any:
+    """Let the guard see the connections this client's calls use, to cut abandoned ones.
+
+    botocore offers no hook for its sockets, so this swaps the connection classes in the
+    client's own pool map (shared by its pool and proxy managers, before any pool exists).
+    Should botocore's layout change, calls are still abandoned at the deadline; only the
+    abandoned helper then lives until the socket's own timeout.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    by_scheme = getattr(session, "_pool_classes_by_scheme", None)
+    if isinstance(by_scheme, dict):
+        by_scheme.update(pools)
+    return client
+
+
 class StsClients:
     """One STS client per source and endpoint, shared by every profile that uses it.
 
@@ -271,6 +378,9 @@ class StsClients:
         self._sessions: dict[str | None, botocore.session.Session] = {}
         self._clients: dict[ClientKey, Any] = {}
         self._chained: dict[ClientKey, tuple[str, Any]] = {}
+        # Room for every worker's call plus as many abandoned ones still winding down.
+        self._guard = CallGuard(2 * max(1, settings.max_concurrency), name="credfresh-sts")
+        self._pools = tracking_pools(self._guard)
 
     def _quiet(self, session: botocore.session.Session) -> None:
         if self._credentials_file:
@@ -327,7 +437,7 @@ class StsClients:
                         endpoint_url=profile.endpoint_url,
                         config=self._config(region, profile, unsigned=True),
                     )
-                    self._clients[key] = client
+                    self._clients[key] = track_connections(client, self._pools)
                 return client
             if profile.chained:
                 if source is None:
@@ -344,13 +454,13 @@ class StsClients:
                     aws_secret_access_key=source.secret_access_key,
                     aws_session_token=source.session_token,
                 )
-                self._chained[key] = (source.access_key_id, client)
+                self._chained[key] = (source.access_key_id, track_connections(client, self._pools))
                 return client
             key = self._key(f"profile:{profile.source_profile or ''}", profile, region)
             client = self._clients.get(key)
             if client is None:
                 client = self._make_source_client(profile, region)
-                self._clients[key] = client
+                self._clients[key] = track_connections(client, self._pools)
             return client
 
     def _make_source_client(self, profile: Profile, region: str) -> Any:
@@ -395,6 +505,19 @@ class StsClients:
                 return self._assume_once(profile, source)
             raise
 
+    def guarded(self, call: Callable[[], T], profile: str) -> T:
+        """Run one STS call under the overall deadline; past it, a transient `timeout`.
+
+        The abandoned call's result is dropped here, so it can never reach the state.
+        """
+        deadline = call_deadline(self._settings)
+        try:
+            return self._guard.run(call, deadline)
+        except DeadlineExceeded:
+            raise StsError(
+                classify("timeout", f"no complete answer within {deadline:g} s"), profile
+            ) from None
+
     def _assume_once(self, profile: Profile, source: Credentials | None) -> Issued:
         from botocore.exceptions import (
             BotoCoreError,
@@ -408,14 +531,13 @@ class StsClients:
 
         client = self.client_for(profile, source)
         params = assume_role_params(profile)
+        if profile.web_identity_token_file is not None:
+            params["WebIdentityToken"] = _read_token(profile.web_identity_token_file, profile.name)
+            call = client.assume_role_with_web_identity
+        else:
+            call = client.assume_role
         try:
-            if profile.web_identity_token_file is not None:
-                params["WebIdentityToken"] = _read_token(
-                    profile.web_identity_token_file, profile.name
-                )
-                response = client.assume_role_with_web_identity(**params)
-            else:
-                response = client.assume_role(**params)
+            response = self.guarded(lambda: call(**params), profile.name)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

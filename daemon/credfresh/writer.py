@@ -6,6 +6,7 @@ profiles finishing in the same second become a handful of writes, not 200.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -25,7 +26,10 @@ class BatchWriter:
     """A thread that owns every write of one credentials file.
 
     `write` does the real work and returns per-profile conflicts; a raised CredfileError
-    keeps the batch pending and retries with backoff (the old file stays as it was).
+    keeps the batch pending and retries with backoff (the old file stays as it was). Any
+    other exception (a value that cannot be rendered, a bug in a callback) is handled the
+    same way, as a `write_failed`: one bad value must never end the thread, or nothing is
+    written again while everything else looks fine.
     """
 
     def __init__(
@@ -47,12 +51,21 @@ class BatchWriter:
         self._removals: set[str] = set()
         self._busy = False
         self._stopping = False
+        self._started = False
         self._hurry = False
         self._failures = 0
         self._thread = threading.Thread(target=self._loop, name="credfresh-writer", daemon=True)
 
     def start(self) -> None:
+        self._started = True
         self._thread.start()
+
+    def alive(self) -> bool:
+        """False only when the thread ended without being stopped: nothing gets written.
+
+        Not started yet, or stopped, counts as alive (the daemon is starting or leaving).
+        """
+        return not self._started or self._stopping or self._thread.is_alive()
 
     def submit(
         self,
@@ -132,20 +145,41 @@ class BatchWriter:
         started = time.monotonic()
         try:
             conflicts = self._write(updates, removals)
+            for name, error in conflicts.items():
+                updates.pop(name, None)
+                self._on_conflict(name, error)
+            self._on_written(updates, removals, time.monotonic() - started)
         except CredfileError as exc:
-            self._failures += 1
-            delay = min(RETRY_MAX, RETRY_MIN * float(2 ** min(self._failures - 1, 10)))
-            with self._cond:
-                for name, creds in updates.items():
-                    self._updates.setdefault(name, creds)
-                for name in removals:
-                    if name not in self._updates:
-                        self._removals.add(name)
-            self._on_failed(exc, delay)
-            return delay
+            return self._failed(updates, removals, exc)
+        except Exception as exc:
+            return self._failed(updates, removals, unexpected(exc))
         self._failures = 0
-        for name, error in conflicts.items():
-            updates.pop(name, None)
-            self._on_conflict(name, error)
-        self._on_written(updates, removals, time.monotonic() - started)
         return 0.0
+
+    def _failed(
+        self, updates: dict[str, Credentials], removals: set[str], error: CredfileError
+    ) -> float:
+        """Keep the batch pending (newer submissions win) and say when to retry it."""
+        self._failures += 1
+        delay = min(RETRY_MAX, RETRY_MIN * float(2 ** min(self._failures - 1, 10)))
+        with self._cond:
+            for name, creds in updates.items():
+                self._updates.setdefault(name, creds)
+            for name in removals:
+                if name not in self._updates:
+                    self._removals.add(name)
+        # A failing report must not end the writer either.
+        with contextlib.suppress(Exception):
+            self._on_failed(error, delay)
+        return delay
+
+
+def unexpected(exc: Exception) -> CredfileError:
+    """An exception that is no CredfileError, as a `write_failed` naming its type.
+
+    Credfresh's own messages name profiles and keys, never values; the text is kept to
+    one bounded line, and the engine redacts it again before logging.
+    """
+    detail = " ".join(str(exc).split())[:200]
+    message = f"unexpected {type(exc).__name__} while writing"
+    return CredfileError(f"{message}: {detail}" if detail else message, code="write_failed")

@@ -83,7 +83,8 @@ class ControlParams:
 
 class ControlAPI:
     """JSON endpoints: GET health, settings, requests, issued, counts, faults; POST fail,
-    raw, drop, refuse, settings, clear, reset, seed, plus extensions (walkthrough, auth).
+    raw, rewrite, trickle, drop, refuse, settings, clear, reset, seed, plus extensions
+    (walkthrough, auth).
 
     Never recorded, delayed or faulted, so a test can always reach it.
     """
@@ -172,6 +173,28 @@ class ControlAPI:
                 probability=params.number_or("probability", 1.0),
                 headers={str(k): str(v) for k, v in (params.mapping("headers") or {}).items()},
                 truncate=params.integer("truncate"),
+            )
+            return 200, rule.to_dict(), None
+        if name == "rewrite":
+            params = ControlParams(data, frozenset({"pattern", "replacement", *matching}))
+            pattern = params.text("pattern")
+            if not pattern:
+                raise BadRequest('\'pattern\' is required, e.g. {"pattern": "</Arn>"}')
+            rule = self._proxy.rewrite_answer(
+                pattern,
+                params.text("replacement", "") or "",
+                times=params.integer("times"),
+                when=params.mapping("match"),
+                probability=params.number_or("probability", 1.0),
+            )
+            return 200, rule.to_dict(), None
+        if name == "trickle":
+            params = ControlParams(data, frozenset({"interval", *matching}))
+            rule = self._proxy.trickle(
+                params.number_or("interval", 1.0),
+                times=params.integer("times"),
+                when=params.mapping("match"),
+                probability=params.number_or("probability", 1.0),
             )
             return 200, rule.to_dict(), None
         if name == "drop":

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 Predicate = Callable[[RequestRecord], bool]
 MatchSpec = Mapping[str, str | Sequence[str]]
 When = Predicate | MatchSpec | None
-FaultKind = Literal["error", "raw", "drop"]
+FaultKind = Literal["error", "raw", "drop", "rewrite", "trickle"]
+# Kinds that answer in place of the upstream; the others shape the upstream's answer.
+ANSWERING_KINDS = frozenset({"error", "raw", "drop"})
 
 # Lower-case match keys name record attributes; API parameters are all CamelCase.
 _RECORD_KEYS = frozenset({"access_key_id", "service", "region", "method", "path", "action"})
@@ -61,6 +63,11 @@ class FaultRule:
     content_type: str = "text/xml"
     headers: tuple[tuple[str, str], ...] = ()
     truncate: int | None = None
+    # "rewrite": re.sub(pattern, replacement) on the upstream's answer body.
+    pattern: bytes = b""
+    replacement: bytes = b""
+    # "trickle": seconds between the bytes of the answer body.
+    interval: float = 0.0
     times: int | None = None
     probability: float = 1.0
     when: Predicate | None = None
@@ -72,6 +79,10 @@ class FaultRule:
             raise ValueError(f"times must be None (forever) or >= 0 (got {self.times})")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be within 0..1 (got {self.probability})")
+        if self.kind == "trickle" and not 0.0 < self.interval <= 60.0:
+            raise ValueError(f"interval must be within (0, 60] seconds (got {self.interval})")
+        if self.kind == "rewrite" and not self.pattern:
+            raise ValueError("a rewrite needs a pattern")
         if self.truncate is not None and not 0 <= self.truncate <= len(self.body):
             raise ValueError(
                 f"truncate must be within 0..len(body)={len(self.body)} (got {self.truncate})"

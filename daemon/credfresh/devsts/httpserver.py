@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
@@ -169,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.outgoing is None:
             self.close_connection = True
             return
-        self._send(reply.outgoing, reply.truncate)
+        self._send(reply.outgoing, reply.truncate, reply.trickle)
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -205,7 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
-    def _send(self, outgoing: Outgoing, truncate: int | None = None) -> None:
+    def _send(
+        self, outgoing: Outgoing, truncate: int | None = None, trickle: float | None = None
+    ) -> None:
         self.send_response(outgoing.status, outgoing.reason)
         for name, value in outgoing.headers:
             lowered = name.lower()
@@ -220,8 +223,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if truncate is None:
+        if trickle is not None:
+            self._trickle(outgoing.body, trickle)
+        elif truncate is None:
             self.wfile.write(outgoing.body)
         else:
             self.wfile.write(outgoing.body[:truncate])
             self.close_connection = True
+
+    def _trickle(self, body: bytes, interval: float) -> None:
+        """One byte, flushed, then a pause: ends when the client hangs up or the proxy stops."""
+        for index in range(len(body)):
+            self.wfile.write(body[index : index + 1])
+            self.wfile.flush()
+            if index + 1 < len(body):
+                time.sleep(interval)

@@ -7,6 +7,7 @@ import dataclasses
 import http.client
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from credfresh.devsts.control import ControlAPI, ControlHandler
-from credfresh.devsts.faults import FaultBook, FaultRule, When, as_predicate
+from credfresh.devsts.faults import ANSWERING_KINDS, FaultBook, FaultRule, When, as_predicate
 from credfresh.devsts.httpserver import Listener
 from credfresh.devsts.records import Counts, IssuedCredentials, Recorder, RequestRecord
 from credfresh.devsts.stserrors import error_answer, error_spec
@@ -56,6 +57,8 @@ class Reply:
 
     outgoing: Outgoing | None
     truncate: int | None = None
+    # Seconds between body bytes: an answer that trickles in (each read is quick).
+    trickle: float | None = None
 
 
 class Proxy:
@@ -255,6 +258,56 @@ class Proxy:
             )
         )
 
+    def rewrite_answer(
+        self,
+        pattern: bytes | str,
+        replacement: bytes | str,
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+    ) -> FaultRule:
+        """Forward, then `re.sub(pattern, replacement)` on the answer body (issued keys stay
+        recorded): e.g. a newline into `<AssumedRoleUser><Arn>`.
+        """
+        find = pattern.encode() if isinstance(pattern, str) else pattern
+        put = replacement.encode() if isinstance(replacement, str) else replacement
+        try:
+            re.compile(find)
+        except re.error as error:
+            raise ValueError(f"pattern is not a regular expression: {error}") from None
+        return self.faults.add(
+            FaultRule(
+                kind="rewrite",
+                pattern=find,
+                replacement=put,
+                times=times,
+                probability=probability,
+                when=as_predicate(when),
+                description=f"rewrite {find!r}",
+            )
+        )
+
+    def trickle(
+        self,
+        interval: float = 1.0,
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+    ) -> FaultRule:
+        """Forward, then send the answer body one byte every `interval` seconds."""
+        return self.faults.add(
+            FaultRule(
+                kind="trickle",
+                interval=interval,
+                times=times,
+                probability=probability,
+                when=as_predicate(when),
+                description=f"trickle 1 byte per {interval:g} s",
+            )
+        )
+
     def remove_fault(self, rule: FaultRule) -> None:
         self.faults.remove(rule)
 
@@ -352,7 +405,7 @@ class Proxy:
             self.recorder.finished(record, None, "dropped")
             return Reply(None)
         rule = self.faults.pick(record)
-        if rule is not None:
+        if rule is not None and rule.kind in ANSWERING_KINDS:
             return self._inject(rule, record)
         if self.enforce_expiry and signer.access_key_id:
             issued = self.recorder.issued_for(signer.access_key_id)
@@ -374,6 +427,13 @@ class Proxy:
             return Reply(error_answer("InternalFailure"))
         outgoing = self._issued(request, outgoing)
         outcome = "stub" if self.upstream.name == "stub" else "forwarded"
+        if rule is not None and rule.kind == "rewrite":
+            body = re.sub(rule.pattern, rule.replacement, outgoing.body)
+            outgoing = dataclasses.replace(outgoing, body=body)
+            outcome = "rewritten"
+        if rule is not None and rule.kind == "trickle":
+            self.recorder.finished(record, outgoing.status, "trickled")
+            return Reply(outgoing, trickle=rule.interval)
         self.recorder.finished(record, outgoing.status, outcome)
         return Reply(outgoing)
 
