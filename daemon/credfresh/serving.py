@@ -233,7 +233,9 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     # socketserver's default backlog of 5 drops the SYNs of a burst (clients retry after 1 s).
-    request_queue_size = 64
+    # Queued connections cost the kernel, not our descriptors: under a flood a newcomer waits
+    # its turn (milliseconds) instead of a SYN retry. Linux caps it at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(
         self,
