@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import secrets
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
 from conftest import SECRETS
@@ -28,6 +28,8 @@ from credfresh.console import (
     CONSOLE_URLS,
     FEDERATION_ENV,
     FEDERATION_URLS,
+    ConsoleError,
+    connection_pool,
     federation_url,
     partition_of,
     proxy_for,
@@ -139,41 +141,67 @@ def federation() -> Iterator[Federation]:
     yield from Federation().serve()
 
 
-class ForwardProxy(LoopbackServer):
-    """A loopback HTTP proxy: forwards absolute-URI GETs and records what it was asked."""
+class RawProxy:
+    """A loopback listener that records every byte it is sent and refuses each request (403).
+
+    Standing in for a proxy: what it received is exactly what a real proxy would have seen.
+    """
 
     def __init__(self) -> None:
-        self.seen: list[dict[str, str]] = []
-        super().__init__()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.received: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silent."""
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+                self.received.append(data)
 
-            def do_GET(self) -> None:
-                target = urllib.parse.urlsplit(self.path)
-                proxy.seen.append(
-                    {"host": target.netloc, "auth": self.headers.get("Proxy-Authorization", "")}
-                )
-                upstream = http.client.HTTPConnection(target.netloc, timeout=5)
-                upstream.request("GET", f"{target.path}?{target.query}")
-                answer = upstream.getresponse()
-                body = answer.read()
-                upstream.close()
-                self.send_response(answer.status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def requests(self) -> list[dict[str, str]]:
+        """Request line and Proxy-Authorization of each request received."""
+        out = []
+        for data in self.received:
+            lines = data.decode("latin-1").split("\r\n")
+            auth = [
+                v
+                for k, _, v in (h.partition(": ") for h in lines[1:])
+                if k.lower() == "proxy-authorization"
+            ]
+            out.append({"line": lines[0], "auth": auth[0] if auth else ""})
+        return out
 
-        return Handler
+    def serve(self) -> Iterator[RawProxy]:
+        self.thread.start()
+        yield self
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
 
 
 @pytest.fixture
-def forward_proxy() -> Iterator[ForwardProxy]:
-    yield from ForwardProxy().serve()
+def raw_proxy() -> Iterator[RawProxy]:
+    yield from RawProxy().serve()
 
 
 class Setup:
@@ -406,39 +434,99 @@ class TestFailures:
 class TestProxy:
     """The sign-in request goes through the environment's proxy, as botocore's STS calls do."""
 
-    def test_through_the_proxy_with_its_credentials(
-        self, setup: Setup, federation: Federation, forward_proxy: ForwardProxy
+    def test_https_through_a_connect_tunnel_with_its_credentials(
+        self, setup: Setup, raw_proxy: RawProxy
     ) -> None:
-        federation.expected = setup.creds["app"]
+        """An https endpoint is reached with CONNECT and the proxy's basic auth: the proxy
+        sees the host name and nothing of the credentials."""
         proxy_password = secrets.token_urlsafe(12)
-        proxy_url = forward_proxy.base_url.replace("//", f"//ops:{proxy_password}%40x@")
-        code, out, err = setup.run("app", env={**setup.env, "HTTP_PROXY": proxy_url})
-        assert code == 0, err
-        assert federation.signin_token in out
-        federation_host = urllib.parse.urlsplit(federation.url).netloc
+        proxy_url = raw_proxy.base_url.replace("//", f"//ops:{proxy_password}%40x@")
+        env = {
+            **setup.env,
+            FEDERATION_ENV: "https://signin.federation.test/federation",
+            "HTTPS_PROXY": proxy_url,
+        }
+        code, out, err = setup.run("app", env=env)
+        assert (code, out) == (1, ""), "the stand-in proxy refuses the tunnel"
+        assert "federation_unreachable" in err
         expected_auth = base64.b64encode(f"ops:{proxy_password}@x".encode()).decode()
-        assert forward_proxy.seen == [{"host": federation_host, "auth": f"Basic {expected_auth}"}]
+        assert raw_proxy.requests() == [
+            {
+                "line": "CONNECT signin.federation.test:443 HTTP/1.0",
+                "auth": f"Basic {expected_auth}",
+            }
+        ]
+        assert_no_credentials(setup, raw_proxy)
         assert proxy_password not in out + err
 
-    def test_no_proxy_and_lowercase_win(
-        self, setup: Setup, federation: Federation, forward_proxy: ForwardProxy
-    ) -> None:
-        federation.expected = setup.creds["app"]
+    def test_lowercase_wins(self, setup: Setup, raw_proxy: RawProxy) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        env = {**setup.env, "HTTP_PROXY": closed, "http_proxy": forward_proxy.base_url}
-        assert setup.run("app", env=env)[0] == 0
-        assert len(forward_proxy.seen) == 1
-        code, _, err = setup.run("app", env={**env, "NO_PROXY": "localhost,127.0.0.1"})
+        env = {
+            **setup.env,
+            FEDERATION_ENV: "https://signin.federation.test/federation",
+            "HTTPS_PROXY": closed,
+            "https_proxy": raw_proxy.base_url,
+        }
+        assert setup.run("app", env=env)[0] == 1
+        assert len(raw_proxy.requests()) == 1
+
+    @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL"])
+    def test_loopback_federation_is_never_proxied(
+        self, setup: Setup, federation: Federation, raw_proxy: RawProxy, variable: str
+    ) -> None:
+        """A loopback stand-in over plain http is reached directly: not a byte reaches the
+        proxy, whatever proxy variable is set."""
+        federation.expected = setup.creds["app"]
+        names = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy"] if variable == "ALL" else [variable]
+        env = {**setup.env, **dict.fromkeys(names, raw_proxy.base_url)}
+        code, out, err = setup.run("app", env=env)
         assert code == 0, err
-        assert len(forward_proxy.seen) == 1, "NO_PROXY names the host: no proxy"
+        assert federation.signin_token in out
+        assert raw_proxy.received == []
+
+    def test_plain_http_through_a_proxy_is_refused_before_connecting(
+        self, raw_proxy: RawProxy
+    ) -> None:
+        """Plain http to a host the proxy would be used for: refused before any connection
+        (to the proxy or anywhere else)."""
+        environ = {"HTTP_PROXY": raw_proxy.base_url, "HTTPS_PROXY": raw_proxy.base_url}
+        with pytest.raises(ConsoleError) as caught:
+            connection_pool("http://198.51.100.7/federation", environ)
+        assert caught.value.code == "proxy_plain_http"
+        assert raw_proxy.received == []
+        tunnelled = connection_pool("https://198.51.100.7/federation", environ)
+        assert isinstance(tunnelled, urllib3.ProxyManager)
+        direct = connection_pool("http://127.0.0.1:9/federation", environ)
+        assert type(direct) is urllib3.PoolManager
+        assert raw_proxy.received == [], "building a pool connects nowhere"
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://127.0.0.1:8080/federation",
+            "http://127.1.2.3/federation",
+            "http://[::1]:8080/federation",
+            "http://[::ffff:127.0.0.1]/federation",
+            "http://localhost:8080/federation",
+            "https://LOCALHOST./federation",
+            "http://stand-in.localhost/federation",
+        ],
+    )
+    def test_loopback_hosts_bypass_every_proxy(self, url: str) -> None:
+        environ = {"HTTP_PROXY": "http://p:3128", "HTTPS_PROXY": "http://p:3128"}
+        assert proxy_for(url, environ) is None
 
     def test_unusable_proxy_exit_1_without_its_value(
         self, setup: Setup, federation: Federation
     ) -> None:
         federation.expected = setup.creds["app"]
-        env = {**setup.env, "HTTP_PROXY": "socks5://ops:hunter2@127.0.0.1:1080"}
+        env = {
+            **setup.env,
+            FEDERATION_ENV: "https://signin.federation.test/federation",
+            "HTTPS_PROXY": "socks5://ops:hunter2@127.0.0.1:1080",
+        }
         code, out, err = setup.run("app", env=env)
         assert (code, out) == (1, "")
         assert "proxy_invalid" in err
@@ -449,6 +537,8 @@ class TestProxy:
         ("environ", "expected"),
         [
             ({}, None),
+            ({"HTTPS_PROXY": "http://p", "NO_PROXY": "signin.aws.amazon.com"}, None),
+            ({"HTTPS_PROXY": "http://p", "NO_PROXY": "localhost,127.0.0.1"}, "http://p"),
             ({"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
             ({"https_proxy": "p:3128"}, "http://p:3128"),
             ({"HTTPS_PROXY": "http://a", "https_proxy": "http://b"}, "http://b"),
@@ -462,6 +552,14 @@ class TestProxy:
     )
     def test_proxy_for(self, environ: dict[str, str], expected: str | None) -> None:
         assert proxy_for("https://signin.aws.amazon.com/federation", environ) == expected
+
+
+def assert_no_credentials(setup: Setup, proxy: RawProxy) -> None:
+    seen = b"".join(proxy.received).decode("latin-1")
+    for creds in setup.creds.values():
+        for secret in (creds.access_key_id, creds.secret_access_key, creds.session_token):
+            assert urllib.parse.quote(secret) not in seen
+            assert secret not in seen
 
 
 class TestPieces:

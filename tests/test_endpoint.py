@@ -25,12 +25,12 @@ from conftest import SECRETS
 from credfresh import endpoint as endpoint_module
 from credfresh.credentials import Credentials
 from credfresh.endpoint import (
-    MAX_HEAD_BYTES,
     CredentialsEndpoint,
     account_id,
     credentials_body,
     parse_listen,
 )
+from credfresh.serving import MAX_HEAD_BYTES
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ROLE = "arn:aws:sts::123456789012:assumed-role/app/credfresh-app"

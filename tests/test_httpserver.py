@@ -174,7 +174,9 @@ class TestEndpoints:
 
         server.health = broken
         assert get(client, server, "/healthz").status == 500
-        assert log.lines == [("http_handler_failed", {"path": "/healthz", "error": "RuntimeError"})]
+        assert log.lines == [
+            ("http_handler_failed", {"path": "/healthz", "error": "RuntimeError", "suppressed": 0})
+        ]
         assert capsys.readouterr().err == ""
 
     def test_slow_client_blocks_nobody(

@@ -30,6 +30,7 @@ REQUIRED = {
     "WatchdogSec": "90s",
     "UMask": "0077",
     "LimitCORE": "0",
+    "LimitNOFILE": "8192",
     "NoNewPrivileges": "yes",
     "CapabilityBoundingSet": "",
     "ProtectSystem": "strict",

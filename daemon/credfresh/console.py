@@ -156,18 +156,36 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 
     Read as Python's urllib and botocore read the environment (so STS and the console take
     the same path): `<scheme>_proxy` in either case, the lowercase name winning, and
-    `no_proxy` as comma-separated host suffixes or `*`.
+    `no_proxy` as comma-separated host suffixes or `*`. A loopback host is never proxied: a
+    proxy can only reach its own loopback, and a plain-http stand-in there would show it the
+    credentials.
     """
     parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if _is_loopback_host(host):
+        return None
     wanted = (f"{parts.scheme}_proxy", "no_proxy")
     found: dict[str, str] = {}
     for name in sorted(environ, key=str.islower):
         if name.lower() in wanted and environ[name]:
             found[name.lower()] = environ[name]
     proxy = found.get(wanted[0])
-    if proxy is None or _bypassed(parts.hostname or "", found.get("no_proxy", "")):
+    if proxy is None or _bypassed(host, found.get("no_proxy", "")):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped), `localhost` and names under `.localhost`."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:
@@ -181,7 +199,9 @@ def _bypassed(host: str, no_proxy: str) -> bool:
 def connection_pool(url: str, environ: Mapping[str, str]) -> urllib3.PoolManager:
     """A pool for `url`: through the environment's proxy (its user:password as basic auth)
     or direct. No retries and no redirects: urllib3 logs the URL, which holds the
-    credentials, when it retries.
+    credentials, when it retries. Plain http through a proxy is refused before any
+    connection: the proxy would read the credentials in the URL (https goes through a
+    CONNECT tunnel, where the proxy sees the host name only).
     """
     import urllib3
 
@@ -189,6 +209,12 @@ def connection_pool(url: str, environ: Mapping[str, str]) -> urllib3.PoolManager
     proxy = proxy_for(url, environ)
     if proxy is None:
         return urllib3.PoolManager(timeout=timeout, retries=False)
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise ConsoleError(
+            "refusing to send credentials over plain http through the proxy in the "
+            "environment (HTTP_PROXY); use https",
+            code="proxy_plain_http",
+        )
     try:
         parts = urllib.parse.urlsplit(proxy)
         host = parts.hostname

@@ -492,8 +492,10 @@ def main(
     """Start the daemon; exit 2 on a bad config, 3 when another instance holds the lock."""
     from credfresh.logs import Logging
     from credfresh.schema import load_config
+    from credfresh.serving import raise_fd_limit
 
     tune_malloc()
+    raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
     logging = Logging(streams.out, fmt=log_format, level=log_level)
     logging.install()
     log = logging.get()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import http.client
-import io
 import ipaddress
 import json
 import os
@@ -29,21 +27,22 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from credfresh.credentials import Credentials, format_time
 from credfresh.schema import CONTAINER_HOSTS, PROFILE_NAME
-from credfresh.serving import LoopbackHTTPServer, ServerThread
+from credfresh.serving import (
+    BoundedRequestHandler,
+    LoopbackHTTPServer,
+    RateLimitedLog,
+    ServerThread,
+)
 
 PATH_PREFIX: Final = "/v1/credentials/"
 #: The whole request head (request line and headers) must arrive within this, or the
 #: connection is dropped; its thread is then free again.
 REQUEST_TIMEOUT: Final = 5.0
-#: Bytes read for one request head at most: far above any real token, far below a flood.
-MAX_HEAD_BYTES: Final = 32 * 1024
-MAX_REQUEST_LINE: Final = 8 * 1024
 #: A token file larger than this is refused (an EKS or Kubernetes token is about 1-2 KiB).
 MAX_TOKEN_BYTES: Final = 16 * 1024
 #: After answering, unread input is drained this much (bounded) before closing, so the
@@ -248,141 +247,36 @@ class TokenFile:
             )
 
 
-class _RateLimitedLog:
-    """One warning per key per interval, with how many were held back, so a client retrying
-    in a loop cannot flood the log."""
-
-    def __init__(self, log: Logger, interval: float, clock: Callable[[], float]) -> None:
-        self._log = log
-        self._interval = interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, event: str, **fields: Any) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._held[key] = self._held.get(key, 0) + 1
-                return
-            self._last[key] = now
-            held = self._held.pop(key, 0)
-        self._log.warning(event, suppressed=held, **fields)
-
-
-class _HeadReader(io.BufferedIOBase):
-    """Reads a request head straight from the socket, within a byte budget and a deadline.
-
-    http.server would read 64 KiB per line and 100 lines, and let a client that trickles a
-    byte every few seconds hold its thread indefinitely; here the whole head gets
-    MAX_HEAD_BYTES and one deadline. Over budget raises an HTTPException, which
-    http.server's parse_request answers with 431.
-    """
-
-    def __init__(self, sock: socket.socket, budget: int, timeout: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._budget = budget
-        self._deadline = time.monotonic() + timeout
-        self._buffer = bytearray()
-        self._received = 0
-        self._lines = 0
-        #: A bare CR or NUL in a line, or a folded header line: http.client would split or
-        #: join such lines, so what it parses is not what the client sent. Answered with 400.
-        self.malformed = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readline(self, size: int | None = -1, /) -> bytes:
-        limit = self._budget + 1 if size is None or size < 0 else size
-        while True:
-            end = self._buffer.find(b"\n", 0, limit)
-            if end >= 0:
-                count = end + 1
-                break
-            if len(self._buffer) >= limit:
-                count = limit
-                break
-            if self._received >= self._budget:
-                raise _HeadTooLarge(f"request head larger than {self._budget} bytes")
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("request head not received in time")
-            self._sock.settimeout(remaining)
-            chunk = self._sock.recv(min(4096, self._budget - self._received))
-            if not chunk:
-                count = len(self._buffer)
-                break
-            self._received += len(chunk)
-            self._buffer += chunk
-        line = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        content = line.removesuffix(b"\n").removesuffix(b"\r")
-        if b"\r" in content or b"\0" in content or (self._lines and line[:1] in (b" ", b"\t")):
-            self.malformed = True
-        self._lines += 1
-        return line
-
-
-class _HeadTooLarge(http.client.HTTPException):
-    pass
-
-
 class _Server(LoopbackHTTPServer):
     def __init__(self, host: str, port: int, app: CredentialsEndpoint) -> None:
         self.app = app
-        super().__init__(host, port, _Handler, on_error=self._failed)
+        super().__init__(host, port, _Handler, on_error=self._failed, on_shed=self._shed)
 
     def _failed(self, error: BaseException | None) -> None:
-        """A client that vanished mid-answer is routine: a log line, no traceback on stderr."""
-        self.app.log.warning(
-            "container_connection_failed", error=type(error).__name__ if error else None
+        """A client that vanished mid-answer is routine: a rate-limited line, no traceback."""
+        name = type(error).__name__ if error else None
+        self.app.limited.warning(f"failed:{name}", "container_connection_failed", error=name)
+
+    def _shed(self, reason: str) -> None:
+        self.app.limited.warning(
+            f"shed:{reason}",
+            "container_connection_shed",
+            reason=reason,
+            limit=self.slots.limit,
         )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.0"
-    server_version = "credfresh"
-    sys_version = ""
-    disable_nagle_algorithm = True
 
-    def setup(self) -> None:
-        super().setup()
-        timeout = self.server.app.request_timeout
-        self.connection.settimeout(timeout)
-        self.rfile.close()
-        self._reader = _HeadReader(self.connection, MAX_HEAD_BYTES, timeout)
-        self.rfile = self._reader
+    def head_timeout(self) -> float:
+        return self.server.app.request_timeout
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log on stderr: request lines are for nobody, and errors are logged."""
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def handle_one_request(self) -> None:
-        """Read one bounded request head, answer it, and close (HTTP/1.0, no keep-alive)."""
-        self.close_connection = True
-        app = self.server.app
-        try:
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-            if len(self.raw_requestline) > MAX_REQUEST_LINE:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
-                return
-            if not self.raw_requestline or not self.parse_request():
-                return
-        except OSError:  # TimeoutError included: a silent or trickling client is dropped
-            return
-        self.connection.settimeout(app.request_timeout)
-        if self.request_version == "HTTP/0.9" or self._reader.malformed:
+    def respond(self) -> None:
+        if self.request_version == "HTTP/0.9" or self.head.malformed:
             self.send_error(HTTPStatus.BAD_REQUEST)
             return
-        answer = app.answer(
+        answer = self.server.app.answer(
             self.command or "", self.path, self.headers.get_all("Authorization") or []
         )
         self._send(answer)
@@ -390,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors of the HTTP layer as JSON, without echoing any part of the request."""
         self.close_connection = True
+        if self.shed():
+            return
         self.request_version = "HTTP/1.0"  # parse_request may fail before knowing it: no 0.9
         self.server.app.refused("bad_request", int(code))
         try:
@@ -470,7 +366,8 @@ class CredentialsEndpoint:
         self.current = current
         self.clock = clock
         self.request_timeout = request_timeout
-        self._refusals = _RateLimitedLog(log, LOG_INTERVAL, monotonic)
+        #: Refusals and connection failures: one line per reason and LOG_INTERVAL.
+        self.limited = RateLimitedLog(log, LOG_INTERVAL, monotonic)
         self._runner = ServerThread(
             lambda bound: _Server(self.host, bound, self),
             port,
@@ -513,7 +410,7 @@ class CredentialsEndpoint:
             now = self.clock()
             if creds is None or creds.expiration <= now:
                 reason = "missing" if creds is None else "expired"
-                self._refusals.warning(
+                self.limited.warning(
                     f"unavailable:{reason}:{name}",
                     "container_credentials_unavailable",
                     profile=name,
@@ -532,7 +429,7 @@ class CredentialsEndpoint:
 
     def refused(self, reason: str, status: int) -> None:
         """Log a refusal (rate-limited per reason); never with the request's content."""
-        self._refusals.warning(reason, "container_request_refused", reason=reason, status=status)
+        self.limited.warning(reason, "container_request_refused", reason=reason, status=status)
 
     def _authorize(self, values: Sequence[str]) -> None:
         """The header must equal the token file's content; compared as SHA-256 digests with

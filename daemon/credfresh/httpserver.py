@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler
+from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 from credfresh.credentials import format_time
-from credfresh.serving import LoopbackHTTPServer, ServerThread
+from credfresh.serving import (
+    BoundedRequestHandler,
+    LoopbackHTTPServer,
+    RateLimitedLog,
+    ServerThread,
+)
 
 #: `health() -> (healthy, detail)`: the scheduler heartbeat check.
 HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
@@ -21,9 +27,11 @@ MetricsRender = Callable[[], bytes]
 
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE: Final = "application/json"
-#: A client that sends nothing (or trickles) loses its connection after this; others never wait
-#: on it, since each connection has its own thread.
+#: The whole request head must arrive within this, or the connection is dropped; others never
+#: wait on it, since each connection has its own thread.
 REQUEST_TIMEOUT: Final = 5.0
+#: Connection failures are logged at most once per kind in this many seconds (with a count).
+LOG_INTERVAL: Final = 60.0
 MAX_PROFILE_NAME_ECHO: Final = 128
 
 
@@ -87,26 +95,37 @@ def _problem(now: datetime, expires_at: datetime | None) -> str | None:
 class _Server(LoopbackHTTPServer):
     def __init__(self, host: str, port: int, app: HttpServer) -> None:
         self.app = app
-        super().__init__(host, port, _Handler, on_error=self._failed)
+        super().__init__(host, port, _Handler, on_error=self._failed, on_shed=self._shed)
 
     def _failed(self, error: BaseException | None) -> None:
-        """A client that vanished mid-answer is routine and silent."""
+        """A client that vanished mid-answer is routine and silent; others a rate-limited line."""
         if not isinstance(error, ConnectionError | TimeoutError):
-            self.app.log.warning("http_connection_failed", error=type(error).__name__)
+            name = type(error).__name__
+            self.app.limited.warning(f"failed:{name}", "http_connection_failed", error=name)
+
+    def _shed(self, reason: str) -> None:
+        self.app.limited.warning(
+            f"shed:{reason}", "http_connection_shed", reason=reason, limit=self.slots.limit
+        )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.0"
-    server_version = "credfresh"
-    sys_version = ""
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.app.request_timeout)
+    def head_timeout(self) -> float:
+        return self.server.app.request_timeout
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log on stderr: scrapes every 15 s would drown the daemon's own log."""
+    def respond(self) -> None:
+        method = getattr(self, f"do_{self.command}", None)
+        if method is None:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED)
+            return
+        method()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self.close_connection = True
+        if not self.shed():
+            super().send_error(code, message, explain)
 
     def do_GET(self) -> None:
         self._route(head=False)
@@ -161,7 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(404, _json({"error": "not found"}), JSON_CONTENT_TYPE, head=head)
         except Exception as exc:
-            app.log.warning("http_handler_failed", path=parts.path, error=type(exc).__name__)
+            name = type(exc).__name__
+            app.limited.warning(
+                f"handler:{parts.path}:{name}", "http_handler_failed", path=parts.path, error=name
+            )
             self._send(500, _json({"error": "internal error"}), JSON_CONTENT_TYPE, head=head)
 
     def _send(
@@ -191,8 +213,9 @@ def _json(body: Mapping[str, object]) -> bytes:
 class HttpServer:
     """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it.
 
-    Every connection gets its own daemon thread and a `request_timeout` socket timeout, so a
-    slow or silent client delays nobody and holds its thread for a bounded time.
+    Every connection gets its own daemon thread, up to MAX_CONNECTIONS at once, and its
+    request head one `request_timeout` deadline, so a slow or silent client delays nobody and
+    holds its thread and descriptor for a bounded time.
     """
 
     def __init__(
@@ -217,6 +240,8 @@ class HttpServer:
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.log: Logger = logger
+        #: Per-connection failures: one line per kind and LOG_INTERVAL, however many clients.
+        self.limited = RateLimitedLog(logger, LOG_INTERVAL, time.monotonic)
         self._runner = ServerThread(
             lambda bound: _Server(self.host, bound, self),
             port,

@@ -1,23 +1,241 @@
-"""The small HTTP servers credfresh runs (health, container credentials): shared plumbing."""
+"""The small HTTP servers credfresh runs (health, container credentials): shared plumbing.
+
+Both face clients the daemon does not control (the health port may be open to a pod
+network), so both bound what a client can hold: at most MAX_CONNECTIONS connections at once,
+one deadline and a byte budget for each request head, and at most one log line per reason
+and interval. A client can thus never take the file descriptors the daemon needs for its
+lock, state and credentials files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
+import io
+import resource
 import socket
 import socketserver
 import sys
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final, Literal, Protocol
+
+#: Connections one server serves at once. A newcomer at the limit takes the place of the
+#: oldest connection still sending its request head (a slow client), or is closed at once.
+MAX_CONNECTIONS: Final = 64
+#: Bytes read for one request head at most: far above any real request, far below a flood.
+MAX_HEAD_BYTES: Final = 32 * 1024
+MAX_REQUEST_LINE: Final = 8 * 1024
+#: After an accept failed for want of descriptors or memory, wait this long before the next
+#: one, rather than spin on a listening socket that stays readable.
+ACCEPT_BACKOFF: Final = 0.1
+#: The soft descriptor limit is raised to the hard one, but not beyond this: child processes
+#: (alert commands) inherit it, and some loop over every possible descriptor.
+MAX_NOFILE: Final = 65536
+
+Admission = Literal["admit", "evict", "refuse"]
+
+
+class Logger(Protocol):
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+def nofile_target(soft: int, hard: int, ceiling: int = MAX_NOFILE) -> int | None:
+    """The soft RLIMIT_NOFILE to set (the hard limit, at most `ceiling`), or None to keep it."""
+    wanted = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return wanted
+    return None
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one; return (before, after). Never raises:
+    a limit that cannot move is no reason not to start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = nofile_target(soft, hard)
+    if target is None:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, target
+
+
+def admission(live: int, dying: int, evictable: bool, limit: int) -> Admission:
+    """What to do with a new connection.
+
+    `live` connections are being served, `dying` were evicted and are being closed by their
+    threads. Below the limit: admit. At it: evict the oldest slow head if there is one (a
+    client that sends its request at once is answered in milliseconds, so only slow clients
+    are ever evicted), else refuse. Never more than twice the limit descriptors in all.
+    """
+    if live + dying >= 2 * limit:
+        return "refuse"
+    if live < limit:
+        return "admit"
+    return "evict" if evictable else "refuse"
+
+
+class _Slot:
+    __slots__ = ("evicted", "reading")
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.evicted = False
+
+
+class ConnectionSlots:
+    """The open connections of one server, oldest first, and whether each still reads its head.
+
+    Every state change happens under one lock, and a socket leaves the table before it is
+    closed: an eviction (a `shutdown`, which wakes the thread blocked in `recv`) can never hit
+    a descriptor number that was closed and reused meanwhile.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[socket.socket, _Slot] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def admit(self, sock: socket.socket) -> Admission:
+        """Track `sock` unless refused; on "evict" the oldest slow head was shut down."""
+        with self._lock:
+            live = [(s, slot) for s, slot in self._slots.items() if not slot.evicted]
+            oldest = next(((s, slot) for s, slot in live if slot.reading), None)
+            decision = admission(
+                len(live), len(self._slots) - len(live), oldest is not None, self.limit
+            )
+            if decision == "evict" and oldest is not None:
+                victim, slot = oldest
+                slot.evicted = True
+                with contextlib.suppress(OSError):
+                    victim.shutdown(socket.SHUT_RDWR)
+            if decision != "refuse":
+                self._slots[sock] = _Slot()
+            return decision
+
+    def head_received(self, sock: socket.socket) -> bool:
+        """The request head is in: from now on this connection is never evicted. False when it
+        was evicted already."""
+        with self._lock:
+            slot = self._slots.get(sock)
+            if slot is None or slot.evicted:
+                return False
+            slot.reading = False
+            return True
+
+    def evicted(self, sock: socket.socket) -> bool:
+        with self._lock:
+            slot = self._slots.get(sock)
+            return slot is not None and slot.evicted
+
+    def release(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._slots.pop(sock, None)
+
+
+class RateLimitedLog:
+    """One warning per key per interval, with how many were held back, so a client retrying
+    in a loop (or a thousand of them) cannot flood the log."""
+
+    def __init__(self, log: Logger, interval: float, clock: Callable[[], float]) -> None:
+        self._log = log
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        self._log.warning(event, suppressed=held, **fields)
+
+
+class HeadTooLarge(http.client.HTTPException):
+    pass
+
+
+class HeadReader(io.BufferedIOBase):
+    """Reads a request head straight from the socket, within a byte budget and a deadline.
+
+    http.server would read 64 KiB per line and 100 lines, and let a client that trickles a
+    byte every few seconds hold its thread indefinitely; here the whole head gets `budget`
+    bytes and one deadline. Over budget raises an HTTPException, which http.server's
+    parse_request answers with 431.
+    """
+
+    def __init__(self, sock: socket.socket, budget: int, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._budget = budget
+        self._deadline = time.monotonic() + timeout
+        self._buffer = bytearray()
+        self._received = 0
+        self._lines = 0
+        #: A bare CR or NUL in a line, or a folded header line: http.client would split or
+        #: join such lines, so what it parses is not what the client sent. Answered with 400.
+        self.malformed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        limit = self._budget + 1 if size is None or size < 0 else size
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                count = end + 1
+                break
+            if len(self._buffer) >= limit:
+                count = limit
+                break
+            if self._received >= self._budget:
+                raise HeadTooLarge(f"request head larger than {self._budget} bytes")
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request head not received in time")
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(min(4096, self._budget - self._received))
+            if not chunk:
+                count = len(self._buffer)
+                break
+            self._received += len(chunk)
+            self._buffer += chunk
+        line = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        content = line.removesuffix(b"\n").removesuffix(b"\r")
+        if b"\r" in content or b"\0" in content or (self._lines and line[:1] in (b" ", b"\t")):
+            self.malformed = True
+        self._lines += 1
+        return line
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, IPv4 or IPv6 (dual-stack for `::`), no reverse DNS lookup."""
+    """A thread per connection up to `max_connections`, IPv4 or IPv6 (dual-stack for `::`),
+    no reverse DNS lookup."""
 
     daemon_threads = True
     block_on_close = False
     # socketserver's default backlog of 5 drops the SYNs of a burst (clients retry after 1 s).
-    request_queue_size = 64
+    # Queued connections cost the kernel, not our descriptors: under a flood a newcomer waits
+    # its turn (milliseconds) instead of a SYN retry. Linux caps it at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(
         self,
@@ -25,9 +243,14 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         port: int,
         handler: type[BaseHTTPRequestHandler],
         on_error: Callable[[BaseException | None], None],
+        *,
+        on_shed: Callable[[str], None] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._on_error = on_error
+        self._on_shed = on_shed
+        self.slots = ConnectionSlots(max_connections)
         super().__init__((host, port), handler)
 
     def server_bind(self) -> None:
@@ -39,9 +262,93 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self.server_name = str(host)
         self.server_port = int(port)
 
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._on_error(exc)
+                time.sleep(ACCEPT_BACKOFF)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Admit, evict the oldest slow head for, or close at once, each new connection."""
+        decision = self.slots.admit(request)
+        if decision != "admit" and self._on_shed is not None:
+            self._on_shed("slow_head_evicted" if decision == "evict" else "connection_limit")
+        if decision == "refuse":
+            self._close(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError as exc:  # no thread to be had: the connection cannot be served
+            self._on_error(exc)
+            self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.slots.release(request)
+        super().shutdown_request(request)
+
+    def _close(self, request: Any) -> None:
+        with contextlib.suppress(OSError):
+            request.close()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """No traceback on stderr: the owner decides what a failed connection is worth."""
         self._on_error(sys.exc_info()[1])
+
+
+class BoundedRequestHandler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0), its head read by a HeadReader; `respond()`
+    answers it. Subclasses say how long a head may take (`head_timeout`)."""
+
+    server: LoopbackHTTPServer
+    protocol_version = "HTTP/1.0"
+    server_version = "credfresh"
+    sys_version = ""
+    disable_nagle_algorithm = True
+
+    def head_timeout(self) -> float:
+        raise NotImplementedError
+
+    def respond(self) -> None:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        super().setup()
+        timeout = self.head_timeout()
+        self.connection.settimeout(timeout)
+        self.rfile.close()
+        self.head = HeadReader(self.connection, MAX_HEAD_BYTES, timeout)
+        self.rfile = self.head
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr: request lines are for nobody, and errors are logged."""
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def handle_one_request(self) -> None:
+        """Read one bounded request head, answer it, and close (no keep-alive)."""
+        self.close_connection = True
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline or not self.parse_request():
+                return
+        except OSError:  # TimeoutError included: a silent or trickling client is dropped
+            return
+        if not self.server.slots.head_received(self.connection):
+            return
+        self.connection.settimeout(self.head_timeout())
+        self.respond()
+
+    def shed(self) -> bool:
+        """Evicted for a newcomer: the socket is shut down, there is nobody to answer."""
+        return self.server.slots.evicted(self.connection)
 
 
 class ServerThread:
