@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -175,6 +176,19 @@ class TestStateMachine:
         assert kinds(events) == [("sts_error", "fired", "warning")]
         assert "credentials on disk expire at" in events[0].text
 
+    def test_transient_error_inside_the_grace_does_not_fire_early(self) -> None:
+        """A throttle at the refresh point, retried within the grace, pages nobody."""
+        run = Run()
+        step = on_refresh_failed(
+            run.state, POLICY, profile="app", role_arn=ARN, code="Throttling", message="m",
+            hint=None, permanent=False, now=at(0), expires_at=at(7.5), refresh_at=at(0),
+            grace=timedelta(minutes=1),
+        )  # fmt: skip
+        assert run.apply(step) == ()
+        facts = {"app": ProfileFacts(ARN, at(7.5), refresh_at=at(0), grace=timedelta(minutes=1))}
+        assert run.apply(on_tick(run.state, POLICY, now=at(0.5), profiles=facts)) == ()
+        assert run.succeed(0.6) == ()
+
     def test_missing_credentials_do_not_escalate(self) -> None:
         """With no credentials on disk there is nothing to expire: the alert stays a warning."""
         run = Run()
@@ -217,31 +231,35 @@ class TestStateMachine:
         assert kinds(run.tick(5)) == [("sts_error", "fired", "warning")]
 
     def test_expiring_then_expired_without_any_error(self) -> None:
-        """With no failed refresh, `expiring` fires in the warning window, then `expired`."""
+        """With no failed refresh, `expiring` fires in the warning window, then `expired`.
+
+        `expired` covers `expiring` (it stays open, silent); both resolve once the new
+        credentials are on disk, never before.
+        """
         run = Run()
         expiry = {"app": at(15)}
         assert run.tick(4.5, expiry) == ()
         assert kinds(run.tick(5, expiry)) == [("expiring", "fired", "warning")]
         assert run.tick(10, expiry) == ()
-        events = run.tick(15, expiry)
-        assert kinds(events) == [
-            ("expired", "fired", "critical"),
+        assert kinds(run.tick(15, expiry)) == [("expired", "fired", "critical")]
+        assert run.tick(5 + 61, expiry) == (), "a covered expiring never repeats"
+        assert kinds(run.tick(15 + 60, expiry)) == [("expired", "repeated", "critical")]
+        assert kinds(run.succeed(76)) == [
             ("expiring", "resolved", "warning"),
+            ("expired", "resolved", "critical"),
         ]
-        assert events[1].message == "superseded by expired"
-        assert kinds(run.succeed(16)) == [("expired", "resolved", "critical")]
 
-    def test_sts_error_supersedes_expiring(self) -> None:
-        """When an sts_error fires, a firing `expiring` resolves: one alert per profile."""
+    def test_sts_error_covers_expiring(self) -> None:
+        """A firing sts_error covers a firing `expiring`: no resolve until the fix is on disk."""
         run = Run()
         run.tick(6, {"app": at(15)})
-        events = run.fail(7)
-        assert kinds(events) == [
-            ("sts_error", "fired", "warning"),
-            ("expiring", "resolved", "warning"),
-        ]
+        assert kinds(run.fail(7)) == [("sts_error", "fired", "warning")]
         assert kinds(run.tick(16, {"app": at(15)})) == [("sts_error", "escalated", "critical")]
         assert run.state.get("expired", "app") is None
+        assert kinds(run.succeed(17)) == [
+            ("sts_error", "resolved", "critical"),
+            ("expiring", "resolved", "warning"),
+        ]
 
     def test_expiring_resolves_when_fresh_credentials_appear(self) -> None:
         """New credentials on disk clear `expiring` on the next tick even without a success call."""
@@ -250,6 +268,17 @@ class TestStateMachine:
         events = run.tick(7, {"app": at(75)})
         assert kinds(events) == [("expiring", "resolved", "warning")]
         assert events[0].message == "credentials refreshed"
+
+    def test_expiring_stays_while_the_same_credentials_are_on_disk(self) -> None:
+        """A longer grace (a retry began) never resolves a firing `expiring`: the disk decides."""
+        run = Run()
+        facts = ProfileFacts(ARN, at(15), refresh_at=at(0), grace=timedelta(minutes=1))
+        assert kinds(run.apply(on_tick(run.state, POLICY, now=at(6), profiles={"app": facts}))) == [
+            ("expiring", "fired", "warning")
+        ]
+        later = dataclasses.replace(facts, grace=timedelta(minutes=10))
+        assert run.apply(on_tick(run.state, POLICY, now=at(7), profiles={"app": later})) == ()
+        assert run.state.get("expiring", "app") is not None
 
     def test_write_failed_lifecycle(self) -> None:
         """A write failure fires (a transient one after `after`) and resolves on the next write."""
@@ -423,8 +452,33 @@ class TestProperties:
                     open_since[event.alert_id] = event
             firing = {k: a for k, a in state.alerts.items() if a.firing}
             assert set(open_since) == {f"web-1:{k}:{p or '-'}" for k, p in firing}
+
+    @settings(max_examples=300, deadline=None)
+    @given(timeline)
+    def test_profile_alerts_resolve_only_when_the_fix_is_on_disk(
+        self, steps: list[tuple[int, tuple[Any, ...]]]
+    ) -> None:
+        """A profile alert resolves only at a success, a removal, or other credentials on disk.
+
+        And at most one alert per profile speaks at a time: covered ones never repeat.
+        """
+        for (_, op), (events, _) in zip(steps, play(steps), strict=True):
+            changed = set()
+            if op[0] == "tick":
+                for profile, offset in zip(PROFILES, op[1:], strict=True):
+                    if offset is not None:
+                        changed.add(profile)
+            for event in events:
+                if event.profile is None or event.transition != "resolved":
+                    continue
+                assert op[0] in ("succeed", "remove", "tick"), (op, event.alert_id)
+                if op[0] == "tick":
+                    assert event.profile in changed
+                else:
+                    assert op[1] == event.profile
+            speaking = [e.profile for e in events if e.transition in ("repeated", "escalated")]
             for profile in PROFILES:
-                assert sum(1 for _, p in firing if p == profile) <= 1
+                assert speaking.count(profile) <= 1
 
     @settings(max_examples=200, deadline=None)
     @given(timeline, st.integers(0, 40))
