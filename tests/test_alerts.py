@@ -20,6 +20,7 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import Project
 from credfresh.alerts import (
     AlertEvent,
     AlertManager,
@@ -39,6 +40,7 @@ from credfresh.alerts import (
 from credfresh.config import AlertSettings
 from credfresh.logs import Redactor
 from credfresh.sinks import CommandSink, SinkError, WebhookSink, proxy_for
+from daemon_runner import DaemonProcess, env_with
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(host="web-1")
@@ -933,3 +935,117 @@ class TestWebhookSink:
     ) -> None:
         """Proxy variables are read like botocore: scheme, case, NO_PROXY suffixes and `*`."""
         assert proxy_for(url, environ) == expected
+
+
+# The daemon end to end ----------------------------------------------------------------------
+
+
+class DiskCheckingWebhook:
+    """A webhook that, on each `resolved` body, reads the credentials file at once.
+
+    It keeps (body, access key id of the profile's section then, or None).
+    """
+
+    def __init__(self, credentials_file: Path, owner: str) -> None:
+        from credfresh import credfile
+
+        self.bodies: list[tuple[dict[str, Any], str | None]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                found = None
+                if body["status"] == "resolved" and body["profile"]:
+                    view = credfile.read_managed(credentials_file, owner)
+                    section = view.managed.get(body["profile"])
+                    found = section.access_key_id if section else None
+                hook.bodies.append((body, found))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def disk_hook(project: Project) -> Iterator[DiskCheckingWebhook]:
+    hook = DiskCheckingWebhook(project.credentials_file, project.document["owner"])
+    yield hook
+    hook.close()
+
+
+def run_daemon(project: Project, tmp_path: Path, wakeup: str) -> DaemonProcess:
+    env = env_with(project.env, CREDFRESH_WAKEUP_INTERVAL=wakeup)
+    return DaemonProcess(project.config_path, env, tmp_path / "daemon.log")
+
+
+class TestDaemonAlerts:
+    def test_healthy_daemon_with_20s_credentials_sends_no_alert_in_90s(
+        self, project: Project, tmp_path: Path, disk_hook: DiskCheckingWebhook
+    ) -> None:
+        """Issue 16: 20 s credentials for 90 s of `credfresh run` with a webhook: zero alerts.
+
+        90 s of wall time by design (about eight refresh cycles per profile, each due inside
+        `alerts.expiry_warning`); the process is idle in between, so it runs well beside
+        others. A candidate for `make torture` should the suite's budget need it.
+        """
+        project.sts.proxy.lifetime = 20
+        project.document["alerts"] = {"webhook_url": disk_hook.url}
+        project.profile("app")
+        project.profile("other")
+        project.write_config()
+        with run_daemon(project, tmp_path, wakeup="2") as proc:
+            proc.wait_event("ready", 30)
+            began = time.monotonic()
+            proc.wait_for(
+                lambda events: (
+                    time.monotonic() - began >= 90
+                    and sum(e.get("event") == "refreshed" for e in events) >= 2 * 8
+                ),
+                150,
+                "90 s and eight refreshes per profile",
+            )
+            assert proc.proc.poll() is None
+            alerts = proc.named("alert")
+        assert alerts == []
+        assert disk_hook.bodies == []
+
+    def test_resolved_webhook_finds_the_fix_in_the_file(
+        self, project: Project, tmp_path: Path, disk_hook: DiskCheckingWebhook
+    ) -> None:
+        """Issue 16.2: on the `resolved` body the file already holds a section issued after
+        the fault was cleared (not the one from before the fault)."""
+        project.sts.proxy.lifetime = 6
+        project.document["retry"] = {"initial": "1s", "max": "1s"}
+        project.document["alerts"] = {"webhook_url": disk_hook.url}
+        project.profile("app")
+        project.write_config()
+        with run_daemon(project, tmp_path, wakeup="1") as proc:
+            proc.wait_event("ready", 30)
+            project.sts.proxy.fail(
+                "AccessDenied", when=lambda r: r.params.get("RoleSessionName") == "credfresh-app"
+            )
+            wait_for(lambda: len(disk_hook.bodies) >= 1, 20)
+            assert disk_hook.bodies[0][0]["status"] == "firing"
+            cleared = time.time()
+            project.sts.proxy.clear_faults()
+            wait_for(lambda: any(b["status"] == "resolved" for b, _ in disk_hook.bodies), 20)
+        resolved = [(b, found) for b, found in disk_hook.bodies if b["status"] == "resolved"]
+        assert len(resolved) == 1
+        body, found = resolved[0]
+        assert body["alert"] == "sts_error"
+        assert found is not None, "no section in the file when the page said resolved"
+        issued = project.sts.proxy.issued_for(found)
+        assert issued is not None
+        assert issued.issued_at >= cleared, "the file still held credentials from before the fix"
