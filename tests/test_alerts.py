@@ -1036,16 +1036,25 @@ class TestDaemonAlerts:
             project.sts.proxy.fail(
                 "AccessDenied", when=lambda r: r.params.get("RoleSessionName") == "credfresh-app"
             )
-            wait_for(lambda: len(disk_hook.bodies) >= 1, 20)
-            assert disk_hook.bodies[0][0]["status"] == "firing"
+            wait_for(lambda: any(b["alert"] == "sts_error" for b, _ in disk_hook.bodies), 20)
             cleared = time.time()
             project.sts.proxy.clear_faults()
-            wait_for(lambda: any(b["status"] == "resolved" for b, _ in disk_hook.bodies), 20)
-        resolved = [(b, found) for b, found in disk_hook.bodies if b["status"] == "resolved"]
+            wait_for(
+                lambda: any(
+                    b["status"] == "resolved" and b["alert"] == "sts_error"
+                    for b, _ in disk_hook.bodies
+                ),
+                20,
+            )
+        resolved = [
+            found
+            for body, found in disk_hook.bodies
+            if body["status"] == "resolved" and body["alert"] == "sts_error"
+        ]
         assert len(resolved) == 1
-        body, found = resolved[0]
-        assert body["alert"] == "sts_error"
+        found = resolved[0]
         assert found is not None, "no section in the file when the page said resolved"
         issued = project.sts.proxy.issued_for(found)
         assert issued is not None
         assert issued.issued_at >= cleared, "the file still held credentials from before the fix"
+        assert {body["alert"] for body, _ in disk_hook.bodies} == {"sts_error"}
