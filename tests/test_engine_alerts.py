@@ -186,3 +186,20 @@ def test_sts_error_resolves_only_after_the_rename(rig: Rig, project: Project) ->
     rig.sink.wait(2)
     assert rig.kinds() == [("sts_error", "fired"), ("sts_error", "resolved")]
     assert rig.sink.on_disk[1] == fresh.access_key_id
+
+
+def test_readyz_does_not_run_ahead_of_the_disk(rig: Rig) -> None:
+    """/readyz and the endpoint's view: issued credentials count only once in the file."""
+    from credfresh.httpserver import readiness
+
+    rig.engine._refresh(rig.config.profiles["app"])
+    status, body = readiness(rig.clock(), rig.engine.disk_expiries())
+    assert (status, body["failing"]) == (503, {"app": "missing"})
+    assert rig.engine.on_disk("app") is None
+    rig.land()
+    status, _ = readiness(rig.clock(), rig.engine.disk_expiries())
+    assert status == 200
+    on_disk = rig.engine.on_disk("app")
+    assert on_disk is not None
+    view = credfile.read_managed(rig.config.credentials_file, rig.config.owner)
+    assert view.managed["app"].access_key_id == on_disk.access_key_id
