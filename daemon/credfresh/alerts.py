@@ -52,12 +52,17 @@ _ICONS: Final[Mapping[str, str]] = types.MappingProxyType(
 # fired -> repeated every `repeat` (and for sts_error: escalated once, same id, to critical
 # when the credentials on disk expire) -> resolved once. Per profile:
 # - sts_error, the cause: from the first failed refresh until the next success. Fires on a
-#   permanent error, once a transient one has lasted `after`, or at once when the
-#   credentials on disk expire within `expiry_warning`. Critical when they have expired.
-# - expiring (warning) / expired (critical), the symptom with no known cause: credentials
-#   running out while no refresh has failed (a stalled scheduler, a lost job). They give way
-#   (resolve as superseded) to a firing sts_error, and `expiring` gives way to `expired`, so
-#   at most one alert per profile fires at a time. No credentials on disk (None) is neither.
+#   permanent error, once a transient one has lasted `after`, or at once when the profile is
+#   overdue (see `alert_from`). Critical when the credentials on disk have expired.
+# - expiring (warning) / expired (critical), the symptom with no known cause: a refresh
+#   should have happened and has not (a stalled scheduler, a lost job, a write that does not
+#   land). `expiring` fires from `alert_from`, `expired` once the credentials on disk have
+#   expired. A healthy daemon never reaches `alert_from`, whatever the lifetime.
+# Every profile alert resolves only when new credentials are on disk (or the profile is
+# removed): a more severe alert of the profile (expired over expiring, sts_error over both)
+# COVERS a firing one, which then stays open but silent and resolves with it. So a
+# "resolved" always means the fix is in the credentials file. No credentials on disk (None)
+# starts nothing and resolves nothing.
 # Global: config_rejected (fires at once; resolved by a reload that leaves a valid config in
 # force) and write_failed (permanent at once, transient after `after`; resolved by a write).
 # --------------------------------------------------------------------------------------------
@@ -84,10 +89,34 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProfileFacts:
-    """What `tick` needs to know of one configured profile: its role and what is on disk."""
+    """What `tick` needs to know of one configured profile: its role and what is on disk.
+
+    `refresh_at` is the refresh point of the credentials on disk, as the refresh rule
+    computes it (None: unknown, then the warning window alone decides); `grace` is how late
+    a healthy daemon may land a refresh past that point (its wake-up interval, the retry
+    delay it is in, the STS call's timeouts).
+    """
 
     role_arn: str | None = None
     expires_at: datetime | None = None
+    refresh_at: datetime | None = None
+    grace: timedelta = timedelta(0)
+
+
+def alert_from(
+    expires_at: datetime, refresh_at: datetime | None, grace: timedelta, warning: timedelta
+) -> datetime:
+    """Pure: from when credentials on disk that were not refreshed alert.
+
+    Past the refresh point by more than `grace` AND within `warning` of expiring, so the
+    warning window can never open before the refresh point (a 15-minute credential, due at
+    7.5 minutes left, does not alert at 10 minutes left). Never later than the expiry:
+    credentials on disk that expired unrefreshed always alert.
+    """
+    start = expires_at - warning
+    if refresh_at is not None:
+        start = max(start, refresh_at + max(grace, timedelta(0)))
+    return min(start, expires_at)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,6 +138,8 @@ class Alert:
     message: str | None = None
     hint: str | None = None
     expires_at: datetime | None = None
+    #: sts_error only: from when it fires early because the profile is overdue.
+    overdue_at: datetime | None = None
 
     @property
     def key(self) -> Key:
@@ -128,6 +159,7 @@ class Alert:
             "message": self.message,
             "hint": self.hint,
             "expires_at": _iso_or_none(self.expires_at),
+            "overdue_at": _iso_or_none(self.overdue_at),
         }
 
     @classmethod
@@ -157,6 +189,7 @@ class Alert:
             message=_read_str(data, "message"),
             hint=_read_str(data, "hint"),
             expires_at=_read_time(data, "expires_at"),
+            overdue_at=_read_time(data, "overdue_at"),
         )
 
 
@@ -319,11 +352,12 @@ def _should_fire(alert: Alert, policy: Policy, now: datetime) -> bool:
         return True
     if alert.permanent or now - alert.since >= policy.after:
         return True
-    return (
-        alert.kind == "sts_error"
-        and alert.expires_at is not None
-        and alert.expires_at - now <= policy.expiry_warning
+    if alert.kind != "sts_error" or alert.expires_at is None:
+        return False
+    overdue_at = alert.overdue_at or alert_from(
+        alert.expires_at, None, timedelta(0), policy.expiry_warning
     )
+    return now >= overdue_at
 
 
 def _critical(alert: Alert, now: datetime) -> bool:
@@ -373,28 +407,32 @@ def on_refresh_failed(
     permanent: bool,
     now: datetime,
     expires_at: datetime | None = None,
+    refresh_at: datetime | None = None,
+    grace: timedelta = timedelta(0),
 ) -> Step:
     """A refresh of `profile` failed: start its sts_error alert, or update and re-check it.
 
     Fires at once for a permanent error, once a transient one has lasted `after`, or as soon
-    as the credentials on disk (`expires_at`) are within `expiry_warning` of expiring.
-    Details are updated in place; the next repeat carries them.
+    as the profile is overdue: the credentials on disk (`expires_at`, due at `refresh_at`)
+    have reached `alert_from`. Details are updated in place; the next repeat carries them.
+    A firing `expiring` or `expired` stays open, covered by it, until the fix is on disk.
     """
     draft = _Draft(state, policy, now)
-    draft.evaluate(
-        _failure(
-            draft,
-            "sts_error",
-            profile,
-            permanent=permanent,
-            role_arn=role_arn,
-            code=code,
-            message=message,
-            hint=hint,
-            expires_at=expires_at,
-        )
+    alert = _failure(
+        draft,
+        "sts_error",
+        profile,
+        permanent=permanent,
+        role_arn=role_arn,
+        code=code,
+        message=message,
+        hint=hint,
+        expires_at=expires_at,
     )
-    _supersede_expiry(draft, profile)
+    if expires_at is not None:
+        overdue_at = alert_from(expires_at, refresh_at, grace, policy.expiry_warning)
+        alert = dataclasses.replace(alert, overdue_at=overdue_at)
+    draft.evaluate(alert)
     return draft.step()
 
 
@@ -418,18 +456,26 @@ def on_tick(
 ) -> Step:
     """The periodic check (every ~30 s): `after`, expiry, escalation and repeats.
 
-    `profiles` must hold every configured profile; alerts of profiles missing from it are
-    left untouched (`on_profile_removed` drops them).
+    `profiles` must hold every configured profile, with what is ON DISK; alerts of profiles
+    missing from it are left untouched (`on_profile_removed` drops them).
     """
     draft = _Draft(state, policy, now)
     for name in sorted(profiles):
         facts = profiles[name]
         sts = draft.get("sts_error", name)
         if sts is not None:
+            overdue_at = (
+                None
+                if facts.expires_at is None
+                else alert_from(
+                    facts.expires_at, facts.refresh_at, facts.grace, policy.expiry_warning
+                )
+            )
             draft.evaluate(
                 dataclasses.replace(
                     sts,
                     expires_at=facts.expires_at,
+                    overdue_at=overdue_at,
                     role_arn=facts.role_arn or sts.role_arn,
                 )
             )
@@ -442,51 +488,45 @@ def on_tick(
 
 
 def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
-    """`expiring` and `expired`: running out with no failed refresh known to explain it.
+    """`expiring` and `expired`: a refresh should have happened and has not.
 
-    They cover what sts_error cannot see (a stalled scheduler, a lost job). While an
-    sts_error fires for the profile it carries the expiry itself (and escalates), so these
-    two are then resolved as superseded; likewise `expiring` once `expired` takes over.
-    At most one alert per profile fires at a time.
+    They cover what sts_error cannot see (a stalled scheduler, a lost job, a write that
+    never lands). `expiring` fires from `alert_from`, `expired` once the credentials on disk
+    have expired; a firing sts_error carries the expiry itself (and escalates), so neither
+    starts then. A firing one resolves only when other credentials are on disk; until then
+    a more severe one covers it (it stays open and silent, no repeats).
     """
     now, expires_at = draft.now, facts.expires_at
-    sts = draft.get("sts_error", profile)
-    blocked = sts is not None and sts.firing
-    wanted: dict[Kind, bool] = {
-        "expired": not blocked and expires_at is not None and expires_at <= now,
-        "expiring": not blocked
-        and expires_at is not None
-        and now < expires_at <= now + draft.policy.expiry_warning,
-    }
-    for kind in ("expired", "expiring"):
-        current = draft.get(kind, profile)
-        if wanted[kind] and expires_at is not None:
-            message = _expiry_message(kind, expires_at, now)
-            if current is None:
-                current = Alert(kind=kind, profile=profile, since=now)
-            draft.evaluate(
-                dataclasses.replace(
-                    current,
-                    role_arn=facts.role_arn or current.role_arn,
-                    expires_at=expires_at,
-                    message=message,
-                )
-            )
-        elif current is not None:
-            if blocked:
-                why = "superseded by sts_error"
-            elif wanted["expired"]:
-                why = "superseded by expired"
-            else:
-                why = "credentials refreshed"
-            draft.resolve(kind, profile, why, expires_at)
-
-
-def _supersede_expiry(draft: _Draft, profile: str) -> None:
+    if expires_at is None:
+        return
+    for old in ("expired", "expiring"):
+        stale = draft.get(old, profile)
+        if stale is not None and not _same_second(stale.expires_at, expires_at):
+            draft.resolve(old, profile, "credentials refreshed", expires_at)
     sts = draft.get("sts_error", profile)
     if sts is not None and sts.firing:
-        for kind in ("expired", "expiring"):
-            draft.resolve(kind, profile, "superseded by sts_error")
+        return
+    kind: Kind
+    if now >= expires_at:
+        kind = "expired"
+    elif now >= alert_from(expires_at, facts.refresh_at, facts.grace, draft.policy.expiry_warning):
+        kind = "expiring"
+    else:
+        return
+    current = draft.get(kind, profile) or Alert(kind=kind, profile=profile, since=now)
+    draft.evaluate(
+        dataclasses.replace(
+            current,
+            role_arn=facts.role_arn or current.role_arn,
+            expires_at=expires_at,
+            message=_expiry_message(kind, expires_at, now),
+        )
+    )
+
+
+def _same_second(a: datetime | None, b: datetime) -> bool:
+    """The file keeps times to the second: a restart reads back what was held finer."""
+    return a is not None and abs(a - b) < timedelta(seconds=1)
 
 
 def _expiry_message(kind: Kind, expires_at: datetime, now: datetime) -> str:
@@ -795,8 +835,10 @@ class AlertManager:
         permanent: bool,
         now: datetime,
         expires_at: datetime | None = None,
+        refresh_at: datetime | None = None,
+        grace: timedelta = timedelta(0),
     ) -> tuple[AlertEvent, ...]:
-        """A refresh failed; `expires_at` is when the credentials on disk expire (if any)."""
+        """A refresh failed; `expires_at`/`refresh_at` are those of the credentials on disk."""
         clean = self._redactor.text
         return self._apply(
             lambda state, policy: on_refresh_failed(
@@ -810,13 +852,15 @@ class AlertManager:
                 permanent=permanent,
                 now=now,
                 expires_at=expires_at,
+                refresh_at=refresh_at,
+                grace=grace,
             )
         )
 
     def refresh_succeeded(
         self, profile: str, now: datetime, expires_at: datetime | None = None
     ) -> tuple[AlertEvent, ...]:
-        """Call once the new credentials are on disk (not merely issued)."""
+        """Call once the new credentials are in the file (after the rename), never before."""
         return self._apply(
             lambda state, policy: on_refresh_succeeded(
                 state, policy, profile=profile, now=now, expires_at=expires_at
@@ -824,7 +868,7 @@ class AlertManager:
         )
 
     def tick(self, now: datetime, profiles: Mapping[str, ProfileFacts]) -> tuple[AlertEvent, ...]:
-        """Every ~30 s, with facts for every configured profile."""
+        """Every ~30 s, with facts (what is on disk) for every configured profile."""
         return self._apply(lambda state, policy: on_tick(state, policy, now=now, profiles=profiles))
 
     def write_failed(

@@ -174,6 +174,7 @@ class Daemon:
         self._endpoint: Any = None
         self._watcher: Any = None
         self._ready = False
+        self._flushed = False
         self._reload_reason = "SIGHUP"
         self._reload_lock = threading.Lock()
         self._rejected: str | None = None
@@ -296,8 +297,7 @@ class Daemon:
                 self.reload_event.clear()
                 self.reload(self._reload_reason)
                 self._reload_reason = "SIGHUP"
-            if not self._ready and self.engine.first_pass_done.is_set():
-                self.engine.writer.flush(timeout=5.0)
+            if not self._ready and self._first_pass_on_disk():
                 self._ready = True
                 self.log.info("ready", profiles=len(self.engine.config.profiles))
                 self.notifier.ready()
@@ -312,6 +312,19 @@ class Daemon:
             if now - last_status >= STATUS_EVERY:
                 self.notifier.status(self.status_line())
                 last_status = now
+
+    def _first_pass_on_disk(self) -> bool:
+        """`ready` (READY=1) must not run ahead of the file: the first pass is written.
+
+        One hurried flush; after that the writer's pending state is polled, so a failing
+        disk keeps its own backoff instead of being hurried every tick.
+        """
+        if not self.engine.first_pass_done.is_set():
+            return False
+        if not self._flushed:
+            self._flushed = True
+            return self.engine.writer.flush(timeout=5.0)
+        return not self.engine.writer.pending()
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")

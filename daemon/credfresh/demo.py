@@ -218,8 +218,8 @@ def _script(demo: Demo, duration: float | None, stop: threading.Event) -> int:
         elif step == "error":
             _say(
                 out,
-                "\n== Injecting one AccessDenied for app-s3's next refresh "
-                "(watch the hint, then the recovery)",
+                "\n== Injecting one AccessDenied for app-s3's next refresh (watch the hint, "
+                "the one alert, and its resolution once the fix is on disk)",
             )
             demo.sts.proxy.fail(
                 "AccessDenied",

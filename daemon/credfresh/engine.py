@@ -90,6 +90,10 @@ class Engine:
         self.states: dict[str, ProfileState] = {}
         self.current: dict[str, Credentials] = {}
         self.written: dict[str, Credentials] = {}
+        # A successful refresh's credentials until the writer confirms them on disk: only
+        # then do the profile's alerts resolve.
+        self._landing: dict[str, Credentials] = {}
+        self._retry_in: dict[str, float] = {}  # the retry delay a failing profile is in
         self._running: set[str] = set()
         self._pending: dict[str, float] = {}  # handed to the scheduler, at (monotonic)
         self._urgent: set[str] = set()
@@ -291,6 +295,8 @@ class Engine:
             state.last_error_message = None
             state.last_error_permanent = False
             self._expired_reported.discard(profile.name)
+            self._landing[profile.name] = creds
+            self._retry_in.pop(profile.name, None)
         with self._lock:
             urgent = profile.name in self._urgent
             self._urgent.discard(profile.name)
@@ -307,9 +313,6 @@ class Engine:
             self.metrics.refresh(profile.name, "success", took)
             self.metrics.set_expiry(profile.name, creds.expiration.timestamp())
             self.metrics.set_last_success(profile.name, creds.issued.timestamp())
-        if self.alerts is not None:
-            self.alerts.refresh_succeeded(profile.name, self.clock())
-            self._update_gauges()
         self._schedule_next(profile.name, self.clock())
         self._wake_dependants(profile.name)
 
@@ -354,6 +357,7 @@ class Engine:
             state.last_error_permanent = failure.permanent
             creds = self.current.get(profile.name)
             state.state = refresh.state_of(now, creds, profile.refresh_before)
+            disk = self.written.get(profile.name)
         delay = refresh.retry_delay(
             attempt,
             permanent=failure.permanent,
@@ -361,6 +365,8 @@ class Engine:
             maximum=self.config.retry.max,
             rng=self._rng,
         )
+        with self._lock:
+            self._retry_in[profile.name] = delay
         self.log.warning(
             "refresh_failed",
             profile=profile.name,
@@ -385,7 +391,9 @@ class Engine:
                 hint=failure.hint,
                 permanent=failure.permanent,
                 now=now,
-                expires_at=creds.expiration if creds else None,
+                expires_at=disk.expiration if disk else None,
+                refresh_at=self._refresh_point(profile, disk) if disk else None,
+                grace=self.alert_grace(profile.name),
             )
             self._update_gauges()
         self._schedule(profile.name, now + timedelta(seconds=delay))
@@ -434,10 +442,19 @@ class Engine:
     def _written(
         self, updates: Mapping[str, Credentials], removals: Collection[str], took: float
     ) -> None:
+        """The writer renamed these into place: only now do views and alerts see them."""
         with self._lock:
             self.written.update(updates)
             for name in removals:
                 self.written.pop(name, None)
+            landed = {
+                name: creds
+                for name, creds in updates.items()
+                if (fresh := self._landing.get(name)) is not None
+                and fresh.access_key_id == creds.access_key_id
+            }
+            for name in landed:
+                del self._landing[name]
         if updates or removals:
             self.log.info(
                 "file_written",
@@ -448,7 +465,11 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.file_written()
         if self.alerts is not None:
-            self.alerts.write_succeeded(self.clock())
+            now = self.clock()
+            for name, creds in sorted(landed.items()):
+                self.alerts.refresh_succeeded(name, now, creds.expiration)
+            self.alerts.write_succeeded(now)
+            self._update_gauges()
         self.state_dirty.set()
 
     def _conflict(self, name: str, error: CredfileError) -> None:
@@ -594,6 +615,8 @@ class Engine:
             for name in removed:
                 self.states.pop(name, None)
                 self.current.pop(name, None)
+                self._landing.pop(name, None)
+                self._retry_in.pop(name, None)
             self._urgent.update(added + changed)
             for name in added + changed:
                 previous = self.states.get(name)
@@ -646,16 +669,37 @@ class Engine:
     # ----- views for health, status and alerts ----------------------------------------
 
     def alert_facts(self) -> dict[str, Any]:
+        """What the alert rules judge: the credentials ON DISK, their refresh point, the grace.
+
+        Not `current`: credentials issued but not yet written help no consumer.
+        """
         from credfresh.alerts import ProfileFacts
 
         with self._lock:
             return {
                 name: ProfileFacts(
                     role_arn=profile.role_arn,
-                    expires_at=self.current[name].expiration if name in self.current else None,
+                    expires_at=disk.expiration if disk else None,
+                    refresh_at=self._refresh_point(profile, disk) if disk else None,
+                    grace=self.alert_grace(name),
                 )
                 for name, profile in self.config.profiles.items()
+                for disk in [self.written.get(name)]
             }
+
+    def _refresh_point(self, profile: Profile, creds: Credentials) -> datetime:
+        """The refresh rule's due time for these credentials: refresh.py alone decides it."""
+        return refresh.due_at(creds, profile.refresh_before)
+
+    def alert_grace(self, name: str) -> timedelta:
+        """How late past its refresh point a healthy daemon may land a profile's refresh.
+
+        One wake-up interval (the wake-up catches a late or lost job), the retry delay the
+        profile is in, and one STS call's connect and read timeouts.
+        """
+        with self._lock:
+            retry = self._retry_in.get(name, 0.0)
+        return timedelta(seconds=self.wakeup_interval + retry + 2 * self.config.sts.timeout)
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
