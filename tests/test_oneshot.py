@@ -292,6 +292,29 @@ class TestStatus:
         assert row["state"] == "fresh"
         assert row["role_arn"] == project.walkthrough.role_arn
 
+    def test_rows_carry_refresh_at_and_the_table_a_refresh_column(self) -> None:
+        """refresh_at is the due time of what is on disk; REFRESH counts down to it, then `now`."""
+        from credfresh import oneshot
+        from credfresh.credentials import Credentials
+
+        issued = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+        long = Credentials("ASIAEXAMPLEEXAMPLE01", "s", "t", issued + timedelta(hours=12), issued)
+        short = Credentials("ASIAEXAMPLEEXAMPLE02", "s", "t", issued + timedelta(hours=1), issued)
+        profiles = {"long": ("arn-l", None), "short": ("arn-s", 600.0), "none": ("arn-n", None)}
+        now = issued + timedelta(minutes=55)
+        rows = oneshot.status_rows(now, profiles, {"long": long, "short": short}, frozenset(), {})
+        by_name = {row["profile"]: row for row in rows}
+        assert by_name["long"]["refresh_at"] == "2026-11-28T22:55:00Z"
+        assert by_name["short"]["refresh_at"] == "2026-11-28T12:50:00Z"
+        assert by_name["short"]["state"] == "due"
+        assert by_name["none"]["refresh_at"] is None
+        table = oneshot.render_table(rows, now).splitlines()
+        assert table[0].split()[:6] == ["PROFILE", "STATE", "EXPIRES", "AT", "LEFT", "REFRESH"]
+        cells = {line.split()[0]: line.split() for line in table[1:]}
+        assert cells["long"][4] == "10h00m"
+        assert cells["short"][4] == "now"
+        assert cells["none"][4] == "-"
+
     def test_unknown_profile_is_usage_error(self, project: Project) -> None:
         """--profile naming no configured profile exits 2."""
         project.profile("p")

@@ -66,7 +66,7 @@ class Profile:
     role_session_name: str
     duration_seconds: int
     region: str | None
-    refresh_before: float
+    refresh_before: float | None  # None: the default rule in refresh.window_for_lifetime
     endpoint_url: str | None = None
     use_fips_endpoint: bool = False
     use_dualstack_endpoint: bool = False
@@ -166,7 +166,7 @@ class LightConfig:
 class LightProfile:
     name: str
     role_arn: str
-    refresh_before: float
+    refresh_before: float | None
 
 
 def read_bytes(path: Path) -> bytes:
@@ -282,8 +282,9 @@ def read_light(config_path: Path, environ: Mapping[str, str]) -> LightConfig:
     problems: list[str] = []
     for name, body in profiles_doc.items():
         merged = {**defaults, **(body if isinstance(body, dict) else {})}
+        raw_before = merged.get("refresh_before")
         try:
-            refresh_before = parse_duration(merged.get("refresh_before", "20m"))
+            refresh_before = None if raw_before is None else parse_duration(raw_before)
         except ValueError as exc:
             problems.append(f"profiles.{name}.refresh_before: {exc}")
             continue

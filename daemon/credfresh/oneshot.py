@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from credfresh import credfile, refresh
 from credfresh.config import format_duration, parse_document, parse_duration, read_bytes, read_light
 from credfresh.config import resolve_paths as _resolve_paths
-from credfresh.credentials import Credentials, format_time
+from credfresh.credentials import Credentials, format_time, parse_time
 from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
 
 if TYPE_CHECKING:
@@ -171,12 +171,16 @@ def _read_state(path: Path) -> Mapping[str, Any]:
 
 def status_rows(
     now: datetime,
-    profiles: Mapping[str, tuple[str, float]],
+    profiles: Mapping[str, tuple[str, float | None]],
     managed: Mapping[str, Credentials],
     foreign: AbstractSet[str],
     state: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """One plain row per profile: the data behind both the table and --json."""
+    """One plain row per profile: the data behind both the table and --json.
+
+    `refresh_at` is the due time of what is on disk: the daemon refreshes then, or up to
+    10% of the window earlier (its jitter is random and not recorded).
+    """
     rows = []
     for name, (role_arn, refresh_before) in profiles.items():
         creds = managed.get(name)
@@ -193,6 +197,9 @@ def status_rows(
                 "remaining_seconds": (
                     round((creds.expiration - now).total_seconds()) if creds else None
                 ),
+                "refresh_at": (
+                    format_time(refresh.due_at(creds, refresh_before)) if creds else None
+                ),
                 "role_arn": role_arn,
                 "last_error": entry.get("last_error_code"),
                 "next_attempt": entry.get("next_attempt"),
@@ -201,8 +208,26 @@ def status_rows(
     return rows
 
 
-def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    headers = ["PROFILE", "STATE", "EXPIRES AT", "LEFT", "ROLE ARN", "LAST ERROR", "NEXT ATTEMPT"]
+def _refresh_cell(refresh_at: str | None, now: datetime) -> str:
+    """REFRESH: the time until the refresh point, `now` once it has passed."""
+    if refresh_at is None:
+        return "-"
+    seconds = (parse_time(refresh_at) - now).total_seconds()
+    return format_duration(seconds) if seconds > 0 else "now"
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
+    headers = [
+        "PROFILE",
+        "STATE",
+        "EXPIRES AT",
+        "LEFT",
+        "REFRESH",
+        "ROLE ARN",
+        "LAST ERROR",
+        "NEXT ATTEMPT",
+    ]
+    moment = now or _now()
     body = [
         [
             str(row["profile"]),
@@ -211,6 +236,7 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
             format_duration(row["remaining_seconds"])
             if row["remaining_seconds"] is not None
             else "-",
+            _refresh_cell(row.get("refresh_at"), moment),
             str(row["role_arn"]),
             row["last_error"] or "-",
             row["next_attempt"] or "-",
@@ -250,7 +276,7 @@ def status(
     if as_json:
         streams.out.write(json.dumps({"profiles": rows}, indent=2) + "\n")
     else:
-        streams.out.write(render_table(rows))
+        streams.out.write(render_table(rows, now))
     ok = all(
         row["remaining_seconds"] is not None
         and row["remaining_seconds"] >= threshold

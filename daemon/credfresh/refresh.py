@@ -13,24 +13,75 @@ State = Literal["fresh", "due", "expired", "missing", "conflict"]
 JITTER_FRACTION: Final = 0.10
 
 
-def refresh_window(creds: Credentials, refresh_before: float) -> float:
-    """Seconds before expiry at which a profile becomes due: min(refresh_before, lifetime/2).
+MINUTE: Final = 60.0
+DEFAULT_FLOOR: Final = 20 * MINUTE
+SDK_MARGIN: Final = 5 * MINUTE
+UNKNOWN_LIFETIME_WINDOW: Final = 65 * MINUTE
 
-    Half the lifetime keeps short sessions from being refreshed constantly; `refresh_before`
-    (20 minutes by default) keeps long ones clear of botocore's own 15-minute window.
+BOTOCORE_LEGACY_WINDOW: Final = 15 * MINUTE
+JAVASCRIPT_V3_WINDOW: Final = 5 * MINUTE
+
+
+def botocore_window(lifetime: float) -> float:
+    """botocore's new-path advisory window for a credential lifetime: 5 / 15 / 60 minutes.
+
+    botocore picks it from `Expiration - now` when it obtains a set (PR #3760). A consumer
+    always sees at most the lifetime credfresh saw, and the window only grows with the
+    lifetime, so the window of credfresh's own lifetime is the largest one that applies.
     """
-    return max(0.0, min(refresh_before, creds.lifetime_seconds / 2))
+    if lifetime <= 20 * MINUTE:
+        return 5 * MINUTE
+    if lifetime < 90 * MINUTE:
+        return 15 * MINUTE
+    return 60 * MINUTE
 
 
-def due_at(creds: Credentials, refresh_before: float) -> datetime:
+def sdk_windows(lifetime: float) -> tuple[tuple[str, float], ...]:
+    """The advisory windows of the major SDKs for credentials of `lifetime` seconds."""
+    return (
+        ("botocore", BOTOCORE_LEGACY_WINDOW),
+        ("botocore's new refresh path", botocore_window(lifetime)),
+        ("the JavaScript SDK v3", JAVASCRIPT_V3_WINDOW),
+    )
+
+
+def window_for_lifetime(lifetime: float, refresh_before: float | None) -> float:
+    """THE refresh rule: seconds before expiry at which credentials of `lifetime` become due.
+
+    Without `refresh_before`: min(lifetime / 2, max(20m, W(lifetime) + 5m)), W being
+    botocore's new-path window, so in-process consumers never ask for credentials credfresh
+    has not replaced yet. An explicit `refresh_before` means min(refresh_before, lifetime / 2).
+    Half the lifetime keeps short sessions from being refreshed constantly. A lifetime that
+    is not positive (an issue time at or after the expiry) is unknown: the widest default
+    window (65m) or the explicit `refresh_before` uncapped, refreshing early rather than late.
+    """
+    if lifetime <= 0:
+        return UNKNOWN_LIFETIME_WINDOW if refresh_before is None else max(0.0, refresh_before)
+    if refresh_before is None:
+        return min(lifetime / 2, max(DEFAULT_FLOOR, botocore_window(lifetime) + SDK_MARGIN))
+    return max(0.0, min(refresh_before, lifetime / 2))
+
+
+def refresh_window(creds: Credentials, refresh_before: float | None) -> float:
+    """Seconds before expiry at which these credentials are due; every caller goes here."""
+    return window_for_lifetime(creds.lifetime_seconds, refresh_before)
+
+
+def sdk_windows_hit(lifetime: float, refresh_before: float | None) -> list[tuple[str, float]]:
+    """The SDK windows that would contain the refresh point (SDKs refresh when `left < window`)."""
+    window = window_for_lifetime(lifetime, refresh_before)
+    return [(sdk, seconds) for sdk, seconds in sdk_windows(lifetime) if window < seconds]
+
+
+def due_at(creds: Credentials, refresh_before: float | None) -> datetime:
     return creds.expiration - timedelta(seconds=refresh_window(creds, refresh_before))
 
 
-def is_due(now: datetime, creds: Credentials, refresh_before: float) -> bool:
+def is_due(now: datetime, creds: Credentials, refresh_before: float | None) -> bool:
     return now >= due_at(creds, refresh_before)
 
 
-def state_of(now: datetime, creds: Credentials | None, refresh_before: float) -> State:
+def state_of(now: datetime, creds: Credentials | None, refresh_before: float | None) -> State:
     if creds is None:
         return "missing"
     if now >= creds.expiration:
@@ -41,7 +92,7 @@ def state_of(now: datetime, creds: Credentials | None, refresh_before: float) ->
 
 
 def jittered_due_at(
-    creds: Credentials, refresh_before: float, rng: random.Random | None = None
+    creds: Credentials, refresh_before: float | None, rng: random.Random | None = None
 ) -> datetime:
     """The due time moved EARLIER by up to 10% of the window, so a fleet spreads out."""
     window = refresh_window(creds, refresh_before)

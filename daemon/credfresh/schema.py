@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from credfresh import config as cfg
+from credfresh import refresh
 from credfresh.errors import ConfigError
 
 ROLE_ARN: Final = re.compile(
@@ -512,11 +513,9 @@ def _profile(
         )
     if model.source_profile == name:
         problems.append(f"{prefix}.source_profile: a profile cannot be its own source")
-    if duration < MIN_COMFORTABLE_DURATION:
-        warnings.append(
-            f"{where('duration_seconds')}: under 1800 s, botocore consumers refresh on every "
-            "call during the last 15 minutes"
-        )
+    advice = refresh_point_advice(duration, model.refresh_before)
+    if advice is not None:
+        warnings.append(f"{where(advice[0])}: {advice[1]}")
     if len(problems) > start or not model.role_arn:
         return None
     sts_model = sts or StsModel()
@@ -526,7 +525,7 @@ def _profile(
         role_session_name=model.role_session_name or _default_session_name(name),
         duration_seconds=duration,
         region=region,
-        refresh_before=model.refresh_before if model.refresh_before is not None else 1200.0,
+        refresh_before=model.refresh_before,
         endpoint_url=model.endpoint_url or sts_model.endpoint_url,
         use_fips_endpoint=sts_model.use_fips_endpoint,
         use_dualstack_endpoint=sts_model.use_dualstack_endpoint,
@@ -594,3 +593,52 @@ def _check_chains(models: Mapping[str, tuple[ProfileModel, set[str]]], problems:
                 break
             seen.append(current)
             current = models[current][0].source_profile
+
+
+def refresh_point_advice(duration: int, refresh_before: float | None) -> tuple[str, str] | None:
+    """(key, message) when the refresh point falls inside a major SDK's refresh window.
+
+    In-process consumers (credential_process, the container endpoint) then ask on every call
+    until credfresh refreshes: worth a warning, not a refusal. The key is the one to change.
+    """
+    hit = refresh.sdk_windows_hit(duration, refresh_before)
+    if not hit:
+        return None
+    window = refresh.window_for_lifetime(duration, refresh_before)
+    named = [f"{sdk} ({_as_duration(seconds)})" for sdk, seconds in hit]
+    sdks = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+    problem = (
+        f"credfresh refreshes {cfg.format_duration(window)} before expiry, inside the refresh "
+        f"window of {sdks} for {duration} s credentials, so their in-process consumers "
+        "(credential_process, the container endpoint) ask on every call until it does"
+    )
+    if refresh_before is not None and refresh_before < duration / 2:
+        wanted = max(seconds for _, seconds in hit) + refresh.SDK_MARGIN
+        if not refresh.sdk_windows_hit(duration, wanted):
+            default_ok = not refresh.sdk_windows_hit(duration, None)
+            return "refresh_before", (
+                f"{problem}; set refresh_before to at least {_as_duration(wanted)}"
+                + (" or remove it to use the default" if default_ok else "")
+            )
+    clear = [
+        seconds
+        for seconds in range(900, 43201, 60)
+        if not refresh.sdk_windows_hit(seconds, refresh_before)
+    ]
+    longer = [seconds for seconds in clear if seconds > duration]
+    shorter = [seconds for seconds in clear if seconds < duration]
+    if longer and shorter:
+        fix = f"set duration_seconds to at least {longer[0]} (or at most {shorter[-1]})"
+    elif longer:
+        fix = f"set duration_seconds to at least {longer[0]}"
+    elif shorter:
+        fix = f"set duration_seconds to at most {shorter[-1]}"
+    else:
+        fix = "remove refresh_before to use the default"
+    return "duration_seconds", f"{problem}; {fix}"
+
+
+def _as_duration(seconds: float) -> str:
+    """A duration as the config writes it (`65m`, `450s`), so a warning can be copied."""
+    whole = round(seconds)
+    return f"{whole // 60}m" if whole % 60 == 0 else f"{whole}s"
