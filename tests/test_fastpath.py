@@ -111,6 +111,14 @@ class TestReaderMatchesCredfile:
         assert moment == credentials.parse_time(text)
         assert fastpath.format_time(moment) == credentials.format_time(moment)
 
+    @pytest.mark.parametrize(
+        "name",
+        ["c.toml", "c.TOML", ".toml", "c.", "dir.toml/c.yaml", "c.yaml.toml", "c", "a/b.toml/"],
+    )
+    def test_suffix(self, name: str) -> None:
+        """TOML or YAML is decided by the suffix as pathlib sees it."""
+        assert fastpath._suffix(name) == Path(name).suffix
+
     def test_constants(self) -> None:
         """The limits and names repeated here are the config module's."""
         assert fastpath.MAX_CONFIG_BYTES == config.MAX_CONFIG_BYTES

@@ -239,7 +239,7 @@ def _load_document(config: str) -> dict[str, object] | None:
         return None
     try:
         text = data.decode("utf-8")
-        if config.lower().endswith(".toml"):
+        if _suffix(config).lower() == ".toml":
             import tomllib
 
             from credfresh import yamlsafe
@@ -255,6 +255,13 @@ def _load_document(config: str) -> dict[str, object] | None:
     if document is None:
         return {}
     return document if isinstance(document, dict) else None
+
+
+def _suffix(path: str) -> str:
+    """`PurePath.suffix`: a dot file (`.toml`) or a trailing dot has none."""
+    name = os.path.basename(path.rstrip("/"))
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def _read_plain_config(config: str) -> bytes | None:
