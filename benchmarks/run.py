@@ -67,6 +67,12 @@ def _idle(stub: Stub, quick: bool) -> Report:
     return bench_idle.run(stub)
 
 
+def _credential_process(stub: Stub, quick: bool) -> Report:
+    import bench_credential_process
+
+    return bench_credential_process.run(stub, runs=11 if quick else 41)
+
+
 def _throttle(stub: Stub, quick: bool) -> Report:
     import bench_throttle
 
@@ -90,6 +96,7 @@ SCENARIOS: Final[dict[str, Callable[[Stub, bool], Report]]] = {
     "ready": _ready,
     "coldstart": _coldstart,
     "idle": _idle,
+    "credential_process": _credential_process,
     "throttle": _throttle,
     "cycles": _cycles,
     "profile": _profile,

@@ -311,11 +311,13 @@ class TestLogs:
         logging.install()
         try:
             std.getLogger("botocore.credentials").info("Found credentials in shared file")
+            std.getLogger("botocore.credentials").warning("Refreshing temporary credentials")
             std.getLogger("botocore.endpoint").debug("signed headers would be here")
         finally:
             logging.uninstall()
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-        assert [line["event"] for line in lines] == ["Found credentials in shared file"]
+        assert [line["event"] for line in lines] == ["Refreshing temporary credentials"]
+        assert lines[0]["logger"] == "botocore.credentials"
 
     def test_every_event_is_documented(self) -> None:
         """Each event name the code logs has a row in the README's event table."""

@@ -41,16 +41,28 @@ _LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_-]{100,}")
 _SCAN_ALL_BELOW: Final = 64
 _PREFIX: Final = 8
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-# botocore at DEBUG logs signed request headers; APScheduler logs every job at INFO
-# (thousands of lines a day with many profiles), so it is kept to warnings.
+#: credfresh's own loggers (`credfresh`, `credfresh.*`) log at the chosen level.
+OWN_LOGGER: Final = "credfresh"
+#: Everyone else's (botocore, urllib3, APScheduler, watchdog...) at WARNING and above, so
+#: their INFO lines ("Found credentials in shared credentials file") never pass for
+#: credfresh events; with `--log-level debug` at these floors (botocore at DEBUG logs
+#: signed request headers, so it never goes below INFO) and any other library at DEBUG.
+THIRD_PARTY_LEVEL: Final = logging.WARNING
 LIBRARY_FLOORS: Final = {
     "botocore": logging.INFO,
     "boto3": logging.INFO,
     "urllib3": logging.INFO,
     "s3transfer": logging.INFO,
     "watchdog": logging.INFO,
-    "apscheduler": logging.WARNING,
+    "apscheduler": logging.INFO,
 }
+
+
+def third_party_level(level: int, floor: int = logging.DEBUG) -> int:
+    """The level of a library's logger when credfresh runs at `level` (pure, for tests)."""
+    if level <= logging.DEBUG:
+        return max(level, floor)
+    return max(level, THIRD_PARTY_LEVEL)
 
 
 class Redactor:
@@ -189,18 +201,22 @@ class Logging:
             )
         )
         self._handler.setLevel(self.level)
-        self._logger = logging.getLogger("credfresh")
+        self._logger = logging.getLogger(OWN_LOGGER)
         self._saved: list[tuple[logging.Logger, int, bool]] = []
 
     def install(self) -> None:
+        """Root (every library without a level of its own) at the third-party level, ours at
+        the chosen one; the handler passes both, and each line's `logger` names its source."""
         root = logging.getLogger()
         root.addHandler(self._handler)
-        self._saved = [(root, root.level, root.propagate)]
-        root.setLevel(self.level)
+        own = logging.getLogger(OWN_LOGGER)
+        self._saved = [(root, root.level, root.propagate), (own, own.level, own.propagate)]
+        root.setLevel(third_party_level(self.level))
+        own.setLevel(self.level)
         for name, floor in LIBRARY_FLOORS.items():
             lib = logging.getLogger(name)
             self._saved.append((lib, lib.level, lib.propagate))
-            lib.setLevel(max(self.level, floor))
+            lib.setLevel(third_party_level(self.level, floor))
 
     def uninstall(self) -> None:
         logging.getLogger().removeHandler(self._handler)

@@ -1,0 +1,419 @@
+"""`credential-process` on the hot path: botocore spawns it at every refresh, often per call.
+
+`try_credential_process` answers the plain case, a found and valid profile, importing only
+the stdlib's lightest modules and PyYAML (no argparse, pathlib, dataclasses, configparser or
+credfresh's writer). It answers only when it is certain: any odd argument, path or byte, and
+every failure (missing, expired, unreadable, a bad config), returns None and the full CLI
+runs the command again and gives exactly its own output and exit code. So a message or exit
+code can only come from one place, and this module never prints to stderr.
+
+The credentials-file reader below mirrors `credfile._parse` rule for rule;
+tests/test_fastpath.py proves it reads what `credfile.view_of` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
+MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # config.MAX_CONFIG_BYTES (a test checks)
+
+OWNER_KEY: Final = "x_credfresh_owner"
+ISSUED_KEY: Final = "x_credfresh_issued"
+FORMAT_KEY: Final = "x_credfresh_format"
+EXPIRES_KEY: Final = "x_security_token_expires"
+FORMAT_VERSION: Final = "1"
+DEFAULT_SECTION: Final = "DEFAULT"
+
+# configparser.RawConfigParser.SECTCRE without importing configparser (a test compares them).
+_SECTCRE: Final = re.compile(r"\[(?P<header>.+)\]")
+_LINE_RE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_ODD_ASCII_BREAKS: Final = "\x0b\x0c\x1c\x1d\x1e"
+_OPTIONS: Final = {
+    "-c": "config",
+    "--config": "config",
+    "--credentials-file": "credentials-file",
+    "--log-format": "log-format",
+    "--log-level": "log-level",
+}
+_LOG_CHOICES: Final = {
+    "--log-format": ("json", "console"),
+    "--log-level": ("debug", "info", "warning", "error"),
+}
+
+
+class Unparseable(Exception):
+    """The text is not one a strict configparser reads: the full reader says where and why."""
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as `open()` (universal newlines) splits them, endings kept; as credfile does."""
+    if text.isascii() and not any(char in text for char in _ODD_ASCII_BREAKS):
+        return text.splitlines(keepends=True)
+    return _LINE_RE.findall(text)
+
+
+def section_options(lines: Sequence[str], wanted: str) -> dict[str, str] | None:
+    """The raw options of section `wanted` (None if absent) of a whole strictly parsed file.
+
+    Rule for rule `credfile._parse`: comments, continuation by deeper indentation, `[x]`
+    headers taken verbatim, keys before the first `=` or `:` lower-cased, one DEFAULT dict
+    shared by every `[DEFAULT]` block and never merged into a section. Whatever a strict
+    parser rejects raises Unparseable (without the line: the full reader reports it).
+    """
+    names: set[str] = set()
+    defaults: dict[str, str] = {}
+    found: dict[str, str] | None = None
+    options: dict[str, str] | None = None
+    optname = ""
+    indent_level = 0
+    header_match = _SECTCRE.match
+    for line in lines:
+        if line[0].isspace():
+            value = line.strip()
+            if not value:
+                if optname and options is not None:
+                    options[optname] += "\n"
+                continue
+            if value[0] in "#;":
+                continue
+            indent = len(line) - len(line.lstrip())
+            if optname and indent > indent_level and options is not None:
+                options[optname] += "\n" + value
+                continue
+            indent_level = indent
+        else:
+            value = line.rstrip()
+            if value[0] in "#;":
+                continue
+            indent_level = 0
+        if value[0] == "[":
+            header = header_match(value)
+            if header is not None:
+                name = header.group("header")
+                if name in names:
+                    raise Unparseable("a section that appeared before")
+                if name == DEFAULT_SECTION:
+                    options = defaults
+                else:
+                    names.add(name)
+                    options = {}
+                    if name == wanted:
+                        found = options
+                optname = ""
+                continue
+        if options is None:
+            raise Unparseable("text before the first section header")
+        equals = value.find("=")
+        colon = value.find(":", 0, equals) if equals >= 0 else value.find(":")
+        split = colon if colon >= 0 else equals
+        if split <= 0:
+            raise Unparseable("no key")
+        key = value[:split].rstrip().lower()
+        if key in options:
+            raise Unparseable("a key that appeared before in its section")
+        options[key] = value[split + 1 :].strip()
+        optname = key
+    return found
+
+
+def parse_time(text: str) -> datetime:
+    """`credentials.parse_time`, repeated here so this module need not import dataclasses."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """`credentials.format_time`: ISO 8601 UTC, whole seconds, `Z`."""
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def section_credentials(
+    options: Mapping[str, str], owner: str | None
+) -> tuple[str, str, str, datetime] | None:
+    """Key id, secret, token and expiry of a section, or None unless it is a readable one of ours.
+
+    `owner` None accepts any credfresh owner (`--credentials-file`: no config names one).
+    The checks are `credfile.view_of` and `credfile._credentials_of`, in their order.
+    """
+
+    def value(key: str) -> str | None:
+        raw = options.get(key)
+        return None if raw is None else raw.rstrip()
+
+    found_owner = value(OWNER_KEY)
+    if found_owner is None or (owner is not None and found_owner != owner):
+        return None
+    if value(FORMAT_KEY) != FORMAT_VERSION:
+        return None
+    access_key = value("aws_access_key_id")
+    secret = value("aws_secret_access_key")
+    token = value("aws_session_token")
+    if not (access_key and secret and token):
+        return None
+    try:
+        expiration = parse_time(value(EXPIRES_KEY) or "")
+        parse_time(value(ISSUED_KEY) or "")
+    except ValueError:
+        return None
+    return access_key, secret, token, expiration
+
+
+def process_json(access_key: str, secret: str, token: str, expiration: datetime) -> str:
+    """The credential_process document, byte for byte what `credential-process` prints."""
+    return json.dumps(
+        {
+            "Version": 1,
+            "AccessKeyId": access_key,
+            "SecretAccessKey": secret,
+            "SessionToken": token,
+            "Expiration": format_time(expiration),
+        }
+    )
+
+
+def _read_plain_file(path: str) -> bytes | None:
+    """The bytes of a regular file at a path without symlinks, as `resolve_target` allows it.
+
+    None (let the full reader decide) for any symlink, `.` or `..` on the way,
+    a missing or non-regular file, and as root a file or directory not owned by root.
+    """
+    if not os.path.isabs(path):
+        path = os.path.join(os.getcwd(), path)
+    if os.path.realpath(path) != path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if os.geteuid() == 0 and (st.st_uid != 0 or os.stat(os.path.dirname(path)).st_uid != 0):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_process_json(
+    credentials_file: str, profile: str, owner: str | None, now: datetime
+) -> str | None:
+    """The JSON for `profile` from a credentials file, or None if not certain it is there."""
+    data = _read_plain_file(credentials_file)
+    if data is None:
+        return None
+    try:
+        options = section_options(split_lines(data.decode("utf-8")), profile)
+    except (UnicodeDecodeError, Unparseable):
+        return None
+    found = None if options is None else section_credentials(options, owner)
+    if found is None or found[3] <= now:
+        return None
+    return process_json(*found)
+
+
+def _load_document(config: str) -> dict[str, object] | None:
+    """The config as `config.parse_document` reads it, or None for any doubt or error."""
+    data = _read_plain_config(config)
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+        if _suffix(config).lower() == ".toml":
+            import tomllib
+
+            from credfresh import yamlsafe
+
+            document: object = tomllib.loads(text)
+            yamlsafe.check_size(document, config)
+        else:
+            from credfresh import yamlsafe
+
+            document = yamlsafe.load(text, config)
+    except Exception:  # any doubt: the full loader reports it
+        return None
+    if document is None:
+        return {}
+    return document if isinstance(document, dict) else None
+
+
+def _suffix(path: str) -> str:
+    """`PurePath.suffix`: a dot file (`.toml`) or a trailing dot has none."""
+    name = os.path.basename(path.rstrip("/"))
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def _read_plain_config(config: str) -> bytes | None:
+    """Config bytes; unlike the credentials file a config may sit behind symlinks."""
+    try:
+        with open(config, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError:
+        return None
+    return None if len(data) > MAX_CONFIG_BYTES else data
+
+
+def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """credentials_file and owner as `config.resolve_paths` resolves them, or None."""
+    document = _load_document(config)
+    if document is None:
+        return None
+    raw_cred = document.get("credentials_file")
+    if isinstance(raw_cred, str) and raw_cred:
+        expanded = os.path.expandvars(os.path.expanduser(raw_cred))
+        credentials_file = (
+            expanded if os.path.isabs(expanded) else os.path.join(os.path.dirname(config), expanded)
+        )
+    else:
+        credentials_file = default_credentials_file(environ)
+    raw_owner = document.get("owner")
+    if isinstance(raw_owner, str) and raw_owner:
+        owner = raw_owner
+    else:
+        if config.startswith("//"):
+            return None  # pathlib keeps a leading `//`; let config.default_owner decide
+        owner = os.path.realpath(config)
+    return credentials_file, owner
+
+
+def default_credentials_file(environ: Mapping[str, str]) -> str:
+    """`config.default_credentials_file`: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials."""
+    value = environ.get("AWS_SHARED_CREDENTIALS_FILE")
+    if value:
+        return os.path.expanduser(value)
+    return os.path.join(os.path.expanduser("~"), ".aws", "credentials")
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
+    """`credential-process PROFILE` with -c/--config, --credentials-file, --log-*, exactly.
+
+    Only spellings whose meaning argparse gives the same way: anything else (abbreviations,
+    `--help`, repeats, `--`, values starting with `-`) is None and argparse reads it.
+    """
+    if len(argv) < 2 or argv[0] != "credential-process":
+        return None
+    found: dict[str, str] = {}
+    rest = list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("-"):
+            if "profile" in found:
+                return None
+            found["profile"] = arg
+            continue
+        name, equals, value = arg.partition("=")
+        key = _OPTIONS.get(name)
+        if key is None or (equals and not name.startswith("--")):
+            return None
+        if not equals:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if key in found or not value or value.startswith("-"):
+            return None
+        if value not in _LOG_CHOICES.get(name, (value,)):
+            return None
+        found[key] = value
+    return found if "profile" in found else None
+
+
+def source_of(
+    config: str | None, credentials_file: str | None, environ: Mapping[str, str]
+) -> tuple[bool, str]:
+    """Where `credential-process` reads: (True, config path) or (False, credentials file).
+
+    `--credentials-file` (or CREDFRESH_CREDENTIALS_FILE) names the file and no config is
+    read. Without it a config given by -c or CREDFRESH_CONFIG is read; with neither, the
+    default config when it exists, else the file AWS_SHARED_CREDENTIALS_FILE names when that
+    is set, else the default config (whose absence is then the error, as before).
+    """
+    named = credentials_file or environ.get("CREDFRESH_CREDENTIALS_FILE")
+    if named:
+        return False, os.path.expanduser(named)
+    chosen = config or environ.get("CREDFRESH_CONFIG")
+    if chosen:
+        return True, chosen
+    shared = environ.get("AWS_SHARED_CREDENTIALS_FILE")
+    if shared and not os.path.exists(DEFAULT_CONFIG):
+        return False, os.path.expanduser(shared)
+    return True, DEFAULT_CONFIG
+
+
+def try_credential_process(
+    argv: Sequence[str], environ: Mapping[str, str], out: IO[str], now: datetime | None = None
+) -> int | None:
+    """Print the JSON and return 0, or return None: the full CLI then runs the command."""
+    args = parse_args(argv)
+    if args is None:
+        return None
+    is_config, where = source_of(args.get("config"), args.get("credentials-file"), environ)
+    owner: str | None = None
+    if is_config:
+        paths = _config_paths(where, environ)
+        if paths is None:
+            return None
+        where, owner = paths
+    answer = read_process_json(where, args["profile"], owner, now or datetime.now(UTC))
+    if answer is None:
+        return None
+    out.write(answer + "\n")
+    return 0
+
+
+def credential_process_from_file(
+    credentials_file: str, profile: str, out: IO[str], err: IO[str], now: datetime | None = None
+) -> int:
+    """`credential-process` on a named credentials file, the full way: exact errors.
+
+    credfile's own reader applies the ownership rules and reports an unsafe, unreadable or
+    unparseable file (raising CredfileError); the profile itself may be any credfresh
+    owner's. Missing and expired profiles get the messages of the config-based command.
+    """
+    from pathlib import Path
+
+    from credfresh import credfile
+    from credfresh.atomicfile import resolve_target
+    from credfresh.errors import EXIT_FAILED, EXIT_OK
+
+    path = Path(credentials_file)
+    credfile.read_managed(path, "")
+    try:
+        data = resolve_target(path).read_bytes()
+        options = section_options(split_lines(data.decode("utf-8")), profile)
+    except (OSError, UnicodeDecodeError, Unparseable):
+        options = None  # replaced since the check: as if absent, the next call reads again
+    found = None if options is None else section_credentials(options, None)
+    if found is None:
+        err.write(
+            f"credfresh: profile {profile} has no credentials in {path} (is credfresh running?)\n"
+        )
+        return EXIT_FAILED
+    if found[3] <= (now or datetime.now(UTC)):
+        err.write(
+            f"credfresh: profile {profile} expired at {format_time(found[3])} "
+            "(is credfresh running? see `credfresh status`)\n"
+        )
+        return EXIT_FAILED
+    out.write(process_json(*found) + "\n")
+    return EXIT_OK
