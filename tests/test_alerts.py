@@ -993,7 +993,7 @@ def run_daemon(project: Project, tmp_path: Path, wakeup: str) -> DaemonProcess:
 class TestDaemonAlerts:
     @pytest.mark.parametrize(
         "seconds",
-        [pytest.param(40, id="reduced"), pytest.param(90, marks=pytest.mark.slow, id="full")],
+        [pytest.param(30, id="reduced"), pytest.param(90, marks=pytest.mark.slow, id="full")],
     )
     def test_healthy_daemon_with_20s_credentials_sends_no_alert(
         self, project: Project, tmp_path: Path, disk_hook: DiskCheckingWebhook, seconds: int
@@ -1001,7 +1001,7 @@ class TestDaemonAlerts:
         """Issue 16: 20 s credentials for 90 s of `credfresh run` with a webhook: zero alerts.
 
         The full 90 s (about eight refresh cycles per profile, each due inside
-        `alerts.expiry_warning`) runs in `make torture`; `make test` runs 40 s of it.
+        `alerts.expiry_warning`) runs in `make torture`; `make test` runs 30 s of it.
         """
         project.sts.proxy.lifetime = 20
         project.document["alerts"] = {"webhook_url": disk_hook.url}

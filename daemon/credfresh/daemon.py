@@ -316,15 +316,22 @@ class Daemon:
     def _first_pass_on_disk(self) -> bool:
         """`ready` (READY=1) must not run ahead of the file: the first pass is written.
 
-        One hurried flush; after that the writer's pending state is polled, so a failing
-        disk keeps its own backoff instead of being hurried every tick.
+        One hurried flush; after that, ready once every profile the first pass gave
+        credentials is on disk. Not "nothing pending": with short lifetimes refreshes keep
+        joining the batch, and a failing disk keeps its own backoff instead of being hurried.
         """
         if not self.engine.first_pass_done.is_set():
             return False
         if not self._flushed:
             self._flushed = True
-            return self.engine.writer.flush(timeout=5.0)
-        return not self.engine.writer.pending()
+            if self.engine.writer.flush(timeout=5.0):
+                return True
+        on_disk = self.engine.disk_expiries()
+        return all(
+            on_disk.get(name) is not None
+            for name, (_, creds) in self.engine.snapshot().items()
+            if creds is not None
+        )
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")

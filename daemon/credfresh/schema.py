@@ -36,7 +36,6 @@ REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 MAX_POLICY_CHARS: Final = 2048
-MIN_COMFORTABLE_DURATION: Final = 1800
 CHAINED_MAX_DURATION: Final = 3600
 
 
