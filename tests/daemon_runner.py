@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from waiting import patience
+
 
 class DaemonProcess:
     """A `credfresh run` subprocess whose stdout (JSON logs) goes to a file the test reads."""
@@ -63,7 +65,7 @@ class DaemonProcess:
     def wait_for(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str = ""
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + patience(timeout)
         while time.monotonic() < deadline:
             events = self.events()
             if predicate(events):

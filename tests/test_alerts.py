@@ -41,6 +41,7 @@ from credfresh.config import AlertSettings
 from credfresh.logs import Redactor
 from credfresh.sinks import CommandSink, SinkError, WebhookSink, proxy_for
 from daemon_runner import DaemonProcess, env_with
+from waiting import patience
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(host="web-1")
@@ -519,7 +520,7 @@ class Recorder:
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

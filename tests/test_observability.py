@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Project
 from credfresh.logs import Logging, Redactor
 from daemon_runner import DaemonProcess, env_with
+from waiting import wait_until
 
 README = Path("README.md").read_text()
 
@@ -72,15 +73,6 @@ def command_bodies(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def start(project: Project, tmp_path: Path, name: str = "d.log", **env: str) -> DaemonProcess:

@@ -15,19 +15,11 @@ from credfresh import credfile
 from credfresh.cli import main
 from daemon_runner import DaemonProcess, env_with
 from notify_listener import NotifyListener
+from waiting import wait_until
 
 
 def managed(path: Path) -> dict[str, credfile.Credentials]:
     return dict(credfile.read_managed(path, "test").managed)
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def start(project: Project, tmp_path: Path, **env: str) -> DaemonProcess:
