@@ -316,22 +316,25 @@ class Daemon:
     def _first_pass_on_disk(self) -> bool:
         """`ready` (READY=1) must not run ahead of the file: the first pass is written.
 
-        One hurried flush; after that, ready once every profile the first pass gave
-        credentials is on disk. Not "nothing pending": with short lifetimes refreshes keep
-        joining the batch, and a failing disk keeps its own backoff instead of being hurried.
+        One hurried flush; after that, ready once every profile holding valid credentials in
+        memory has valid credentials on disk too (a restart's expired sections do not count).
+        Not "nothing pending": with short lifetimes refreshes keep joining the batch, and a
+        failing disk keeps its own backoff instead of being hurried.
         """
         if not self.engine.first_pass_done.is_set():
             return False
         if not self._flushed:
             self._flushed = True
-            if self.engine.writer.flush(timeout=5.0):
-                return True
+            self.engine.writer.flush(timeout=5.0)
+        now = datetime.now(UTC)
         on_disk = self.engine.disk_expiries()
-        return all(
-            on_disk.get(name) is not None
-            for name, (_, creds) in self.engine.snapshot().items()
-            if creds is not None
-        )
+        for name, (_, creds) in self.engine.snapshot().items():
+            if creds is None or creds.expiration <= now:
+                continue
+            expires = on_disk.get(name)
+            if expires is None or expires <= now:
+                return False
+        return True
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")
