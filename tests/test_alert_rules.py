@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from credfresh.alerts import (
+from credfresh.alerts.manager import (
     AlertEvent,
     AlertState,
     Policy,

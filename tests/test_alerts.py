@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Project
-from credfresh.alerts import (
+from credfresh.alerts.manager import (
     AlertEvent,
     AlertManager,
     AlertState,
@@ -37,9 +37,9 @@ from credfresh.alerts import (
     on_write_failed,
     on_write_succeeded,
 )
-from credfresh.config import AlertSettings
-from credfresh.logs import Redactor
-from credfresh.sinks import CommandSink, SinkError, WebhookSink, proxy_for
+from credfresh.alerts.sinks import CommandSink, SinkError, WebhookSink, proxy_for
+from credfresh.config.model import AlertSettings
+from credfresh.observe.logs import Redactor
 from daemon_runner import DaemonProcess, env_with
 from waiting import patience
 
@@ -948,7 +948,7 @@ class DiskCheckingWebhook:
     """
 
     def __init__(self, credentials_file: Path, owner: str) -> None:
-        from credfresh import credfile
+        from credfresh.credfile import format as credfile
 
         self.bodies: list[tuple[dict[str, Any], str | None]] = []
         hook = self

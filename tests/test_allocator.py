@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from credfresh.allocator import TCACHE_TUNABLE, TUNABLES, is_glibc, tunables_env
+from credfresh.process.allocator import TCACHE_TUNABLE, TUNABLES, is_glibc, tunables_env
 from daemon_runner import DaemonProcess, env_with
 
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from credfresh.cli import main
-from credfresh.config import parse_duration, read_light
+from credfresh.config.model import parse_duration, read_light
+from credfresh.config.validate import load_config
 from credfresh.errors import EXIT_CONFIG, ConfigError
-from credfresh.schema import load_config
 
 ARN = "arn:aws:iam::123456789012:role/app"
 

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credfresh.config import parse_document
+from credfresh.config.model import parse_document
+from credfresh.config.validate import build_config
 from credfresh.errors import ConfigError
-from credfresh.schema import build_config
 
 EXAMPLE = yaml.safe_load(Path("config/credfresh.example.yaml").read_text())
 EXAMPLE_PATH = Path("config/credfresh.example.yaml").resolve()

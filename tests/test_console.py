@@ -22,9 +22,8 @@ import urllib3
 import yaml
 
 from conftest import SECRETS
-from credfresh import credfile
 from credfresh.cli import main as cli_main
-from credfresh.console import (
+from credfresh.commands.console_url import (
     CONSOLE_URLS,
     FEDERATION_ENV,
     FEDERATION_URLS,
@@ -36,6 +35,7 @@ from credfresh.console import (
     session_seconds,
 )
 from credfresh.credentials import Credentials
+from credfresh.credfile import format as credfile
 
 OWNER = "console-test"
 
@@ -596,7 +596,7 @@ class TestPieces:
     def test_imports_neither_boto3_nor_pydantic(self) -> None:
         """console-url stays a fast command: importing it loads no boto3 or pydantic."""
         code = (
-            "import sys, credfresh.console, credfresh.cli\n"
+            "import sys, credfresh.commands.console_url, credfresh.cli\n"
             "bad = [m for m in ('boto3', 'botocore', 'pydantic') if m in sys.modules]\n"
             "sys.exit(repr(bad) if bad else 0)\n"
         )

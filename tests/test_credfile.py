@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from botocore.configloader import raw_config_parse
 
-from credfresh import atomicfile
-from credfresh.atomicfile import atomic_write, ensure_private_dir, file_lock, resolve_target
 from credfresh.credentials import Credentials
-from credfresh.credfile import (
+from credfresh.credfile import atomic as atomicfile
+from credfresh.credfile.atomic import atomic_write, ensure_private_dir, file_lock, resolve_target
+from credfresh.credfile.format import (
     FileView,
     merge,
     read_managed,
@@ -351,7 +351,7 @@ class TestReadManaged:
     def test_imports_only_stdlib(self) -> None:
         """The reader (credential-process path) pulls in nothing outside the stdlib."""
         code = (
-            "import sys; before = set(sys.modules); import credfresh.credfile; "
+            "import sys; before = set(sys.modules); import credfresh.credfile.format; "
             "print(*sorted(set(sys.modules) - before))"
         )
         done = run_child(code)
@@ -362,9 +362,10 @@ class TestReadManaged:
         assert outside == ours
         assert ours == {
             "credfresh",
-            "credfresh.atomicfile",
-            "credfresh.credentials",
             "credfresh.credfile",
+            "credfresh.credfile.atomic",
+            "credfresh.credentials",
+            "credfresh.credfile.format",
             "credfresh.errors",
             "credfresh.trust",
         }

@@ -12,7 +12,7 @@ from botocore.configloader import raw_config_parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credfresh.credfile import _parse, _split_lines, merge, render_section, view_of
+from credfresh.credfile.format import _parse, _split_lines, merge, render_section, view_of
 from credfresh.errors import CredfileError
 from helpers_credfile import (
     OTHER_OWNER,

@@ -15,8 +15,8 @@ import pytest
 from botocore.configloader import raw_config_parse
 
 from conftest import Project
-from credfresh import credfile
 from credfresh.credentials import parse_time
+from credfresh.credfile import format as credfile
 from daemon_runner import DaemonProcess, env_with
 
 SCALE = float(os.environ.get("CREDFRESH_TEST_SCALE", "1"))

@@ -22,15 +22,15 @@ from botocore.credentials import ContainerProvider
 from botocore.utils import ContainerMetadataFetcher
 
 from conftest import SECRETS
-from credfresh import endpoint as endpoint_module
 from credfresh.credentials import Credentials
-from credfresh.endpoint import (
+from credfresh.outputs import container as endpoint_module
+from credfresh.outputs.container import (
     CredentialsEndpoint,
     account_id,
     credentials_body,
     parse_listen,
 )
-from credfresh.serving import MAX_HEAD_BYTES
+from credfresh.outputs.http import MAX_HEAD_BYTES
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ROLE = "arn:aws:sts::123456789012:assumed-role/app/credfresh-app"

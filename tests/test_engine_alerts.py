@@ -18,13 +18,14 @@ import pytest
 import structlog
 
 from conftest import Project
-from credfresh import credfile, refresh
-from credfresh.alerts import AlertManager
-from credfresh.config import Config
-from credfresh.engine import Engine
-from credfresh.logs import Redactor
-from credfresh.schema import load_config
-from credfresh.sts import StsClients
+from credfresh.alerts.manager import AlertManager
+from credfresh.config.model import Config
+from credfresh.config.validate import load_config
+from credfresh.credfile import format as credfile
+from credfresh.engine import policy as refresh
+from credfresh.engine.engine import Engine
+from credfresh.observe.logs import Redactor
+from credfresh.sources.sts import StsClients
 
 WAKEUP = 30.0
 
@@ -190,7 +191,7 @@ def test_sts_error_resolves_only_after_the_rename(rig: Rig, project: Project) ->
 
 def test_readyz_does_not_run_ahead_of_the_disk(rig: Rig) -> None:
     """/readyz and the endpoint's view: issued credentials count only once in the file."""
-    from credfresh.httpserver import readiness
+    from credfresh.outputs.health import readiness
 
     rig.engine._refresh(rig.config.profiles["app"])
     status, body = readiness(rig.clock(), rig.engine.disk_expiries())

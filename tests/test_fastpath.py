@@ -15,8 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credfresh import config, credentials, credfile, fastpath
+from credfresh import credentials
 from credfresh.cli import main
+from credfresh.commands import fastpath
+from credfresh.config import model as config
+from credfresh.credfile import format as credfile
 from credfresh.errors import CredfileError
 from helpers_credfile import (
     NOBODY,
@@ -223,8 +226,8 @@ class TestAnswers:
         argv = ["credential-process", "p", "-c", str(config_path)]
         assert fastpath.try_credential_process(argv, {}, fast) == 0
         slow_out, slow_err = io.StringIO(), io.StringIO()
-        from credfresh import oneshot
         from credfresh.cli import Streams
+        from credfresh.commands import oneshot
 
         streams = Streams(out=slow_out, err=slow_err, environ={})
         assert oneshot.credential_process(config_path, "p", streams) == 0
@@ -324,7 +327,7 @@ class TestAnswers:
     def test_imports_stay_minimal(self, tmp_path: Path) -> None:
         """The answer loads no argparse, pathlib, dataclasses, configparser or credfile."""
         config_path = _layout(tmp_path)
-        heavy = ("argparse", "pathlib", "dataclasses", "configparser", "credfresh.credfile")
+        heavy = ("argparse", "pathlib", "dataclasses", "configparser", "credfresh.credfile.format")
         code = (
             "import sys; from credfresh.cli import main; "
             f"rc = main(['credential-process', 'p', '-c', {str(config_path)!r}]); "

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Project
-from credfresh import credfile
 from credfresh.cli import main
+from credfresh.credfile import format as credfile
 from daemon_runner import DaemonProcess, env_with
 
 NOBODY = 65534

@@ -13,8 +13,8 @@ import pytest
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
-from credfresh.httpserver import HttpServer, liveness, readiness
-from credfresh.metrics import Metrics
+from credfresh.observe.metrics import Metrics
+from credfresh.outputs.health import HttpServer, liveness, readiness
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 EXPIRIES: dict[str, datetime | None] = {

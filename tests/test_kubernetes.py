@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from credfresh.schema import build_config, split_listen
+from credfresh.config.validate import build_config, split_listen
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "Containerfile"

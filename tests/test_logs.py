@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from conftest import Project
-from credfresh.logs import Logging, third_party_level
+from credfresh.observe.logs import Logging, third_party_level
 from daemon_runner import DaemonProcess, env_with
 
 FOUND = "Found credentials in shared credentials file"

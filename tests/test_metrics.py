@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from credfresh.metrics import DURATION_BUCKETS, Metrics
+from credfresh.observe.metrics import DURATION_BUCKETS, Metrics
 
 EXPIRY = datetime(2025, 3, 1, 13, 0, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Project
-from credfresh.logs import Logging, Redactor
+from credfresh.observe.logs import Logging, Redactor
 from daemon_runner import DaemonProcess, env_with
 from waiting import wait_until
 

@@ -16,11 +16,11 @@ from botocore.configloader import raw_config_parse
 
 import conftest
 from conftest import Project
-from credfresh import credfile
 from credfresh.cli import main
+from credfresh.config.validate import load_config
+from credfresh.credfile import format as credfile
 from credfresh.devsts import DevSTS
-from credfresh.schema import load_config
-from credfresh.sts import StsClients
+from credfresh.sources.sts import StsClients
 
 
 def run(project: Project, *args: str) -> tuple[int, str, str]:
@@ -294,7 +294,7 @@ class TestStatus:
 
     def test_rows_carry_refresh_at_and_the_table_a_refresh_column(self) -> None:
         """refresh_at is the due time of what is on disk; REFRESH counts down to it, then `now`."""
-        from credfresh import oneshot
+        from credfresh.commands import oneshot
         from credfresh.credentials import Credentials
 
         issued = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

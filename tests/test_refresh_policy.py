@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from credfresh import refresh
+from credfresh.config.validate import refresh_point_advice
 from credfresh.credentials import Credentials
-from credfresh.schema import refresh_point_advice
+from credfresh.engine import policy as refresh
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from conftest import Project
-from credfresh import credfile
 from credfresh.cli import main
+from credfresh.credfile import format as credfile
 from daemon_runner import DaemonProcess, env_with
 from notify_listener import NotifyListener
 from waiting import wait_until

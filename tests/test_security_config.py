@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from conftest import Project
-from credfresh import credfile
-from credfresh.endpoint import TokenFile
+from credfresh.credfile import format as credfile
+from credfresh.outputs.container import TokenFile
 from daemon_runner import DaemonProcess, env_with
 
 NOBODY = 65534

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from conftest import Project
-from credfresh import credfile
-from credfresh.serving import (
+from credfresh.credfile import format as credfile
+from credfresh.outputs.http import (
     ConnectionSlots,
     RateLimitedLog,
     admission,

@@ -23,14 +23,14 @@ import pytest
 import yaml
 
 from conftest import Project
-from credfresh import credfile
 from credfresh.cli import main
-from credfresh.config import StsSettings
-from credfresh.deadline import CallGuard, DeadlineExceeded
-from credfresh.httpserver import liveness
-from credfresh.notify import should_ping
-from credfresh.sts import StsClients, StsError, accept_response, call_deadline
-from credfresh.writer import BatchWriter
+from credfresh.config.model import StsSettings
+from credfresh.credfile import format as credfile
+from credfresh.engine.batcher import BatchWriter
+from credfresh.outputs.health import liveness
+from credfresh.process.systemd import should_ping
+from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.sts import StsClients, StsError, accept_response, call_deadline
 from daemon_runner import DaemonProcess, env_with
 from notify_listener import NotifyListener
 
@@ -42,7 +42,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 # once CFT_TRIGGER exists. Nothing of this is in credfresh itself.
 WRAPPER = r"""
 import ctypes, os, sys, threading, time
-from credfresh import credfile
+from credfresh.credfile import format as credfile
 from credfresh.cli import main
 
 trigger = os.environ["CFT_TRIGGER"]
@@ -338,7 +338,7 @@ class TestOverallDeadline:
         clients = StsClients(settings, credentials_file=str(project.credentials_file))
         project.profile("p")
         project.write_config()
-        from credfresh.schema import load_config
+        from credfresh.config.validate import load_config
 
         profile = load_config(project.config_path, project.env).profiles["p"]
         project.sts.proxy.trickle(0.5, times=1, when={"Action": "AssumeRole"})

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from credfresh import state
-from credfresh.atomicfile import atomic_write
-from credfresh.credfile import write_profiles
-from credfresh.daemon import InstanceLock
+from credfresh.credfile.atomic import atomic_write
+from credfresh.credfile.format import write_profiles
+from credfresh.engine import state
 from credfresh.errors import CredfileError
+from credfresh.process.daemon import InstanceLock
 from daemon_runner import DaemonProcess, env_with
 from helpers_credfile import NOBODY, OWNER, SECRET_MARK, child_env, make_creds
 
@@ -272,7 +272,7 @@ class TestOneHandle:
 
     def test_target_handle_survives_a_rename_of_its_path(self, shared: Path) -> None:
         """What `open_target` opened stays the directory, whatever its path now names."""
-        from credfresh.atomicfile import open_target
+        from credfresh.credfile.atomic import open_target
 
         first_fd, second_fd = self._two_dirs(shared)
         try:
@@ -290,7 +290,7 @@ class TestOneHandle:
 NON_ROOT_SWAP = """
 import os, sys
 from pathlib import Path
-from credfresh.credfile import write_profiles
+from credfresh.credfile.format import write_profiles
 from helpers_credfile import OWNER, make_creds
 base = Path(sys.argv[1])
 keep = os.open(base / "cur", os.O_RDONLY | os.O_DIRECTORY)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from credfresh.config import Profile
-from credfresh.sts import StsError, accept_response, assume_role_params, classify
+from credfresh.config.model import Profile
+from credfresh.sources.sts import StsError, accept_response, assume_role_params, classify
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from credfresh.notify import Notifier, should_ping, status_line
+from credfresh.process.systemd import Notifier, should_ping, status_line
 from notify_listener import NotifyListener
 
 UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"

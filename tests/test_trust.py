@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from credfresh import trust
-from credfresh.daemon import check_config_permissions
-from credfresh.schema import load_config
+from credfresh.config.validate import load_config
+from credfresh.process.daemon import check_config_permissions
 
 NOBODY = 65534
 

@@ -166,13 +166,13 @@ def _profiles(args: argparse.Namespace) -> list[str]:
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     from pathlib import Path
 
-    from credfresh.config import default_config_path
+    from credfresh.config.model import default_config_path
 
     return Path(args.config) if args.config else default_config_path(environ)
 
 
 def _validate(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh.schema import load_config
+    from credfresh.config.validate import load_config
 
     config = load_config(config_path(args, streams.environ), streams.environ)
     for warning in config.warnings:
@@ -185,13 +185,13 @@ def _validate(args: argparse.Namespace, streams: Streams) -> int:
 
 
 def _once(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh import oneshot
+    from credfresh.commands import oneshot
 
     return oneshot.once(config_path(args, streams.environ), _profiles(args), args.force, streams)
 
 
 def _status(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh import oneshot
+    from credfresh.commands import oneshot
 
     return oneshot.status(
         config_path(args, streams.environ),
@@ -205,7 +205,7 @@ def _status(args: argparse.Namespace, streams: Streams) -> int:
 def _credential_process(args: argparse.Namespace, streams: Streams) -> int:
     from pathlib import Path
 
-    from credfresh import fastpath, oneshot
+    from credfresh.commands import fastpath, oneshot
 
     is_config, where = fastpath.source_of(args.config, args.credentials_file, streams.environ)
     if not is_config:
@@ -216,7 +216,7 @@ def _credential_process(args: argparse.Namespace, streams: Streams) -> int:
 
 
 def _run(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh import daemon
+    from credfresh.process import daemon
 
     return daemon.main(
         config_path(args, streams.environ),
@@ -227,14 +227,14 @@ def _run(args: argparse.Namespace, streams: Streams) -> int:
 
 
 def _demo(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh import demo
+    from credfresh.commands import demo
 
     duration = float(args.duration) if args.duration else None
     return demo.main(duration=duration, streams=streams)
 
 
 def _console_url(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh import console
+    from credfresh.commands import console_url as console
 
     return console.main(
         config_path(args, streams.environ),
@@ -270,7 +270,7 @@ def main(
     )
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["credential-process"]:
-        from credfresh import fastpath
+        from credfresh.commands import fastpath
 
         answered = fastpath.try_credential_process(arguments, streams.environ, streams.out)
         if answered is not None:
@@ -283,7 +283,7 @@ def main(
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
     if argv is None and args.command == "run":
-        from credfresh.allocator import reexec_without_tcache
+        from credfresh.process.allocator import reexec_without_tcache
 
         reexec_without_tcache(streams.environ, sys.orig_argv)
     try:

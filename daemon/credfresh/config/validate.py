@@ -22,8 +22,8 @@ from pydantic import (
     field_validator,
 )
 
-from credfresh import config as cfg
-from credfresh import refresh
+from credfresh.config import model as cfg
+from credfresh.engine import policy as refresh
 from credfresh.errors import ConfigError
 
 ROLE_ARN: Final = re.compile(

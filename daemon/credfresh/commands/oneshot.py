@@ -14,16 +14,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credfresh import credfile, refresh
-from credfresh.config import format_duration, parse_document, parse_duration, read_bytes, read_light
-from credfresh.config import resolve_paths as _resolve_paths
+from credfresh.config.model import (
+    format_duration,
+    parse_document,
+    parse_duration,
+    read_bytes,
+    read_light,
+)
+from credfresh.config.model import resolve_paths as _resolve_paths
 from credfresh.credentials import Credentials, format_time, parse_time
+from credfresh.credfile import format as credfile
+from credfresh.engine import policy as refresh
 from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
 
 if TYPE_CHECKING:
     from credfresh.cli import Streams
-    from credfresh.config import Config, Profile
-    from credfresh.sts import Failure, StsClients
+    from credfresh.config.model import Config, Profile
+    from credfresh.sources.sts import Failure, StsClients
 
 
 def _now() -> datetime:
@@ -82,8 +89,8 @@ def refresh_all(
     current: Mapping[str, Credentials],
 ) -> tuple[dict[str, Credentials], dict[str, Failure]]:
     """Refresh profiles concurrently, sources before dependants (waves of the chain order)."""
-    from credfresh.config import topological_order
-    from credfresh.sts import StsError, classify
+    from credfresh.config.model import topological_order
+    from credfresh.sources.sts import StsError, classify
 
     wanted = {name: config.profiles[name] for name in names}
     issued: dict[str, Credentials] = {}
@@ -118,8 +125,8 @@ def refresh_all(
 
 def once(config_path: Path, names: Sequence[str], force: bool, streams: Streams) -> int:
     """Refresh missing or due profiles (all with --force) and write them in ONE write."""
-    from credfresh.schema import load_config
-    from credfresh.sts import StsClients, classify
+    from credfresh.config.validate import load_config
+    from credfresh.sources.sts import StsClients, classify
 
     config = load_config(config_path, streams.environ)
     chosen = select(names, config.profiles, config_path)

@@ -242,12 +242,12 @@ def _load_document(config: str) -> dict[str, object] | None:
         if _suffix(config).lower() == ".toml":
             import tomllib
 
-            from credfresh import yamlsafe
+            from credfresh.config import yamlsafe
 
             document: object = tomllib.loads(text)
             yamlsafe.check_size(document, config)
         else:
-            from credfresh import yamlsafe
+            from credfresh.config import yamlsafe
 
             document = yamlsafe.load(text, config)
     except Exception:  # any doubt: the full loader reports it
@@ -392,8 +392,8 @@ def credential_process_from_file(
     """
     from pathlib import Path
 
-    from credfresh import credfile
-    from credfresh.atomicfile import resolve_target
+    from credfresh.credfile import format as credfile
+    from credfresh.credfile.atomic import resolve_target
     from credfresh.errors import EXIT_FAILED, EXIT_OK
 
     path = Path(credentials_file)

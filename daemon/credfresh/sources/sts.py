@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from credfresh.config import Profile, StsSettings
+from credfresh.config.model import Profile, StsSettings
 from credfresh.credentials import Credentials
-from credfresh.deadline import CallGuard, DeadlineExceeded
 from credfresh.errors import CredfreshError
+from credfresh.sources.deadline import CallGuard, DeadlineExceeded
 
 if TYPE_CHECKING:
     import botocore.session

@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 from credfresh.credentials import format_time
-from credfresh.serving import (
+from credfresh.outputs.http import (
     BoundedRequestHandler,
     LoopbackHTTPServer,
     RateLimitedLog,
@@ -261,7 +261,7 @@ class HttpServer:
         logger: Logger | None = None,
     ) -> HttpServer:
         """From the config's `http.listen` (`127.0.0.1:9464`, `[::]:9464`)."""
-        from credfresh.schema import split_listen
+        from credfresh.config.validate import split_listen
 
         host, port = split_listen(listen)
         return cls(

@@ -142,8 +142,8 @@ class Demo:
                 self.recovered.set()
 
     def status_table(self) -> None:
-        from credfresh import oneshot
         from credfresh.cli import Streams
+        from credfresh.commands import oneshot
 
         buffer = io.StringIO()
         oneshot.status(

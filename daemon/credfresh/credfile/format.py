@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from credfresh.atomicfile import (
+from credfresh.credentials import Credentials, format_time, parse_time
+from credfresh.credfile.atomic import (
     EventCallback,
     TargetChangedError,
     atomic_write,
@@ -20,7 +21,6 @@ from credfresh.atomicfile import (
     read_target,
     remove_stale_temps,
 )
-from credfresh.credentials import Credentials, format_time, parse_time
 from credfresh.errors import CredfileError
 
 FORMAT_VERSION = "1"

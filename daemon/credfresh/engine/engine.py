@@ -15,20 +15,21 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from credfresh import credfile, refresh
-from credfresh.config import Config, Profile
+from credfresh.config.model import Config, Profile
 from credfresh.credentials import Credentials, format_time
+from credfresh.credfile import format as credfile
+from credfresh.engine import policy as refresh
+from credfresh.engine.batcher import BatchWriter
+from credfresh.engine.state import ProfileState
 from credfresh.errors import CredfileError
-from credfresh.state import ProfileState
-from credfresh.sts import Failure, StsClients, StsError, classify
-from credfresh.writer import BatchWriter
+from credfresh.sources.sts import Failure, StsClients, StsError, classify
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.alerts import AlertManager
-    from credfresh.logs import Redactor
-    from credfresh.metrics import Metrics, RefreshResult
+    from credfresh.alerts.manager import AlertManager
+    from credfresh.observe.logs import Redactor
+    from credfresh.observe.metrics import Metrics, RefreshResult
 
 WAKEUP_INTERVAL: Final = 30.0
 WAKEUP_JOB: Final = "__credfresh_wakeup__"
@@ -673,7 +674,7 @@ class Engine:
 
         Not `current`: credentials issued but not yet written help no consumer.
         """
-        from credfresh.alerts import ProfileFacts
+        from credfresh.alerts.manager import ProfileFacts
 
         with self._lock:
             return {

@@ -140,7 +140,7 @@ class Metrics(Collector):
         fsync, rename), so the collector never reads half a file. Returns False when the file
         already held these bytes. Raises CredfileError when the file cannot be written.
         """
-        from credfresh.atomicfile import atomic_write
+        from credfresh.credfile.atomic import atomic_write
 
         return atomic_write(path, self.render(), mode=TEXTFILE_MODE)
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from credfresh.atomicfile import atomic_write, read_file
 from credfresh.credentials import format_time, parse_time
+from credfresh.credfile.atomic import atomic_write, read_file
 from credfresh.errors import CredfileError
 
 STATE_VERSION: Final = 1

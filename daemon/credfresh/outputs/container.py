@@ -30,9 +30,9 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from credfresh.config.validate import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.credentials import Credentials, format_time
-from credfresh.schema import CONTAINER_HOSTS, PROFILE_NAME
-from credfresh.serving import (
+from credfresh.outputs.http import (
     BoundedRequestHandler,
     LoopbackHTTPServer,
     RateLimitedLog,

@@ -22,8 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from credfresh import __version__
-from credfresh.allocator import tune_malloc
-from credfresh.config import Config
+from credfresh.config.model import Config
 from credfresh.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
@@ -32,15 +31,16 @@ from credfresh.errors import (
     CredfileError,
     CredfreshError,
 )
+from credfresh.process.allocator import tune_malloc
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.alerts import AlertManager
+    from credfresh.alerts.manager import AlertManager
     from credfresh.cli import Streams
-    from credfresh.engine import Engine
-    from credfresh.logs import Logging
-    from credfresh.metrics import Metrics
+    from credfresh.engine.engine import Engine
+    from credfresh.observe.logs import Logging
+    from credfresh.observe.metrics import Metrics
 
 STOP_GRACE: Final = 5.0
 WAKEUP_INTERVAL: Final = 30.0
@@ -66,7 +66,7 @@ class InstanceLock:
         root a user's symlinked or writable directory on the way is refused, and so is a
         pid file another uid owns, before anything is truncated.
         """
-        from credfresh.atomicfile import open_lock_file
+        from credfresh.credfile.atomic import open_lock_file
 
         fd = open_lock_file(self.path, create_dirs=True)
         try:
@@ -154,7 +154,7 @@ class Daemon:
         streams: Streams,
         environ: Mapping[str, str],
     ) -> None:
-        from credfresh.notify import Notifier
+        from credfresh.process.systemd import Notifier
 
         self.config = config
         self.logging = logging
@@ -180,8 +180,8 @@ class Daemon:
         self._rejected: str | None = None
 
     def _build_engine(self, config: Config) -> Engine:
-        from credfresh.engine import Engine
-        from credfresh.sts import StsClients
+        from credfresh.engine.engine import Engine
+        from credfresh.sources.sts import StsClients
 
         def clients(cfg: Config) -> StsClients:
             return StsClients(cfg.sts, credentials_file=str(cfg.credentials_file))
@@ -198,20 +198,20 @@ class Daemon:
         )
 
     def _build_alerts(self, config: Config) -> AlertManager:
-        from credfresh.alerts import AlertManager
+        from credfresh.alerts.manager import AlertManager
 
         return AlertManager(
             config.alerts, redactor=self.logging.redactor, logger=self.log, environ=self.environ
         )
 
     def _build_metrics(self) -> Metrics:
-        from credfresh.metrics import Metrics
+        from credfresh.observe.metrics import Metrics
 
         return Metrics()
 
     def _start_servers(self) -> None:
         """Health, readiness and metrics; the container credentials endpoint; both opt-in."""
-        from credfresh.httpserver import HttpServer
+        from credfresh.outputs.health import HttpServer
 
         if self.config.http.listen:
             self._http = HttpServer.from_listen(
@@ -225,7 +225,7 @@ class Daemon:
             self.log.info("http_listening", listen=self.config.http.listen, port=self._http.port)
         settings = self.config.container_credentials
         if settings.listen and settings.token_file is not None:
-            from credfresh.endpoint import CredentialsEndpoint
+            from credfresh.outputs.container import CredentialsEndpoint
 
             self._endpoint = CredentialsEndpoint(
                 settings.listen,
@@ -254,7 +254,7 @@ class Daemon:
     # ----- life -----------------------------------------------------------------------
 
     def run(self) -> int:
-        from credfresh import state as state_file
+        from credfresh.engine import state as state_file
 
         saved, saved_alerts = state_file.load(self.config.state_file)
         self.alerts.load(saved_alerts)
@@ -352,7 +352,7 @@ class Daemon:
         return idle
 
     def _save_state(self) -> None:
-        from credfresh import state as state_file
+        from credfresh.engine import state as state_file
 
         self.engine.state_dirty.clear()
         profiles = {name: entry for name, (entry, _) in self.engine.snapshot().items()}
@@ -379,7 +379,7 @@ class Daemon:
     # ----- reload ---------------------------------------------------------------------
 
     def _start_watcher(self) -> None:
-        from credfresh.watch import ConfigWatcher
+        from credfresh.process.watch import ConfigWatcher
 
         self._watcher = ConfigWatcher(self.config.path, self._watch_fired)
         self._watcher.start()
@@ -409,7 +409,7 @@ class Daemon:
                     self.notifier.ready()
 
     def _reload(self, reason: str) -> None:
-        from credfresh.schema import load_config
+        from credfresh.config.validate import load_config
 
         euid = os.geteuid()
         unsafe = config_path_problems(self.config.path, euid)
@@ -462,7 +462,7 @@ class Daemon:
     # ----- views ----------------------------------------------------------------------
 
     def health(self) -> tuple[bool, Mapping[str, object]]:
-        from credfresh.httpserver import liveness
+        from credfresh.outputs.health import liveness
 
         return liveness(
             time.monotonic(),
@@ -472,13 +472,13 @@ class Daemon:
         )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
-        from credfresh.httpserver import readiness
+        from credfresh.outputs.health import readiness
 
         return readiness(datetime.now(UTC), self.engine.disk_expiries(), profile)
 
     def healthy(self) -> bool:
         """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
-        from credfresh.notify import should_ping
+        from credfresh.process.systemd import should_ping
 
         age = time.monotonic() - self.engine.heartbeat
         return should_ping(
@@ -486,7 +486,7 @@ class Daemon:
         )
 
     def status_line(self) -> str:
-        from credfresh.notify import status_line
+        from credfresh.process.systemd import status_line
 
         now = datetime.now(UTC)
         snapshot = self.engine.snapshot()
@@ -513,9 +513,9 @@ def main(
     streams: Streams,
 ) -> int:
     """Start the daemon; exit 2 on a bad config, 3 when another instance holds the lock."""
-    from credfresh.logs import Logging
-    from credfresh.schema import load_config
-    from credfresh.serving import raise_fd_limit
+    from credfresh.config.validate import load_config
+    from credfresh.observe.logs import Logging
+    from credfresh.outputs.http import raise_fd_limit
 
     tune_malloc()
     raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files

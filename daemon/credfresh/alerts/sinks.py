@@ -17,8 +17,8 @@ from typing import IO, Any, Final, Protocol
 import urllib3
 
 from credfresh import __version__
-from credfresh.config import AlertSettings
-from credfresh.logs import Redactor
+from credfresh.config.model import AlertSettings
+from credfresh.observe.logs import Redactor
 
 WEBHOOK_TIMEOUT: Final = 5.0
 STDERR_TAIL_BYTES: Final = 400

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Final
 
-from credfresh.config import format_duration
+from credfresh.config.model import format_duration
 
 #: A full receive queue on systemd's side must not stall the daemon's main loop for long.
 SEND_TIMEOUT_SECONDS: Final = 2.0

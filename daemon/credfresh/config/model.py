@@ -203,11 +203,11 @@ def parse_document(data: bytes, path: Path) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             where = str(exc).rsplit("(", 1)[-1].rstrip(")") if "(" in str(exc) else ""
             raise ConfigError([f"(document): not valid TOML ({where})"], path=str(path)) from exc
-        from credfresh import yamlsafe
+        from credfresh.config import yamlsafe
 
         yamlsafe.check_size(document, str(path))
     else:
-        from credfresh import yamlsafe
+        from credfresh.config import yamlsafe
 
         document = yamlsafe.load(text, str(path))
     if document is None:

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, cast
 
-from credfresh.config import AlertSettings, format_duration
+from credfresh.alerts.sinks import Logger, Sink, SinkError, build_sinks
+from credfresh.config.model import AlertSettings, format_duration
 from credfresh.credentials import format_time
-from credfresh.logs import Redactor
-from credfresh.sinks import Logger, Sink, SinkError, build_sinks
+from credfresh.observe.logs import Redactor
 
 Kind = Literal["sts_error", "expiring", "expired", "config_rejected", "write_failed"]
 Status = Literal["firing", "resolved"]

@@ -1,0 +1,74 @@
+"""The one seam to the outside world: streams, environment, clock, user and home.
+
+Every part that would otherwise read `os.environ`, `Path.home()`, `os.geteuid()` or the
+wall clock takes a `Context` (or just its `clock`) instead, so tests pass a fake one and
+never patch the process. Only `Context.system()` and `SystemClock` touch the real thing.
+Plain `__slots__` classes, not dataclasses: `credential-process` pays for every import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import TextIO
+
+
+class Clock(Protocol):
+    """Wall time for expiry arithmetic, monotonic time for intervals and deadlines."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    __slots__ = ()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class Context:
+    """What a command or the daemon may know about the process it runs in."""
+
+    __slots__ = ("clock", "environ", "err", "euid", "home", "out")
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        environ: Mapping[str, str],
+        *,
+        clock: Clock | None = None,
+        euid: int | None = None,
+        home: Path | None = None,
+    ) -> None:
+        self.out = out
+        self.err = err
+        self.environ = environ
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.euid = os.geteuid() if euid is None else euid
+        self.home = home if home is not None else _home(environ)
+
+    @classmethod
+    def system(cls) -> Context:
+        """The real process: its streams, a snapshot of its environment, its clocks."""
+        return cls(sys.stdout, sys.stderr, dict(os.environ))
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    """`$HOME` as the SDKs read it; the password database only when it is unset."""
+    home = environ.get("HOME")
+    return Path(home) if home else Path.home()
