@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from credfresh.alerts.manager import (
-    AlertEvent,
-    AlertState,
+from credfresh.alerts.records import AlertEvent, AlertState
+from credfresh.alerts.rules import (
     Policy,
     ProfileFacts,
     alert_from,

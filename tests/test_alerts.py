@@ -21,13 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Project
-from credfresh.alerts.manager import (
-    AlertEvent,
-    AlertManager,
-    AlertState,
+from credfresh.alerts.manager import AlertManager
+from credfresh.alerts.records import AlertEvent, AlertState, Step
+from credfresh.alerts.rules import (
     Policy,
     ProfileFacts,
-    Step,
     on_config_applied,
     on_config_rejected,
     on_profile_removed,

@@ -24,14 +24,6 @@ WEBHOOK_TIMEOUT: Final = 5.0
 STDERR_TAIL_BYTES: Final = 400
 
 
-class Logger(Protocol):
-    """The slice of a structlog logger the alert machinery uses."""
-
-    def info(self, event: str, **kw: Any) -> Any: ...
-
-    def warning(self, event: str, **kw: Any) -> Any: ...
-
-
 class SinkError(Exception):
     """A delivery failed; the message is safe to log (no URL, no secret)."""
 

@@ -674,7 +674,7 @@ class Engine:
 
         Not `current`: credentials issued but not yet written help no consumer.
         """
-        from credfresh.alerts.manager import ProfileFacts
+        from credfresh.alerts.rules import ProfileFacts
 
         with self._lock:
             return {

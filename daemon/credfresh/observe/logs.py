@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -56,6 +56,14 @@ LIBRARY_FLOORS: Final = {
     "watchdog": logging.INFO,
     "apscheduler": logging.INFO,
 }
+
+
+class Logger(Protocol):
+    """The slice of a structlog logger credfresh's parts use, so tests pass a recorder."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
 
 
 def third_party_level(level: int, floor: int = logging.DEBUG) -> int:

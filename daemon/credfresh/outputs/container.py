@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from credfresh.config.validate import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.credentials import Credentials, format_time
@@ -38,6 +38,9 @@ from credfresh.outputs.http import (
     RateLimitedLog,
     ServerThread,
 )
+
+if TYPE_CHECKING:
+    from credfresh.observe.logs import Logger
 
 PATH_PREFIX: Final = "/v1/credentials/"
 #: The whole request head (request line and headers) must arrive within this, or the
@@ -56,12 +59,6 @@ ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINE
 
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
 _ACCOUNT_ID = re.compile(r"\d{12}")
-
-
-class Logger(Protocol):
-    def info(self, event: str, **kw: Any) -> Any: ...
-
-    def warning(self, event: str, **kw: Any) -> Any: ...
 
 
 def _utcnow() -> datetime:

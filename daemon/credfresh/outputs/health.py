@@ -8,7 +8,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from http import HTTPStatus
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from credfresh.credentials import format_time
 from credfresh.outputs.http import (
@@ -17,6 +17,9 @@ from credfresh.outputs.http import (
     RateLimitedLog,
     ServerThread,
 )
+
+if TYPE_CHECKING:
+    from credfresh.observe.logs import Logger
 
 #: `health() -> (healthy, detail)`: the scheduler heartbeat check.
 HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
@@ -33,10 +36,6 @@ REQUEST_TIMEOUT: Final = 5.0
 #: Connection failures are logged at most once per kind in this many seconds (with a count).
 LOG_INTERVAL: Final = 60.0
 MAX_PROFILE_NAME_ECHO: Final = 128
-
-
-class Logger(Protocol):
-    def warning(self, event: str, **kw: Any) -> Any: ...
 
 
 def liveness(

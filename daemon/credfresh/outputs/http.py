@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 #: Connections one server serves at once. A newcomer at the limit takes the place of the
 #: oldest connection still sending its request head (a slow client), or is closed at once.
@@ -38,11 +38,10 @@ ACCEPT_BACKOFF: Final = 0.1
 #: (alert commands) inherit it, and some loop over every possible descriptor.
 MAX_NOFILE: Final = 65536
 
+if TYPE_CHECKING:
+    from credfresh.observe.logs import Logger
+
 Admission = Literal["admit", "evict", "refuse"]
-
-
-class Logger(Protocol):
-    def warning(self, event: str, **kw: Any) -> Any: ...
 
 
 def nofile_target(soft: int, hard: int, ceiling: int = MAX_NOFILE) -> int | None:
