@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import read_managed, write_profiles
+from credfresh.credfile.store import read_managed, write_profiles
 
 OWNER = "bench"
 SECTIONS = 1000

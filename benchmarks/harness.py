@@ -257,7 +257,7 @@ class Layout:
 
     def prefill(self, profiles: Iterable[str], valid_for: timedelta) -> None:
         """Write fresh-looking managed sections, as a previous run of the daemon would."""
-        from credfresh.credfile.format import write_profiles
+        from credfresh.credfile.store import write_profiles
 
         now = datetime.now(UTC)
         creds = {
@@ -431,7 +431,7 @@ def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
 
 def managed_fresh(layout: Layout, names: Iterable[str]) -> tuple[int, int]:
     """(sections of these names this owner has on disk, how many of them are unexpired)."""
-    from credfresh.credfile.format import read_managed
+    from credfresh.credfile.store import read_managed
 
     view = read_managed(layout.credentials, OWNER)
     now = datetime.now(UTC)

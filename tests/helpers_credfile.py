@@ -66,7 +66,7 @@ import json, sys
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 from credfresh.errors import CredfileError
 
 path, owner, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

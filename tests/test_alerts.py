@@ -946,7 +946,7 @@ class DiskCheckingWebhook:
     """
 
     def __init__(self, credentials_file: Path, owner: str) -> None:
-        from credfresh.credfile import format as credfile
+        from credfresh.credfile import store as credfile
 
         self.bodies: list[tuple[dict[str, Any], str | None]] = []
         hook = self

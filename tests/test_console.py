@@ -35,7 +35,7 @@ from credfresh.commands.console_url import (
     session_seconds,
 )
 from credfresh.credentials import Credentials
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 
 OWNER = "console-test"
 

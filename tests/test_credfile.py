@@ -20,15 +20,10 @@ from botocore.configloader import raw_config_parse
 
 from credfresh.credentials import Credentials
 from credfresh.credfile import atomic as atomicfile
-from credfresh.credfile.atomic import atomic_write, ensure_private_dir, file_lock, resolve_target
-from credfresh.credfile.format import (
-    FileView,
-    merge,
-    read_managed,
-    render_section,
-    view_of,
-    write_profiles,
-)
+from credfresh.credfile.atomic import atomic_write
+from credfresh.credfile.format import FileView, merge, render_section, view_of
+from credfresh.credfile.handles import ensure_private_dir, file_lock, resolve_target
+from credfresh.credfile.store import read_managed, write_profiles
 from credfresh.errors import CredfileError
 from helpers_credfile import (
     NOBODY,
@@ -351,7 +346,7 @@ class TestReadManaged:
     def test_imports_only_stdlib(self) -> None:
         """The reader (credential-process path) pulls in nothing outside the stdlib."""
         code = (
-            "import sys; before = set(sys.modules); import credfresh.credfile.format; "
+            "import sys; before = set(sys.modules); import credfresh.credfile.store; "
             "print(*sorted(set(sys.modules) - before))"
         )
         done = run_child(code)
@@ -362,12 +357,31 @@ class TestReadManaged:
         assert outside == ours
         assert ours == {
             "credfresh",
+            "credfresh.context",
             "credfresh.credfile",
             "credfresh.credfile.atomic",
-            "credfresh.credentials",
             "credfresh.credfile.format",
+            "credfresh.credfile.handles",
+            "credfresh.credfile.store",
+            "credfresh.credentials",
             "credfresh.errors",
             "credfresh.trust",
+        }
+
+    def test_format_is_pure(self) -> None:
+        """The text rules (parse, render, merge) import no disk or lock machinery."""
+        code = (
+            "import sys; before = set(sys.modules); import credfresh.credfile.format; "
+            "print(*sorted(m for m in set(sys.modules) - before if m.startswith('credfresh')))"
+        )
+        done = run_child(code)
+        assert done.returncode == 0, done.stderr
+        assert set(done.stdout.split()) == {
+            "credfresh",
+            "credfresh.credentials",
+            "credfresh.credfile",
+            "credfresh.credfile.format",
+            "credfresh.errors",
         }
 
 

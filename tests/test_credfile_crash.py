@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from botocore.configloader import raw_config_parse
 
-from credfresh.credfile.format import merge, read_managed, view_of, write_profiles
+from credfresh.credfile.format import merge, view_of
+from credfresh.credfile.store import read_managed, write_profiles
 from credfresh.errors import CredfileError
 from helpers_credfile import OWNER, child_env, make_creds
 
@@ -39,7 +40,7 @@ import itertools, random, sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 
 path, seed = Path(sys.argv[1]), int(sys.argv[2])
 rng = random.Random(seed)
@@ -63,7 +64,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 
 path, worker = Path(sys.argv[1]), int(sys.argv[2])
 now = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)

@@ -17,6 +17,7 @@ from botocore.configloader import raw_config_parse
 from conftest import Project
 from credfresh.credentials import parse_time
 from credfresh.credfile import format as credfile
+from credfresh.credfile import store
 from daemon_runner import DaemonProcess, env_with
 
 SCALE = float(os.environ.get("CREDFRESH_TEST_SCALE", "1"))
@@ -31,7 +32,7 @@ def daemon(project: Project, tmp_path: Path, **env: str) -> DaemonProcess:
 
 
 def sections(project: Project) -> dict[str, credfile.Credentials]:
-    return dict(credfile.read_managed(project.credentials_file, "test").managed)
+    return dict(store.read_managed(project.credentials_file, "test").managed)
 
 
 def attempts(project: Project, session_name: str) -> list[float]:

@@ -21,7 +21,7 @@ from conftest import Project
 from credfresh.alerts.manager import AlertManager
 from credfresh.config.model import Config
 from credfresh.config.validate import load_config
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
 from credfresh.engine.engine import Engine
 from credfresh.observe.logs import Redactor

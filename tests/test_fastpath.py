@@ -20,6 +20,7 @@ from credfresh.cli import main
 from credfresh.commands import fastpath
 from credfresh.config import model as config
 from credfresh.credfile import format as credfile
+from credfresh.credfile import store
 from credfresh.errors import CredfileError
 from helpers_credfile import (
     NOBODY,
@@ -206,7 +207,7 @@ def _layout(tmp_path: Path, *, valid_for: timedelta = timedelta(hours=1)) -> Pat
         "p": make_creds(1, now=now - timedelta(hours=1) + valid_for),
         "q": make_creds(2, now=now),
     }
-    credfile.write_profiles(creds_path, OWNER, creds)
+    store.write_profiles(creds_path, OWNER, creds)
     config_path = tmp_path / "credfresh.yaml"
     config_path.write_text(f"credentials_file: {creds_path}\nowner: {OWNER}\nprofiles: {{}}\n")
     return config_path

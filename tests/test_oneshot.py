@@ -18,7 +18,7 @@ import conftest
 from conftest import Project
 from credfresh.cli import main
 from credfresh.config.validate import load_config
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.devsts import DevSTS
 from credfresh.sources.sts import StsClients
 

@@ -13,13 +13,14 @@ import yaml
 from conftest import Project
 from credfresh.cli import main
 from credfresh.credfile import format as credfile
+from credfresh.credfile import store
 from daemon_runner import DaemonProcess, env_with
 from notify_listener import NotifyListener
 from waiting import wait_until
 
 
 def managed(path: Path) -> dict[str, credfile.Credentials]:
-    return dict(credfile.read_managed(path, "test").managed)
+    return dict(store.read_managed(path, "test").managed)
 
 
 def start(project: Project, tmp_path: Path, **env: str) -> DaemonProcess:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import Project
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.outputs.container import TokenFile
 from daemon_runner import DaemonProcess, env_with
 

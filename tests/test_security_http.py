@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import Project
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.outputs.http import (
     ConnectionSlots,
     RateLimitedLog,

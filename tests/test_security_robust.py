@@ -25,7 +25,7 @@ import yaml
 from conftest import Project
 from credfresh.cli import main
 from credfresh.config.model import StsSettings
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.engine.batcher import BatchWriter
 from credfresh.outputs.health import liveness
 from credfresh.process.systemd import should_ping
@@ -42,7 +42,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 # once CFT_TRIGGER exists. Nothing of this is in credfresh itself.
 WRAPPER = r"""
 import ctypes, os, sys, threading, time
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.cli import main
 
 trigger = os.environ["CFT_TRIGGER"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from credfresh.credfile.atomic import atomic_write
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 from credfresh.engine import state
 from credfresh.errors import CredfileError
 from credfresh.process.daemon import InstanceLock
@@ -272,7 +272,7 @@ class TestOneHandle:
 
     def test_target_handle_survives_a_rename_of_its_path(self, shared: Path) -> None:
         """What `open_target` opened stays the directory, whatever its path now names."""
-        from credfresh.credfile.atomic import open_target
+        from credfresh.credfile.handles import open_target
 
         first_fd, second_fd = self._two_dirs(shared)
         try:
@@ -290,7 +290,7 @@ class TestOneHandle:
 NON_ROOT_SWAP = """
 import os, sys
 from pathlib import Path
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 from helpers_credfile import OWNER, make_creds
 base = Path(sys.argv[1])
 keep = os.open(base / "cur", os.O_RDONLY | os.O_DIRECTORY)

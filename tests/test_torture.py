@@ -306,7 +306,7 @@ import json, random, sys, time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import write_profiles
+from credfresh.credfile.store import write_profiles
 
 path, count, first = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 names = [f"w{i:02d}" for i in range(20)]

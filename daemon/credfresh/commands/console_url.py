@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from credfresh.config.model import parse_duration, read_light
 from credfresh.credentials import Credentials, format_time
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, CredfreshError
 
 if TYPE_CHECKING:

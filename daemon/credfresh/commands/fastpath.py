@@ -392,12 +392,12 @@ def credential_process_from_file(
     """
     from pathlib import Path
 
-    from credfresh.credfile import format as credfile
-    from credfresh.credfile.atomic import resolve_target
+    from credfresh.credfile import store
+    from credfresh.credfile.handles import resolve_target
     from credfresh.errors import EXIT_FAILED, EXIT_OK
 
     path = Path(credentials_file)
-    credfile.read_managed(path, "")
+    store.read_managed(path, "")
     try:
         data = resolve_target(path).read_bytes()
         options = section_options(split_lines(data.decode("utf-8")), profile)

@@ -23,7 +23,7 @@ from credfresh.config.model import (
 )
 from credfresh.config.model import resolve_paths as _resolve_paths
 from credfresh.credentials import Credentials, format_time, parse_time
-from credfresh.credfile import format as credfile
+from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
 from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from credfresh.config.model import Config, Profile
 from credfresh.credentials import Credentials, format_time
 from credfresh.credfile import format as credfile
+from credfresh.credfile import store
 from credfresh.engine import policy as refresh
 from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.state import ProfileState
@@ -419,7 +420,7 @@ class Engine:
             updates: Mapping[str, Credentials], removals: Collection[str]
         ) -> Mapping[str, CredfileError]:
             adopt = [n for n in updates if (p := self.config.profiles.get(n)) and p.adopt]
-            result = credfile.write_profiles(
+            result = store.write_profiles(
                 path, owner, updates, removals, adopt=adopt, on_event=self._file_event
             )
             return result.conflicts
@@ -494,7 +495,7 @@ class Engine:
 
     def _read_file(self) -> credfile.FileView | None:
         try:
-            return credfile.read_managed(self.config.credentials_file, self.config.owner)
+            return store.read_managed(self.config.credentials_file, self.config.owner)
         except CredfileError as exc:
             self.log.error(
                 "file_unreadable",

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from credfresh.credentials import format_time, parse_time
-from credfresh.credfile.atomic import atomic_write, read_file
+from credfresh.credfile.atomic import atomic_write
+from credfresh.credfile.handles import read_file
 from credfresh.errors import CredfileError
 
 STATE_VERSION: Final = 1

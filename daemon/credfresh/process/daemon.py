@@ -66,7 +66,7 @@ class InstanceLock:
         root a user's symlinked or writable directory on the way is refused, and so is a
         pid file another uid owns, before anything is truncated.
         """
-        from credfresh.credfile.atomic import open_lock_file
+        from credfresh.credfile.handles import open_lock_file
 
         fd = open_lock_file(self.path, create_dirs=True)
         try:

@@ -1,0 +1,487 @@
+"""Directory handles and the path checks: every file credfresh touches is reached through one.
+
+A path is walked from `/` once per write with O_NOFOLLOW (`open_dir`, `open_target`), the
+ownership and trust rules are applied on what was opened, and every later step (lock, read,
+temp file, rename) names files relative to that one handle.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from credfresh.context import Clock, SystemClock
+from credfresh.errors import CredfileError
+from credfresh.trust import directory_problem
+
+#: Same limit as the kernel's (ELOOP), so a symlink loop fails instead of spinning.
+MAX_SYMLINKS = 40
+
+
+def unsafe(path: Path | str, why: str) -> CredfileError:
+    return CredfileError(f"refusing to use {path}: {why}", code="unsafe_path")
+
+
+def failed(what: str, path: Path | str, exc: OSError) -> CredfileError:
+    reason = exc.strerror or type(exc).__name__
+    return CredfileError(f"could not {what} {path}: {reason}", code="write_failed")
+
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OTHER_USERS_TREE = (
+    "a root credfresh does not write into a directory another user controls, such as their"
+    " home: run credfresh as that user (the per-user unit) instead"
+)
+
+
+def absolute(path: Path) -> Path:
+    # Not os.path.abspath: collapsing `x/..` before resolving `x` goes wrong when x is a link.
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+class DirHandle:
+    """One directory, opened once per write: every later step names files relative to it.
+
+    Files are opened, checked, renamed and removed with `dir_fd=fd`, so a directory renamed
+    or swapped above this one after the walk can only make a step fail, never send it into
+    another directory. `path` is how it was reached (for messages), `st` its fstat, and
+    `readable` says `fd` can list and fsync the directory (not only name files in it).
+    """
+
+    __slots__ = ("fd", "path", "readable", "st")
+
+    def __init__(self, path: Path, fd: int, st: os.stat_result, *, readable: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.st = st
+        self.readable = readable
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DirHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Target:
+    """A file named inside one open directory: what a write locks, reads, checks and replaces."""
+
+    __slots__ = ("directory", "name", "st")
+
+    def __init__(self, directory: DirHandle, name: str, st: os.stat_result | None) -> None:
+        self.directory = directory
+        self.name = name
+        self.st = st
+
+    @property
+    def path(self) -> Path:
+        return self.directory.path / self.name
+
+    def close(self) -> None:
+        self.directory.close()
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _new_dir_stat(euid: int) -> os.stat_result:
+    """What a directory credfresh is about to create will be (ours, 0700), for the trust rule."""
+    return os.stat_result((stat.S_IFDIR | 0o700, 0, 0, 2, euid, os.getegid(), 0, 0, 0, 0))
+
+
+def _check_step(
+    directory: DirHandle, next_st: os.stat_result | None, euid: int, *, own: bool, subject: Path
+) -> None:
+    """As root, refuse a directory on the way that another user could swap things in."""
+    if euid != 0:
+        return
+    problem = directory_problem(str(directory.path), directory.st, next_st, euid, own=own)
+    if problem is None:
+        return
+    if directory.st.st_uid not in (0, euid):
+        problem = f"{problem}; {_OTHER_USERS_TREE}"
+    raise unsafe(subject, problem)
+
+
+def _make_dir(parent: DirHandle, name: str) -> DirHandle:
+    """mkdir 0700 whatever the umask; a directory that appeared meanwhile is used as found."""
+    created = True
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent.fd)
+    except FileExistsError:
+        created = False
+    fd = os.open(name, _READ_DIR_FLAGS, dir_fd=parent.fd)
+    try:
+        st = os.fstat(fd)
+        if created and stat.S_IMODE(st.st_mode) != 0o700:
+            # mkdir's mode is cut by the umask; the directory is still empty.
+            os.fchmod(fd, 0o700)
+            st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return DirHandle(parent.path / name, fd, st, readable=True)
+
+
+def open_dir(directory: Path, *, create: bool = False, subject: Path | None = None) -> DirHandle:
+    """Open `directory` by walking from `/` one component at a time with O_NOFOLLOW.
+
+    Each component is opened relative to the one before, so what was checked is what is
+    used. As root every directory on the way must pass `trust.directory_problem` (checked
+    on the fstat of the open directory) and a symlink is followed only when root owns it
+    (the walk restarts on its target, at most MAX_SYMLINKS times); other users follow links
+    as the kernel would and have no directory rule (a shared 0777 emptyDir is fine). With
+    `create` missing directories are made 0700, after checking the one they go in;
+    without it a missing one raises FileNotFoundError naming the path. The file's own
+    directory is not checked here (that needs the file: see `open_target`). Errors are
+    CredfileError `unsafe_path` naming `subject` (default `directory`) or `write_failed`.
+    """
+    euid = os.geteuid()
+    subject = directory if subject is None else subject
+    stack: list[DirHandle] = []
+    try:
+        fd = os.open("/", _DIR_FLAGS)
+        stack.append(DirHandle(Path("/"), fd, os.fstat(fd), readable=False))
+        pending = list(absolute(directory).parts[1:])
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            top = stack[-1]
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop().close()
+                continue
+            try:
+                st = os.stat(part, dir_fd=top.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    missing = Path(top.path / part, *pending)
+                    raise FileNotFoundError(
+                        errno.ENOENT, "No such directory", str(missing)
+                    ) from None
+                _check_step(top, _new_dir_stat(euid), euid, own=False, subject=subject)
+                stack.append(_make_dir(top, part))
+                _check_step(top, stack[-1].st, euid, own=False, subject=subject)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                if euid == 0 and st.st_uid != euid:
+                    raise unsafe(
+                        top.path / part, f"it is a symlink owned by uid {st.st_uid}, not root"
+                    )
+                _check_step(top, st, euid, own=False, subject=subject)
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise unsafe(subject, "too many levels of symbolic links")
+                target = Path(os.readlink(part, dir_fd=top.fd))
+                if target.is_absolute():
+                    while len(stack) > 1:
+                        stack.pop().close()
+                    pending = list(target.parts[1:]) + pending
+                else:
+                    pending = list(target.parts) + pending
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise CredfileError(
+                    f"could not use directory {top.path / part}: something else is in the way",
+                    code="write_failed",
+                )
+            fd = os.open(part, _DIR_FLAGS, dir_fd=top.fd)
+            stack.append(DirHandle(top.path / part, fd, os.fstat(fd), readable=False))
+            _check_step(top, stack[-1].st, euid, own=False, subject=subject)
+        found = stack.pop()
+        try:
+            fd = os.open(".", _READ_DIR_FLAGS, dir_fd=found.fd)
+        except OSError:
+            # Search permission only: files can still be named in it, just not listed.
+            return found
+        found.close()
+        return DirHandle(found.path, fd, os.fstat(fd), readable=True)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not create:
+            raise
+        raise failed("open directory", directory, exc) from None
+    finally:
+        for handle in stack:
+            handle.close()
+
+
+def lstat_at(directory: DirHandle, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise failed("inspect", directory.path / name, exc) from None
+
+
+def _check_entry(
+    directory: DirHandle, name: str, st: os.stat_result | None, euid: int, subject: Path
+) -> None:
+    """The file itself and, as root, its own directory (writable by root alone)."""
+    where = directory.path / name
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise unsafe(where, "it is not a regular file")
+    if euid != 0:
+        return
+    if st is not None and st.st_uid != euid:
+        raise unsafe(where, f"the file belongs to uid {st.st_uid}, not root")
+    _check_step(directory, st, euid, own=True, subject=subject)
+
+
+def open_target(path: Path, *, create: bool = False) -> Target:
+    """Apply the ownership rules and open the directory of the real file to write.
+
+    A symlink owned by our own user is written through (the link is kept, its target is
+    replaced); a symlink owned by anyone else is refused, since following it would let that
+    user choose which file we overwrite. As root the file must be root's, every directory
+    above it must pass the trust rule (see `open_dir`) and its own directory must be
+    writable by root alone: a user who can rename a directory on the way could otherwise
+    swap where root's secrets land. Non-root needs no directory rule: a shared directory
+    (a Kubernetes emptyDir, root 0777) is fine because the temp file is O_EXCL and every
+    step works in the one directory opened here. With `create` missing directories are
+    made 0700; without it a missing directory raises FileNotFoundError naming the file.
+    Raises CredfileError `unsafe_path` naming the offending path, or `write_failed`.
+    """
+    euid = os.geteuid()
+    subject = Path(path)
+    current = absolute(subject)
+    for _ in range(MAX_SYMLINKS + 1):
+        if not current.name or current.name == "..":
+            raise unsafe(path, "it names a directory, not a file")
+        try:
+            directory = open_dir(current.parent, create=create, subject=subject)
+        except FileNotFoundError as exc:
+            missing = Path(str(exc.filename)) / current.name
+            raise FileNotFoundError(errno.ENOENT, "No such directory", str(missing)) from None
+        keep = False
+        try:
+            st = lstat_at(directory, current.name)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                _check_entry(directory, current.name, st, euid, subject)
+                keep = True
+                return Target(directory, current.name, st)
+            if st.st_uid != euid:
+                raise unsafe(
+                    directory.path / current.name,
+                    f"it is a symlink owned by uid {st.st_uid}, not by credfresh's uid {euid}",
+                )
+            try:
+                link = os.readlink(current.name, dir_fd=directory.fd)
+            except OSError as exc:
+                raise failed("inspect", directory.path / current.name, exc) from None
+        finally:
+            if not keep:
+                directory.close()
+        current = directory.path / link
+    raise unsafe(path, "too many levels of symbolic links")
+
+
+def resolve_target(path: Path) -> Path:
+    """The real path `open_target` would write (symlinks followed), after the same checks."""
+    try:
+        with open_target(path) as target:
+            return target.path
+    except FileNotFoundError as exc:
+        return Path(str(exc.filename))
+
+
+def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
+    """Open a file in `directory` (None when missing), checked on what was opened.
+
+    Raises OSError as is, CredfileError `unsafe_path` for a non-regular file or, as root,
+    one that is not root's.
+    """
+    try:
+        fd = os.open(
+            name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory.fd
+        )
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise unsafe(directory.path / name, "it is not a regular file")
+        euid = os.geteuid()
+        if euid == 0 and st.st_uid != euid:
+            raise unsafe(directory.path / name, f"the file belongs to uid {st.st_uid}, not root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_target(target: Target) -> bytes | None:
+    """The file's bytes through its directory handle, or None when it does not exist.
+
+    Raises OSError as is (callers choose the error code) and CredfileError `unsafe_path`.
+    """
+    fd = open_regular(target.directory, target.name, os.O_RDONLY)
+    if fd is None:
+        return None
+    try:
+        return read_all(fd)[0]
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> bytes | None:
+    """Read `path` under the same rules as a write (`open_target`); None when missing."""
+    try:
+        target = open_target(path)
+    except FileNotFoundError:
+        return None
+    with target:
+        return read_target(target)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """`mkdir -p` where every directory we create is 0700 whatever the umask.
+
+    Existing directories are left as they are: their modes are their owner's choice.
+    """
+    missing: list[Path] = []
+    current = Path(os.path.abspath(path))
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if directory.is_dir():
+                continue
+            raise CredfileError(
+                f"could not create directory {directory}: a file is in the way",
+                code="write_failed",
+            ) from None
+        except OSError as exc:
+            raise failed("create directory", directory, exc) from None
+        # mkdir's mode is cut by the umask; the directory is still empty, so this exposes nothing.
+        if stat.S_IMODE(os.stat(directory).st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+
+
+def open_lock_at(directory: DirHandle, name: str) -> int:
+    """Open (creating it 0600) a lock file in `directory`; one another uid owns is refused.
+
+    Refused at once rather than waited on: another user's lock file is theirs to hold
+    forever, and opening it to write our pid would let them choose what we truncate.
+    """
+    where = directory.path / name
+    try:
+        fd = os.open(
+            name,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            0o600,
+            dir_fd=directory.fd,
+        )
+    except OSError as exc:
+        raise failed("open lock file", where, exc) from None
+    try:
+        st = os.fstat(fd)
+        euid = os.geteuid()
+        if not stat.S_ISREG(st.st_mode):
+            raise unsafe(where, "it is not a regular file")
+        if st.st_uid != euid:
+            raise unsafe(
+                where,
+                f"the lock file belongs to uid {st.st_uid}, not credfresh's uid {euid};"
+                " credfresh does not wait on a lock another user holds",
+            )
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except OSError as exc:
+        os.close(fd)
+        raise failed("open lock file", where, exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _entry_dir(path: Path, *, create: bool) -> DirHandle:
+    """The directory handle of `path` itself (no symlink followed), with the entry's checks."""
+    full = absolute(Path(path))
+    try:
+        directory = open_dir(full.parent, create=create, subject=Path(path))
+    except FileNotFoundError as exc:
+        raise failed("open", path, exc) from None
+    try:
+        _check_entry(directory, full.name, lstat_at(directory, full.name), os.geteuid(), path)
+    except BaseException:
+        directory.close()
+        raise
+    return directory
+
+
+def open_lock_file(path: Path, *, create_dirs: bool = False) -> int:
+    """`open_lock_at` on `path`'s own directory, opened and checked as for a write."""
+    with _entry_dir(path, create=create_dirs) as directory:
+        return open_lock_at(directory, absolute(Path(path)).name)
+
+
+@contextmanager
+def file_lock(
+    lock_path: Path,
+    timeout: float,
+    *,
+    poll_interval: float = 0.02,
+    directory: DirHandle | None = None,
+    clock: Clock | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created 0600), waiting at most `timeout` s.
+
+    A separate lock file, not the target: the target is replaced by rename, so a lock on it
+    would guard an inode that stops being the file. Polling LOCK_NB keeps the wait bounded
+    without signals or threads. With `directory` the lock is `lock_path.name` inside that
+    handle; the wait is measured on `clock`. Raises CredfileError `write_failed` on timeout,
+    `unsafe_path` for a lock file of another uid.
+    """
+    fd = open_lock_file(lock_path) if directory is None else open_lock_at(directory, lock_path.name)
+    monotonic = (clock or SystemClock()).monotonic
+    try:
+        deadline = monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise CredfileError(
+                        f"{lock_path} is held by another writer; gave up after {timeout:g} s",
+                        code="write_failed",
+                    ) from None
+                time.sleep(min(poll_interval, remaining))
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_all(fd: int) -> tuple[bytes, bytes]:
+    """Everything `fd` holds and its sha256."""
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    return data, hashlib.sha256(data).digest()

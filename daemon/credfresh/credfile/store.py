@@ -1,0 +1,174 @@
+"""The credentials file on disk: read this owner's profiles, write them under a lock.
+
+`format` decides what the file says (pure); this module reads and replaces it through one
+directory handle (`handles.open_target`) and one atomic write, merging again when another
+program changed the file meanwhile.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from credfresh.credentials import Credentials
+from credfresh.credfile.atomic import (
+    EventCallback,
+    TargetChangedError,
+    atomic_write,
+    read_snapshot,
+    remove_stale_temps,
+)
+from credfresh.credfile.format import (
+    OWNER_KEY,
+    FileView,
+    MergeResult,
+    decode,
+    merge,
+    view_of,
+    with_path,
+)
+from credfresh.credfile.handles import file_lock, open_target, read_target
+from credfresh.errors import CredfileError
+
+FILE_MODE = 0o600
+DEFAULT_LOCK_TIMEOUT = 10.0
+#: The first merge plus up to three merges again when another program changed the file.
+MAX_MERGE_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What `write_profiles` did: `written` is False when the bytes would not have changed."""
+
+    path: Path
+    written: bool
+    updated: tuple[str, ...]
+    removed: tuple[str, ...]
+    conflicts: Mapping[str, CredfileError]
+
+
+def read_managed(path: Path, owner: str, profiles: Collection[str] | None = None) -> FileView:
+    """Read this owner's profiles (all, or only `profiles`); a missing file is an empty view.
+
+    No lock: writers replace the file by rename, so a read sees one whole version. The same
+    ownership rules as writing apply (a symlink or tree of another user is `unsafe_path`),
+    so a planted file cannot feed credentials to credfresh. Only the stdlib is used: this is
+    on the path of `credfresh credential-process`, which must start fast. Raises
+    CredfileError `unparseable_file` (with `line`), `unsafe_path` or `read_failed`.
+    """
+    try:
+        target = open_target(path)
+    except FileNotFoundError:
+        return FileView({}, frozenset(), frozenset())
+    with target:
+        real = target.path
+        try:
+            data = read_target(target)
+        except OSError as exc:
+            raise CredfileError(
+                f"could not read {real}: {exc.strerror or type(exc).__name__}", code="read_failed"
+            ) from None
+    if data is None:
+        return FileView({}, frozenset(), frozenset())
+    try:
+        return view_of(decode(data), owner, profiles)
+    except CredfileError as exc:
+        raise with_path(real, exc) from None
+
+
+def _check_result(path: Path, result: MergeResult, owner: str) -> None:
+    """The final gate before writing: a strict stdlib parser must read what we made.
+
+    It also checks that the merge kept exactly the sections it meant to keep and that each
+    written profile reads back as ours; a failure here is a credfresh bug, so nothing is
+    written rather than risking other profiles.
+    """
+    parser = configparser.RawConfigParser(strict=True, interpolation=None)
+    try:
+        parser.read_file(io.StringIO(result.text, newline=None))
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", None)
+        raise CredfileError(
+            f"{path}: the merged file would not parse (line {line}); nothing was written",
+            code="write_failed",
+            line=line,
+        ) from None
+    if set(parser.sections()) != result.sections or any(
+        parser.get(name, OWNER_KEY, fallback=None) != owner for name in result.updated
+    ):
+        raise CredfileError(
+            f"{path}: the merge would change sections it must keep; nothing was written",
+            code="write_failed",
+        )
+
+
+def write_profiles(
+    path: Path,
+    owner: str,
+    updates: Mapping[str, Credentials],
+    removals: Collection[str] = (),
+    *,
+    adopt: Collection[str] = (),
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    on_event: EventCallback | None = None,
+    before_commit: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """Write and remove any number of this owner's profiles in one locked, atomic write.
+
+    Sequence: check ownership and trust, follow our own symlink and open the file's
+    directory once (`open_target`; every later step works inside that handle), create missing
+    directories 0700, flock `<file>.lock` (at most `lock_timeout` s), drop temp files that
+    crashed writers left (under the lock every one is stale), read, `merge`, check the
+    result with RawConfigParser(strict=True), then `atomic_write` (0600 temp, fsync,
+    rename, directory fsync; in-place rewrite for a bind-mounted file).
+    If another program changed the file after our read, read and merge again, up to
+    MAX_MERGE_ATTEMPTS in all. Nothing is written when the bytes would not change.
+
+    `section_conflict` profiles are in `.conflicts`, the rest is still written.
+    `write_failed`, `unparseable_file` and `unsafe_path` are raised as CredfileError; the
+    old file is then untouched. `before_commit(attempt)` runs after the temp file is synced
+    and before the re-check and rename: a seam for tests, None in production.
+    `on_event(name, fields)` receives notices (`rewritten_in_place`, `stale_temp_removed`,
+    `credfile_changed_during_write`, `owner_not_kept`, `dir_fsync_failed`).
+    """
+    merge("", owner, updates, removals, adopt)  # bad arguments fail before any disk access
+    with open_target(path, create=True) as target:
+        real, directory = target.path, target.directory
+        with file_lock(real.with_name(real.name + ".lock"), lock_timeout, directory=directory):
+            remove_stale_temps(real, locked=True, on_event=on_event, directory=directory)
+            for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
+                data, snapshot = read_snapshot(real, directory=directory)
+                try:
+                    result = merge(decode(data), owner, updates, removals, adopt)
+                except CredfileError as exc:
+                    raise with_path(real, exc) from None
+                if not result.changed:
+                    return WriteResult(real, False, (), (), result.conflicts)
+                _check_result(real, result, owner)
+                hook = None if before_commit is None else partial(before_commit, attempt)
+                try:
+                    atomic_write(
+                        target,
+                        result.text.encode("utf-8"),
+                        mode=FILE_MODE,
+                        expected=snapshot,
+                        before_rename=hook,
+                        on_event=on_event,
+                    )
+                except TargetChangedError:
+                    if on_event is not None:
+                        on_event(
+                            "credfile_changed_during_write",
+                            {"path": str(real), "attempt": attempt},
+                        )
+                    continue
+                return WriteResult(real, True, result.updated, result.removed, result.conflicts)
+    raise CredfileError(
+        f"{real} was changed by another program during each of {MAX_MERGE_ATTEMPTS} attempts;"
+        " nothing was written",
+        code="write_failed",
+    )
