@@ -5,10 +5,10 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -157,38 +157,57 @@ class Metrics(Collector):
             reloads = list(self._reloads.items())
             alerts_firing = self._alerts_firing
         yield GaugeMetricFamily("credfresh_profiles", "Profiles in the config in force.", profiles)
-        family = GaugeMetricFamily(
-            "credfresh_credentials_expiry_timestamp_seconds",
-            "When the credentials on disk for the profile expire (Unix time).",
-            labels=["profile"],
+        yield _labelled(
+            GaugeMetricFamily(
+                "credfresh_credentials_expiry_timestamp_seconds",
+                "When the credentials on disk for the profile expire (Unix time).",
+                labels=["profile"],
+            ),
+            expiry,
         )
-        for name, value in expiry:
-            family.add_metric([name], value)
-        yield family
-        family = GaugeMetricFamily(
-            "credfresh_last_success_timestamp_seconds",
-            "When the profile was last refreshed successfully (Unix time).",
-            labels=["profile"],
+        yield _labelled(
+            GaugeMetricFamily(
+                "credfresh_last_success_timestamp_seconds",
+                "When the profile was last refreshed successfully (Unix time).",
+                labels=["profile"],
+            ),
+            last_success,
         )
-        for name, value in last_success:
-            family.add_metric([name], value)
-        yield family
-        counter = CounterMetricFamily(
-            "credfresh_refresh_total",
-            "Refresh attempts by result: success, transient_error, permanent_error.",
-            labels=["profile", "result"],
+        yield _labelled(
+            CounterMetricFamily(
+                "credfresh_refresh_total",
+                "Refresh attempts by result: success, transient_error, permanent_error.",
+                labels=["profile", "result"],
+            ),
+            refreshes,
         )
-        for (name, result), count in refreshes:
-            counter.add_metric([name, result], count)
-        yield counter
-        counter = CounterMetricFamily(
-            "credfresh_sts_errors_total",
-            "Failed refreshes by STS error code.",
-            labels=["profile", "code"],
+        yield _labelled(
+            CounterMetricFamily(
+                "credfresh_sts_errors_total",
+                "Failed refreshes by STS error code.",
+                labels=["profile", "code"],
+            ),
+            sts_errors,
         )
-        for (name, code), count in sts_errors:
-            counter.add_metric([name, code], count)
-        yield counter
+        yield self._histogram(counts, duration_sum)
+        yield CounterMetricFamily(
+            "credfresh_file_writes_total",
+            "Times the credentials file was rewritten.",
+            value=file_writes,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "credfresh_config_reloads_total",
+                "Config reloads by result: applied, rejected, unchanged.",
+                labels=["result"],
+            ),
+            reloads,
+        )
+        yield GaugeMetricFamily(
+            "credfresh_alerts_firing", "Alerts firing now.", value=alerts_firing
+        )
+
+    def _histogram(self, counts: list[int], duration_sum: float) -> HistogramMetricFamily:
         histogram = HistogramMetricFamily(
             "credfresh_refresh_duration_seconds",
             "How long one refresh took, STS call and file write included.",
@@ -198,23 +217,17 @@ class Metrics(Collector):
             running += count
             cumulative.append((_le(bound), float(running)))
         histogram.add_metric([], cumulative, duration_sum)
-        yield histogram
-        yield CounterMetricFamily(
-            "credfresh_file_writes_total",
-            "Times the credentials file was rewritten.",
-            value=file_writes,
-        )
-        counter = CounterMetricFamily(
-            "credfresh_config_reloads_total",
-            "Config reloads by result: applied, rejected, unchanged.",
-            labels=["result"],
-        )
-        for result, count in reloads:
-            counter.add_metric([result], count)
-        yield counter
-        yield GaugeMetricFamily(
-            "credfresh_alerts_firing", "Alerts firing now.", value=alerts_firing
-        )
+        return histogram
+
+
+_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+
+
+def _labelled(family: _Family, samples: Iterable[tuple[str | tuple[str, ...], float]]) -> _Family:
+    """`family` with one sample per label value (or tuple of them), in the order given."""
+    for key, value in samples:
+        family.add_metric([key] if isinstance(key, str) else list(key), value)
+    return family
 
 
 def _le(bound: float) -> str:
