@@ -6,20 +6,104 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-if TYPE_CHECKING:
-    from credfresh.devsts.proxy import Proxy
+from credfresh.devsts.faults import FaultBook, FaultRule, When
+from credfresh.devsts.records import Counts, IssuedCredentials, RequestRecord
+from credfresh.devsts.wire import ExpirationStyle
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX: Final = "/_devsts/"
 MAX_RAW_BODY: Final = 64 * 1024 * 1024
+#: The fields every fault rule takes: how often, on which requests, how likely.
+_MATCHING: Final = frozenset({"times", "match", "probability"})
 
 ControlHandler = Callable[[Mapping[str, Any]], Any]
 # Run before the reply goes out, on a connection that survives it (e.g. closing the port).
 ConnectionEffect = Callable[[], None]
+
+
+class Steered(Protocol):
+    """What the control API steers: the proxy (a Protocol here, so proxy.py imports us alone)."""
+
+    lifetime: float | None
+    lifetimes: dict[str, float]
+    latency: float
+    drop: bool
+    date_offset: float
+    enforce_expiry: bool
+    expiration_style: ExpirationStyle
+    faults: FaultBook
+
+    @property
+    def url(self) -> str: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def requests(
+        self, *, action: str | None = None, role_arn: str | None = None
+    ) -> list[RequestRecord]: ...
+
+    def issued(self) -> list[IssuedCredentials]: ...
+
+    def counts(self) -> Counts: ...
+
+    def fail(
+        self,
+        code: str,
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+        status: int | None = None,
+        message: str | None = None,
+    ) -> FaultRule: ...
+
+    def respond_raw(
+        self,
+        status: int,
+        body: bytes | str,
+        content_type: str = "text/html",
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+        headers: Mapping[str, str] | None = None,
+        truncate: int | None = None,
+    ) -> FaultRule: ...
+
+    def rewrite_answer(
+        self,
+        pattern: bytes | str,
+        replacement: bytes | str,
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+    ) -> FaultRule: ...
+
+    def trickle(
+        self,
+        interval: float = 1.0,
+        *,
+        times: int | None = None,
+        when: When = None,
+        probability: float = 1.0,
+    ) -> FaultRule: ...
+
+    def drop_next(
+        self, times: int | None = 1, *, when: When = None, probability: float = 1.0
+    ) -> FaultRule: ...
+
+    def refuse_for(self, seconds: float) -> None: ...
+
+    def clear_faults(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def seed(self, seed: int | None) -> None: ...
 
 
 class BadRequest(Exception):
@@ -89,7 +173,7 @@ class ControlAPI:
     Never recorded, delayed or faulted, so a test can always reach it.
     """
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Steered) -> None:
         self._proxy = proxy
         self._extensions: dict[str, ControlHandler] = {}
 
@@ -137,74 +221,15 @@ class ControlAPI:
         raise BadRequest(f"unknown control endpoint GET {CONTROL_PREFIX}{name}")
 
     def _post(self, name: str, data: Mapping[str, Any]) -> tuple[int, Any, ConnectionEffect | None]:
-        matching = {"times", "match", "probability"}
-        if name == "fail":
-            params = ControlParams(data, frozenset({"code", "status", "message", *matching}))
-            code = params.text("code")
-            if not code:
-                raise BadRequest('\'code\' is required, e.g. {"code": "Throttling"}')
-            rule = self._proxy.fail(
-                code,
-                times=params.integer("times"),
-                when=params.mapping("match"),
-                probability=params.number_or("probability", 1.0),
-                status=params.integer("status"),
-                message=params.text("message"),
-            )
-            return 200, rule.to_dict(), None
-        if name == "raw":
-            allowed = {"status", "body", "repeat", "content_type", "headers", "truncate"}
-            params = ControlParams(data, frozenset(allowed | matching))
-            status = params.integer("status")
-            if status is None:
-                raise BadRequest("'status' is required")
-            repeat = params.integer("repeat", 1) or 0
-            if not 0 <= repeat <= MAX_RAW_BODY:
-                raise BadRequest(f"'repeat' must be 0..{MAX_RAW_BODY} (got {repeat})")
-            body = (params.text("body", "") or "").encode() * repeat
-            if len(body) > MAX_RAW_BODY:
-                raise BadRequest(f"body too large: {len(body)} > {MAX_RAW_BODY} bytes")
-            rule = self._proxy.respond_raw(
-                status,
-                body,
-                params.text("content_type", "text/html") or "text/html",
-                times=params.integer("times"),
-                when=params.mapping("match"),
-                probability=params.number_or("probability", 1.0),
-                headers={str(k): str(v) for k, v in (params.mapping("headers") or {}).items()},
-                truncate=params.integer("truncate"),
-            )
-            return 200, rule.to_dict(), None
-        if name == "rewrite":
-            params = ControlParams(data, frozenset({"pattern", "replacement", *matching}))
-            pattern = params.text("pattern")
-            if not pattern:
-                raise BadRequest('\'pattern\' is required, e.g. {"pattern": "</Arn>"}')
-            rule = self._proxy.rewrite_answer(
-                pattern,
-                params.text("replacement", "") or "",
-                times=params.integer("times"),
-                when=params.mapping("match"),
-                probability=params.number_or("probability", 1.0),
-            )
-            return 200, rule.to_dict(), None
-        if name == "trickle":
-            params = ControlParams(data, frozenset({"interval", *matching}))
-            rule = self._proxy.trickle(
-                params.number_or("interval", 1.0),
-                times=params.integer("times"),
-                when=params.mapping("match"),
-                probability=params.number_or("probability", 1.0),
-            )
-            return 200, rule.to_dict(), None
-        if name == "drop":
-            params = ControlParams(data, frozenset(matching))
-            rule = self._proxy.drop_next(
-                params.integer("times", 1),
-                when=params.mapping("match"),
-                probability=params.number_or("probability", 1.0),
-            )
-            return 200, rule.to_dict(), None
+        rules = {
+            "fail": self._fail,
+            "raw": self._raw,
+            "rewrite": self._rewrite,
+            "trickle": self._trickle,
+            "drop": self._drop,
+        }
+        if name in rules:
+            return 200, rules[name](data).to_dict(), None
         if name == "refuse":
             params = ControlParams(data, frozenset({"seconds"}))
             seconds = params.number("seconds")
@@ -225,6 +250,11 @@ class ControlAPI:
             params = ControlParams(data, frozenset({"seed"}))
             self._proxy.seed(params.integer("seed"))
             return 200, {"seed": params.integer("seed")}, None
+        return self._extension(name, data)
+
+    def _extension(
+        self, name: str, data: Mapping[str, Any]
+    ) -> tuple[int, Any, ConnectionEffect | None]:
         handler = self._extensions.get(name)
         if handler is None:
             raise BadRequest(f"unknown control endpoint POST {CONTROL_PREFIX}{name}")
@@ -235,6 +265,73 @@ class ControlAPI:
         except Exception as error:
             log.exception("control endpoint %s failed", name)
             return 500, {"error": f"{type(error).__name__}: {error}"}, None
+
+    def _fail(self, data: Mapping[str, Any]) -> FaultRule:
+        params = ControlParams(data, frozenset({"code", "status", "message", *_MATCHING}))
+        code = params.text("code")
+        if not code:
+            raise BadRequest('\'code\' is required, e.g. {"code": "Throttling"}')
+        return self._proxy.fail(
+            code,
+            times=params.integer("times"),
+            when=params.mapping("match"),
+            probability=params.number_or("probability", 1.0),
+            status=params.integer("status"),
+            message=params.text("message"),
+        )
+
+    def _raw(self, data: Mapping[str, Any]) -> FaultRule:
+        allowed = {"status", "body", "repeat", "content_type", "headers", "truncate"}
+        params = ControlParams(data, frozenset(allowed | _MATCHING))
+        status = params.integer("status")
+        if status is None:
+            raise BadRequest("'status' is required")
+        repeat = params.integer("repeat", 1) or 0
+        if not 0 <= repeat <= MAX_RAW_BODY:
+            raise BadRequest(f"'repeat' must be 0..{MAX_RAW_BODY} (got {repeat})")
+        body = (params.text("body", "") or "").encode() * repeat
+        if len(body) > MAX_RAW_BODY:
+            raise BadRequest(f"body too large: {len(body)} > {MAX_RAW_BODY} bytes")
+        return self._proxy.respond_raw(
+            status,
+            body,
+            params.text("content_type", "text/html") or "text/html",
+            times=params.integer("times"),
+            when=params.mapping("match"),
+            probability=params.number_or("probability", 1.0),
+            headers={str(k): str(v) for k, v in (params.mapping("headers") or {}).items()},
+            truncate=params.integer("truncate"),
+        )
+
+    def _rewrite(self, data: Mapping[str, Any]) -> FaultRule:
+        params = ControlParams(data, frozenset({"pattern", "replacement", *_MATCHING}))
+        pattern = params.text("pattern")
+        if not pattern:
+            raise BadRequest('\'pattern\' is required, e.g. {"pattern": "</Arn>"}')
+        return self._proxy.rewrite_answer(
+            pattern,
+            params.text("replacement", "") or "",
+            times=params.integer("times"),
+            when=params.mapping("match"),
+            probability=params.number_or("probability", 1.0),
+        )
+
+    def _trickle(self, data: Mapping[str, Any]) -> FaultRule:
+        params = ControlParams(data, frozenset({"interval", *_MATCHING}))
+        return self._proxy.trickle(
+            params.number_or("interval", 1.0),
+            times=params.integer("times"),
+            when=params.mapping("match"),
+            probability=params.number_or("probability", 1.0),
+        )
+
+    def _drop(self, data: Mapping[str, Any]) -> FaultRule:
+        params = ControlParams(data, frozenset(_MATCHING))
+        return self._proxy.drop_next(
+            params.integer("times", 1),
+            when=params.mapping("match"),
+            probability=params.number_or("probability", 1.0),
+        )
 
     def _apply_settings(self, data: Mapping[str, Any]) -> dict[str, Any]:
         allowed = frozenset(

@@ -10,14 +10,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from credfresh.devsts.control import CONTROL_PREFIX
-from credfresh.devsts.wire import Incoming, Outgoing, form_params, signer_of
-
-if TYPE_CHECKING:
-    from credfresh.devsts.proxy import Proxy
+from credfresh.devsts.control import CONTROL_PREFIX, ControlAPI
+from credfresh.devsts.wire import Incoming, Outgoing, Reply, form_params, signer_of
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,16 @@ _OWN_HEADERS: Final = frozenset(
 )
 
 
+class Served(Protocol):
+    """What the listener needs of the proxy it serves (a Protocol: proxy.py imports us)."""
+
+    clock: Callable[[], float]
+    date_offset: float
+    control_api: ControlAPI
+
+    def answer(self, request: Incoming) -> Reply: ...
+
+
 class ProxyServer(ThreadingHTTPServer):
     """One thread per connection, so a slow answer never holds up another client."""
 
@@ -46,7 +54,7 @@ class ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], proxy: Proxy) -> None:
+    def __init__(self, address: tuple[str, int], proxy: Served) -> None:
         self.proxy = proxy
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._connections: set[socket.socket] = set()
@@ -78,7 +86,7 @@ class ProxyServer(ThreadingHTTPServer):
 class Listener:
     """A bound, serving socket; refusing connections means closing it and binding again."""
 
-    def __init__(self, proxy: Proxy, address: tuple[str, int]) -> None:
+    def __init__(self, proxy: Served, address: tuple[str, int]) -> None:
         self.server = ProxyServer(address, proxy)
         host, port = self.server.server_address[:2]
         self.address = (str(host), int(port))

@@ -24,6 +24,7 @@ from credfresh.devsts.wire import (
     ExpirationStyle,
     Incoming,
     Outgoing,
+    Reply,
     Upstream,
     find_credentials,
     recordable,
@@ -49,16 +50,6 @@ def loopback_host(host: str) -> str:
 def _url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reply:
-    """What the handler does: send `outgoing` (maybe cut short), or close without answer."""
-
-    outgoing: Outgoing | None
-    truncate: int | None = None
-    # Seconds between body bytes: an answer that trickles in (each read is quick).
-    trickle: float | None = None
 
 
 class Proxy:

@@ -116,6 +116,54 @@ def _oidc_provider(iam: Any, account_id: str) -> str:
     return arn
 
 
+def _roles(
+    iam: Any,
+    *,
+    prefix: str,
+    account_id: str,
+    user_arn: str,
+    max_session_duration: int,
+    chain_session_name: str,
+) -> tuple[str, str]:
+    """The role the user assumes, and the role that one chains into: (role, chained)."""
+    role_name = f"{prefix}-role"
+    role_arn: str = iam.create_role(
+        RoleName=role_name,
+        AssumeRolePolicyDocument=_trust({"AWS": user_arn}, "sts:AssumeRole"),
+        MaxSessionDuration=max_session_duration,
+        Description="credfresh walkthrough: trusts the IAM user",
+    )["Role"]["Arn"]
+    session_arn = f"arn:aws:sts::{account_id}:assumed-role/{role_name}/{chain_session_name}"
+    chained_arn: str = iam.create_role(
+        RoleName=f"{prefix}-chained-role",
+        AssumeRolePolicyDocument=_trust({"AWS": [role_arn, session_arn]}, "sts:AssumeRole"),
+        MaxSessionDuration=3600,
+        Description="credfresh walkthrough: trusts the first role (role chaining)",
+    )["Role"]["Arn"]
+    iam.put_role_policy(
+        RoleName=role_name,
+        PolicyName="allow-chain",
+        PolicyDocument=_allow("sts:AssumeRole", chained_arn),
+    )
+    return role_arn, chained_arn
+
+
+def _web_role(iam: Any, prefix: str, provider_arn: str, max_session_duration: int) -> str:
+    """The role a web identity token from the OIDC provider assumes."""
+    host = OIDC_URL.removeprefix("https://")
+    arn: str = iam.create_role(
+        RoleName=f"{prefix}-web-role",
+        AssumeRolePolicyDocument=_trust(
+            {"Federated": provider_arn},
+            "sts:AssumeRoleWithWebIdentity",
+            Condition={"StringEquals": {f"{host}:aud": OIDC_AUDIENCE}},
+        ),
+        MaxSessionDuration=max_session_duration,
+        Description="credfresh walkthrough: trusts the OIDC provider",
+    )["Role"]["Arn"]
+    return arn
+
+
 def setup_walkthrough(
     endpoint_url: str,
     *,
@@ -151,38 +199,16 @@ def setup_walkthrough(
         PolicyName="allow-assume-role",
         PolicyDocument=_allow("sts:AssumeRole", f"{role_prefix}*"),
     )
-    role_name = f"{prefix}-role"
-    role_arn: str = iam.create_role(
-        RoleName=role_name,
-        AssumeRolePolicyDocument=_trust({"AWS": user_arn}, "sts:AssumeRole"),
-        MaxSessionDuration=max_session_duration,
-        Description="credfresh walkthrough: trusts the IAM user",
-    )["Role"]["Arn"]
-    chained_name = f"{prefix}-chained-role"
-    session_arn = f"arn:aws:sts::{account_id}:assumed-role/{role_name}/{chain_session_name}"
-    chained_arn: str = iam.create_role(
-        RoleName=chained_name,
-        AssumeRolePolicyDocument=_trust({"AWS": [role_arn, session_arn]}, "sts:AssumeRole"),
-        MaxSessionDuration=3600,
-        Description="credfresh walkthrough: trusts the first role (role chaining)",
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=role_name,
-        PolicyName="allow-chain",
-        PolicyDocument=_allow("sts:AssumeRole", chained_arn),
+    role_arn, chained_arn = _roles(
+        iam,
+        prefix=prefix,
+        account_id=account_id,
+        user_arn=user_arn,
+        max_session_duration=max_session_duration,
+        chain_session_name=chain_session_name,
     )
     provider_arn = _oidc_provider(iam, account_id)
-    host = OIDC_URL.removeprefix("https://")
-    web_arn: str = iam.create_role(
-        RoleName=f"{prefix}-web-role",
-        AssumeRolePolicyDocument=_trust(
-            {"Federated": provider_arn},
-            "sts:AssumeRoleWithWebIdentity",
-            Condition={"StringEquals": {f"{host}:aud": OIDC_AUDIENCE}},
-        ),
-        MaxSessionDuration=max_session_duration,
-        Description="credfresh walkthrough: trusts the OIDC provider",
-    )["Role"]["Arn"]
+    web_arn = _web_role(iam, prefix, provider_arn, max_session_duration)
     return Walkthrough(
         account_id=account_id,
         user_name=user_name,

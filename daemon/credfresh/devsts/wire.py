@@ -203,3 +203,13 @@ class Upstream(Protocol):
     def forward(self, request: Incoming) -> Outgoing: ...
 
     def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """What the handler does: send `outgoing` (maybe cut short), or close without answer."""
+
+    outgoing: Outgoing | None
+    truncate: int | None = None
+    # Seconds between body bytes: an answer that trickles in (each read is quick).
+    trickle: float | None = None
