@@ -10,19 +10,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, cast
 
+from credfresh.alerts import rules
 from credfresh.alerts.records import AlertEvent, AlertState, Step
-from credfresh.alerts.rules import (
-    Policy,
-    ProfileFacts,
-    on_config_applied,
-    on_config_rejected,
-    on_profile_removed,
-    on_refresh_failed,
-    on_refresh_succeeded,
-    on_tick,
-    on_write_failed,
-    on_write_succeeded,
-)
+from credfresh.alerts.rules import Policy, ProfileFacts
 from credfresh.alerts.sinks import Sink, SinkError, build_sinks
 from credfresh.config.model import AlertSettings
 from credfresh.context import Clock, SystemClock
@@ -167,7 +157,7 @@ class AlertManager:
         """A refresh failed; `expires_at`/`refresh_at` are those of the credentials on disk."""
         clean = self._redactor.text
         return self._apply(
-            lambda state, policy: on_refresh_failed(
+            lambda state, policy: rules.on_refresh_failed(
                 state,
                 policy,
                 profile=profile,
@@ -188,21 +178,23 @@ class AlertManager:
     ) -> tuple[AlertEvent, ...]:
         """Call once the new credentials are in the file (after the rename), never before."""
         return self._apply(
-            lambda state, policy: on_refresh_succeeded(
+            lambda state, policy: rules.on_refresh_succeeded(
                 state, policy, profile=profile, now=now, expires_at=expires_at
             )
         )
 
     def tick(self, now: datetime, profiles: Mapping[str, ProfileFacts]) -> tuple[AlertEvent, ...]:
         """Every ~30 s, with facts (what is on disk) for every configured profile."""
-        return self._apply(lambda state, policy: on_tick(state, policy, now=now, profiles=profiles))
+        return self._apply(
+            lambda state, policy: rules.on_tick(state, policy, now=now, profiles=profiles)
+        )
 
     def write_failed(
         self, code: str, message: str, now: datetime, permanent: bool = True
     ) -> tuple[AlertEvent, ...]:
         clean = self._redactor.text
         return self._apply(
-            lambda state, policy: on_write_failed(
+            lambda state, policy: rules.on_write_failed(
                 state,
                 policy,
                 code=clean(code),
@@ -213,22 +205,22 @@ class AlertManager:
         )
 
     def write_succeeded(self, now: datetime) -> tuple[AlertEvent, ...]:
-        return self._apply(lambda state, policy: on_write_succeeded(state, policy, now=now))
+        return self._apply(lambda state, policy: rules.on_write_succeeded(state, policy, now=now))
 
     def config_rejected(self, errors: Sequence[str], now: datetime) -> tuple[AlertEvent, ...]:
         clean = [self._redactor.text(e) for e in errors]
         return self._apply(
-            lambda state, policy: on_config_rejected(state, policy, errors=clean, now=now)
+            lambda state, policy: rules.on_config_rejected(state, policy, errors=clean, now=now)
         )
 
     def config_applied(self, now: datetime) -> tuple[AlertEvent, ...]:
         """After any reload that leaves a valid config in force, applied or unchanged."""
-        return self._apply(lambda state, policy: on_config_applied(state, policy, now=now))
+        return self._apply(lambda state, policy: rules.on_config_applied(state, policy, now=now))
 
     def profile_removed(self, profile: str, now: datetime | None = None) -> tuple[AlertEvent, ...]:
         when = now if now is not None else self._clock.now()
         return self._apply(
-            lambda state, policy: on_profile_removed(state, policy, profile=profile, now=when)
+            lambda state, policy: rules.on_profile_removed(state, policy, profile=profile, now=when)
         )
 
     # State -----------------------------------------------------------------------------------

@@ -56,20 +56,10 @@ class Alert:
         return (self.kind, self.profile)
 
     def to_dict(self) -> dict[str, object]:
+        """Every field in order, times as ISO 8601 with their offset."""
         return {
-            "kind": self.kind,
-            "profile": self.profile,
-            "since": self.since.isoformat(),
-            "firing": self.firing,
-            "severity": self.severity,
-            "last_sent": _iso_or_none(self.last_sent),
-            "permanent": self.permanent,
-            "role_arn": self.role_arn,
-            "error_code": self.error_code,
-            "message": self.message,
-            "hint": self.hint,
-            "expires_at": _iso_or_none(self.expires_at),
-            "overdue_at": _iso_or_none(self.overdue_at),
+            f.name: v.isoformat() if isinstance(v := getattr(self, f.name), datetime) else v
+            for f in dataclasses.fields(self)
         }
 
     @classmethod
@@ -158,21 +148,10 @@ class AlertEvent:
     text: str
 
     def to_json(self) -> dict[str, object]:
+        """Every field in order, times in credfresh's time format."""
         return {
-            "alert_id": self.alert_id,
-            "alert": self.alert,
-            "status": self.status,
-            "severity": self.severity,
-            "transition": self.transition,
-            "profile": self.profile,
-            "role_arn": self.role_arn,
-            "error_code": self.error_code,
-            "message": self.message,
-            "hint": self.hint,
-            "expires_at": _time_or_none(self.expires_at),
-            "host": self.host,
-            "time": format_time(self.time),
-            "text": self.text,
+            f.name: format_time(v) if isinstance(v := getattr(self, f.name), datetime) else v
+            for f in dataclasses.fields(self)
         }
 
     def redacted(self, redactor: Redactor) -> AlertEvent:
@@ -204,14 +183,6 @@ class Step:
 
 def alert_id(host: str, kind: Kind, profile: str | None) -> str:
     return f"{host}:{kind}:{profile or '-'}"
-
-
-def _iso_or_none(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _time_or_none(moment: datetime | None) -> str | None:
-    return None if moment is None else format_time(moment)
 
 
 def _read_str(data: Mapping[str, object], name: str) -> str | None:

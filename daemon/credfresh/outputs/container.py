@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Final
 from credfresh.config.validate import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.credentials import Credentials, format_time
 from credfresh.outputs.http import (
+    JSON_CONTENT_TYPE,
+    LOG_INTERVAL,
+    REQUEST_TIMEOUT,
     BoundedRequestHandler,
     LoopbackHTTPServer,
     RateLimitedLog,
@@ -43,18 +46,12 @@ if TYPE_CHECKING:
     from credfresh.observe.logs import Logger
 
 PATH_PREFIX: Final = "/v1/credentials/"
-#: The whole request head (request line and headers) must arrive within this, or the
-#: connection is dropped; its thread is then free again.
-REQUEST_TIMEOUT: Final = 5.0
 #: A token file larger than this is refused (an EKS or Kubernetes token is about 1-2 KiB).
 MAX_TOKEN_BYTES: Final = 16 * 1024
 #: After answering, unread input is drained this much (bounded) before closing, so the
 #: client sees the answer instead of a reset.
 LINGER_BYTES: Final = 64 * 1024
 LINGER_SECONDS: Final = 1.0
-#: Refusals are logged at most once per reason in this many seconds (with a count).
-LOG_INTERVAL: Final = 60.0
-JSON_CONTENT_TYPE: Final = "application/json"
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
 
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")

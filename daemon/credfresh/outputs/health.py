@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Final
 
 from credfresh.credentials import format_time
 from credfresh.outputs.http import (
+    JSON_CONTENT_TYPE,
+    LOG_INTERVAL,
+    REQUEST_TIMEOUT,
     BoundedRequestHandler,
     LoopbackHTTPServer,
     RateLimitedLog,
@@ -29,12 +32,6 @@ ReadyCheck = Callable[[str | None], tuple[int, Mapping[str, object]]]
 MetricsRender = Callable[[], bytes]
 
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-JSON_CONTENT_TYPE: Final = "application/json"
-#: The whole request head must arrive within this, or the connection is dropped; others never
-#: wait on it, since each connection has its own thread.
-REQUEST_TIMEOUT: Final = 5.0
-#: Connection failures are logged at most once per kind in this many seconds (with a count).
-LOG_INTERVAL: Final = 60.0
 MAX_PROFILE_NAME_ECHO: Final = 128
 
 

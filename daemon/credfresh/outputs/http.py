@@ -37,6 +37,12 @@ ACCEPT_BACKOFF: Final = 0.1
 #: The soft descriptor limit is raised to the hard one, but not beyond this: child processes
 #: (alert commands) inherit it, and some loop over every possible descriptor.
 MAX_NOFILE: Final = 65536
+#: The whole request head must arrive within this, or the connection is dropped; its thread
+#: (one per connection) is then free again.
+REQUEST_TIMEOUT: Final = 5.0
+#: Refusals and connection failures are logged at most once per reason in this many seconds.
+LOG_INTERVAL: Final = 60.0
+JSON_CONTENT_TYPE: Final = "application/json"
 
 if TYPE_CHECKING:
     from credfresh.observe.logs import Logger
