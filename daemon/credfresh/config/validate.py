@@ -1,27 +1,22 @@
 """Full config validation: every problem at once, each with its path, never a value.
 
-pydantic checks types and single fields; the rules that relate fields (partitions, chaining,
-web identity) are plain functions below, run on whatever validated.
+pydantic checks types and single fields of the raw document, and its defaults are the
+model's (`model.py`); the rules that relate fields (partitions, chaining, web identity) are
+plain functions below, run on whatever validated, each returning the problems it found.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from credfresh.config import load
 from credfresh.config import model as cfg
 from credfresh.engine import policy as refresh
 from credfresh.errors import ConfigError
@@ -30,20 +25,25 @@ ROLE_ARN: Final = re.compile(
     r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}"
 )
 POLICY_ARN: Final = re.compile(r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+")
-SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
-SOURCE_IDENTITY: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
+SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")  # and SourceIdentity
 REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
-PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
+URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 MAX_POLICY_CHARS: Final = 2048
 CHAINED_MAX_DURATION: Final = 3600
 
-
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _duration(value: object) -> float:
-    return cfg.parse_duration(value)
+def _matching(regex: re.Pattern[str], hint: str) -> AfterValidator:
+    """A string rule: the whole value matches `regex`, or the problem is `hint`."""
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(hint)
+        return value
+
+    return AfterValidator(check)
 
 
 def _duration_seconds(value: object) -> int:
@@ -53,8 +53,48 @@ def _duration_seconds(value: object) -> int:
     return int(seconds)
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
+def _policy_arns(value: list[str]) -> list[str]:
+    if len(value) > 10:
+        raise ValueError("expected at most 10 policy ARNs")
+    if not all(POLICY_ARN.fullmatch(arn) for arn in value):
+        raise ValueError("expected managed policy ARNs like arn:aws:iam::aws:policy/ReadOnlyAccess")
+    return value
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 50:
+        raise ValueError("expected at most 50 tags")
+    for key, tag_value in value.items():
+        if not 1 <= len(key) <= 128:
+            raise ValueError("expected tag keys of 1 to 128 characters")
+        if len(tag_value) > 256:
+            raise ValueError("expected tag values of at most 256 characters")
+    return value
+
+
+def _listen(value: str) -> str:
+    cfg.parse_listen(value)
+    return value
+
+
+def _container_listen(value: str) -> str:
+    if cfg.parse_listen(value)[0] not in cfg.CONTAINER_HOSTS:
+        raise ValueError(
+            "expected one of the addresses botocore accepts over http: "
+            "127.0.0.1, ::1, 169.254.170.23 or fd00:ec2::23, with a port"
+        )
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
 DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+StsName = Annotated[
+    str, _matching(SESSION_NAME, "expected 2 to 64 characters of letters, digits and +=,.@_-")
+]
+Url = Annotated[
+    str, _matching(URL, "expected an http(s) URL like https://sts.eu-west-1.amazonaws.com")
+]
 
 
 class _Strict(BaseModel):
@@ -62,163 +102,64 @@ class _Strict(BaseModel):
 
 
 class ProfileModel(_Strict):
-    """Every key a profile (or `defaults`) may carry."""
+    """Every key a profile (or `defaults`) may carry; None is unset (defaults come later)."""
 
-    role_arn: str | None = None
-    role_session_name: str | None = None
+    role_arn: Annotated[str, _matching(ROLE_ARN, ROLE_ARN_HINT)] | None = None
+    role_session_name: StsName | None = None
     external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
     duration_seconds: DurationSeconds | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
-    source_profile: Annotated[str, Field(min_length=1)] | None = None
-    web_identity_token_file: Annotated[str, Field(min_length=1)] | None = None
+    region: Annotated[str, _matching(REGION, "expected an AWS region like us-east-1")] | None = None
+    endpoint_url: Url | None = None
+    source_profile: NonEmpty | None = None
+    web_identity_token_file: NonEmpty | None = None
     policy: dict[str, Any] | str | None = None
-    policy_file: Annotated[str, Field(min_length=1)] | None = None
-    policy_arns: list[str] | None = None
-    tags: dict[str, str] | None = None
+    policy_file: NonEmpty | None = None
+    policy_arns: Annotated[list[str], AfterValidator(_policy_arns)] | None = None
+    tags: Annotated[dict[str, str], AfterValidator(_tags)] | None = None
     transitive_tag_keys: list[str] | None = None
-    source_identity: str | None = None
+    source_identity: StsName | None = None
     refresh_before: Duration | None = None
     adopt: bool | None = None
 
-    @field_validator("role_arn")
-    @classmethod
-    def _role_arn(cls, value: str | None) -> str | None:
-        if value is not None and not ROLE_ARN.fullmatch(value):
-            raise ValueError(ROLE_ARN_HINT)
-        return value
-
-    @field_validator("role_session_name")
-    @classmethod
-    def _session_name(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_NAME.fullmatch(value):
-            raise ValueError("expected 2 to 64 characters of letters, digits and +=,.@_-")
-        return value
-
-    @field_validator("source_identity")
-    @classmethod
-    def _source_identity(cls, value: str | None) -> str | None:
-        if value is not None and not SOURCE_IDENTITY.fullmatch(value):
-            raise ValueError("expected 2 to 64 characters of letters, digits and +=,.@_-")
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str | None) -> str | None:
-        if value is not None and not REGION.fullmatch(value):
-            raise ValueError("expected an AWS region like us-east-1")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return _check_url(value)
-
-    @field_validator("policy_arns")
-    @classmethod
-    def _policy_arns(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return value
-        if len(value) > 10:
-            raise ValueError("expected at most 10 policy ARNs")
-        for arn in value:
-            if not POLICY_ARN.fullmatch(arn):
-                raise ValueError(
-                    "expected managed policy ARNs like arn:aws:iam::aws:policy/ReadOnlyAccess"
-                )
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > 50:
-            raise ValueError("expected at most 50 tags")
-        for key, tag_value in value.items():
-            if not 1 <= len(key) <= 128:
-                raise ValueError("expected tag keys of 1 to 128 characters")
-            if len(tag_value) > 256:
-                raise ValueError("expected tag values of at most 256 characters")
-        return value
-
-
-def _check_url(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value):
-        raise ValueError("expected an http(s) URL like https://sts.eu-west-1.amazonaws.com")
-    return value
-
 
 class StsModel(_Strict):
-    endpoint_url: str | None = None
-    use_fips_endpoint: bool = False
-    use_dualstack_endpoint: bool = False
-    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
-    timeout: Annotated[Duration, Field(gt=0, le=300)] = 10.0
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return _check_url(value)
+    endpoint_url: Url | None = cfg.StsSettings.endpoint_url
+    use_fips_endpoint: bool = cfg.StsSettings.use_fips_endpoint
+    use_dualstack_endpoint: bool = cfg.StsSettings.use_dualstack_endpoint
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = cfg.StsSettings.max_concurrency
+    timeout: Annotated[Duration, Field(gt=0, le=300)] = cfg.StsSettings.timeout
 
 
 class RetryModel(_Strict):
-    initial: Annotated[Duration, Field(gt=0, le=86400)] = 5.0
-    max: Annotated[Duration, Field(gt=0, le=86400)] = 300.0
+    initial: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.initial
+    max: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.max
 
 
 class AlertsModel(_Strict):
-    after: Duration = 300.0
-    expiry_warning: Duration = 600.0
-    repeat: Annotated[Duration, Field(gt=0)] = 3600.0
-    webhook_url: str | None = None
-    command: Annotated[list[str], Field(min_length=1)] | None = None
-    command_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 30.0
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
-        return _check_url(value)
+    after: Duration = cfg.AlertSettings.after
+    expiry_warning: Duration = cfg.AlertSettings.expiry_warning
+    repeat: Annotated[Duration, Field(gt=0)] = cfg.AlertSettings.repeat
+    webhook_url: Url | None = cfg.AlertSettings.webhook_url
+    command: Annotated[list[str], Field(min_length=1)] | None = None  # None: no command
+    command_timeout: Annotated[Duration, Field(gt=0, le=3600)] = cfg.AlertSettings.command_timeout
 
 
 class HttpModel(_Strict):
-    listen: str | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_listen(value)
-        return value
+    listen: Annotated[str, AfterValidator(_listen)] | None = cfg.HttpSettings.listen
 
 
 class MetricsModel(_Strict):
-    textfile: Annotated[str, Field(min_length=1)] | None = None
-
-
-CONTAINER_HOSTS: Final = ("127.0.0.1", "::1", "169.254.170.23", "fd00:ec2::23")
+    textfile: NonEmpty | None = None
 
 
 class ContainerCredentialsModel(_Strict):
-    listen: str | None = None
-    token_file: Annotated[str, Field(min_length=1)] | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            host, _ = split_listen(value)
-            if host not in CONTAINER_HOSTS:
-                raise ValueError(
-                    "expected one of the addresses botocore accepts over http: "
-                    "127.0.0.1, ::1, 169.254.170.23 or fd00:ec2::23, with a port"
-                )
-        return value
+    listen: Annotated[str, AfterValidator(_container_listen)] | None = None
+    token_file: NonEmpty | None = None
 
 
 class TopModel(_Strict):
-    credentials_file: Annotated[str, Field(min_length=1)] | None = None
-    state_file: Annotated[str, Field(min_length=1)] | None = None
+    credentials_file: NonEmpty | None = None
+    state_file: NonEmpty | None = None
     owner: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\r\n]+$")] | None = None
     defaults: dict[str, Any] | None = None
     sts: dict[str, Any] | None = None
@@ -228,14 +169,6 @@ class TopModel(_Strict):
     http: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     container_credentials: dict[str, Any] | None = None
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """`127.0.0.1:9464` or `[::]:9464` into host and port; raise ValueError otherwise."""
-    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})", value)
-    if not match or not 0 <= int(match.group(3)) < 65536:
-        raise ValueError("expected HOST:PORT like 127.0.0.1:9464 or [::]:9464")
-    return (match.group(1) or match.group(2)), int(match.group(3))
 
 
 _MESSAGES: Final = {
@@ -288,135 +221,134 @@ def _is_type_tag(part: str) -> bool:
 _TYPE_TAGS: Final = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
 
 
-def _validate(model: type[_M], data: object, prefix: str, problems: list[str]) -> _M | None:
+def _validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, list[str]]:
     """Validate, then again without the keys that failed, so cross-checks still run."""
     data = {} if data is None else data
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), []
     except ValidationError as exc:
-        problems.extend(_problems(exc, prefix))
+        problems = _problems(exc, prefix)
         if not isinstance(data, dict):
-            return None
+            return None, problems
         failed = {item["loc"][0] for item in exc.errors() if item["loc"]}
     try:
-        return model.model_validate({k: v for k, v in data.items() if k not in failed})
+        return model.model_validate({k: v for k, v in data.items() if k not in failed}), problems
     except ValidationError:
-        return None
+        return None, problems
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> cfg.Config:
+def load_config(path: Path, environ: Mapping[str, str], home: Path) -> cfg.Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
-    env = os.environ if environ is None else environ
-    raw = cfg.read_bytes(path)
-    document = cfg.parse_document(raw, path)
-    return build_config(document, path, env, raw)
+    raw = load.read_bytes(path)
+    return build_config(load.parse_document(raw, path), path, environ, home, raw)
 
 
 def build_config(
-    document: Mapping[str, Any], path: Path, environ: Mapping[str, str], raw: bytes = b""
+    document: Mapping[str, Any],
+    path: Path,
+    environ: Mapping[str, str],
+    home: Path,
+    raw: bytes = b"",
 ) -> cfg.Config:
-    problems: list[str] = []
-    warnings: list[str] = []
-    top = _validate(TopModel, document, "", problems) or TopModel()
-    sts = _validate(StsModel, top.sts, "sts", problems)
-    retry = _validate(RetryModel, top.retry, "retry", problems)
-    alerts = _validate(AlertsModel, top.alerts, "alerts", problems)
-    http = _validate(HttpModel, top.http, "http", problems)
-    metrics = _validate(MetricsModel, top.metrics, "metrics", problems)
-    container = _validate(
-        ContainerCredentialsModel, top.container_credentials, "container_credentials", problems
-    )
-    if retry is not None and retry.initial > retry.max:
-        problems.append("retry.initial: expected a value no larger than retry.max")
-    if container is not None and container.listen and not container.token_file:
-        problems.append("container_credentials.token_file: required when listen is set")
-    defaults = _validate(ProfileModel, top.defaults, "defaults", problems)
-    default_values = defaults.model_dump(exclude_none=True) if defaults else {}
-    profiles_doc = top.profiles or {}
-    if not profiles_doc:
-        warnings.append("profiles: no profiles configured; credfresh has nothing to refresh")
-    base = path.parent
-    policy_parts: list[bytes] = []
-    policy_paths: list[Path] = []
-    models: dict[str, tuple[ProfileModel, set[str]]] = {}
-    for name, raw_body in profiles_doc.items():
-        prefix = f"profiles.{name}"
-        body = {} if raw_body is None else raw_body
-        if not PROFILE_NAME.fullmatch(name):
-            problems.append(f"{prefix}: expected a profile name of letters, digits and _.@+=,:/-")
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"{prefix}: expected a mapping of profile keys")
-            continue
-        explicit = set(body)
-        inherited = {k: v for k, v in default_values.items() if k not in explicit}
-        if "web_identity_token_file" in body or "web_identity_token_file" in inherited:
-            for key in _NOT_WITH_WEB_IDENTITY:
-                inherited.pop(key, None)
-        model = _validate(ProfileModel, {**body}, prefix, problems)
-        if model is None:
-            continue
-        merged = ProfileModel.model_validate({**inherited, **model.model_dump(exclude_none=True)})
-        models[name] = (merged, explicit)
-    profiles: dict[str, cfg.Profile] = {}
-    for name, (model, explicit) in models.items():
-        profile = _profile(
-            name,
-            model,
-            explicit=explicit,
-            models=models,
-            sts=sts,
-            base=base,
-            problems=problems,
-            warnings=warnings,
-            policy_parts=policy_parts,
-            policy_paths=policy_paths,
-        )
-        if profile is not None:
-            profiles[name] = profile
-    _check_chains(models, problems)
+    """The model of a parsed document; raise ConfigError listing every problem."""
+    top, problems = _validated(TopModel, document, "")
+    top = top or TopModel()
+    paths = _Paths(path.parent, environ, home)
+    sections, found = _sections(top, paths)
+    problems += found
+    profiles, found = _profiles(top, sections.sts, paths)
+    problems += found
     if problems:
         raise ConfigError(problems, path=str(path))
-    warnings = list(dict.fromkeys(warnings))
-    assert sts is not None and retry is not None and alerts is not None  # noqa: PT018
-    assert http is not None and metrics is not None and container is not None  # noqa: PT018
-    credentials_file, owner, state_file = cfg.resolve_paths(document, path, environ)
+    credentials_file, owner, state_file = cfg.resolve_paths(document, path, environ, home)
     return cfg.Config(
         path=path,
         credentials_file=credentials_file,
         state_file=state_file,
         owner=owner,
-        sts=cfg.StsSettings(
-            endpoint_url=sts.endpoint_url,
-            use_fips_endpoint=sts.use_fips_endpoint,
-            use_dualstack_endpoint=sts.use_dualstack_endpoint,
-            max_concurrency=sts.max_concurrency,
-            timeout=sts.timeout,
-        ),
-        retry=cfg.RetrySettings(initial=retry.initial, max=retry.max),
-        alerts=cfg.AlertSettings(
-            after=alerts.after,
-            expiry_warning=alerts.expiry_warning,
-            repeat=alerts.repeat,
-            webhook_url=alerts.webhook_url,
-            command=tuple(alerts.command or ()),
-            command_timeout=alerts.command_timeout,
-        ),
-        http=cfg.HttpSettings(listen=http.listen),
-        metrics=cfg.MetricsSettings(
-            textfile=cfg.expand_path(metrics.textfile, base) if metrics.textfile else None
-        ),
-        container_credentials=cfg.ContainerCredentialsSettings(
-            listen=container.listen,
-            token_file=cfg.expand_path(container.token_file, base)
-            if container.token_file
-            else None,
-        ),
-        profiles=profiles,
-        digest=cfg.digest_of(raw, *policy_parts),
-        warnings=tuple(warnings),
-        policy_files=tuple(dict.fromkeys(policy_paths)),
+        profiles=profiles.profiles,
+        sts=sections.sts,
+        retry=sections.retry,
+        alerts=sections.alerts,
+        http=sections.http,
+        metrics=sections.metrics,
+        container_credentials=sections.container,
+        digest=digest_of(raw, *profiles.policy_parts),
+        warnings=tuple(dict.fromkeys(profiles.warnings)),
+        policy_files=tuple(dict.fromkeys(profiles.policy_paths)),
     )
+
+
+def digest_of(*parts: bytes) -> str:
+    """One hash over the config and its policy files: a reload with the same digest is a no-op."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "big"))
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+class _Paths(NamedTuple):
+    """What a relative or `~` path in the config is expanded against."""
+
+    base: Path
+    environ: Mapping[str, str]
+    home: Path
+
+    def expand(self, value: str) -> Path:
+        return cfg.expand_path(value, self.base, self.environ, self.home)
+
+
+class _Sections(NamedTuple):
+    """The settings sections; a section that failed holds its defaults (and problems say why)."""
+
+    sts: cfg.StsSettings
+    retry: cfg.RetrySettings
+    alerts: cfg.AlertSettings
+    http: cfg.HttpSettings
+    metrics: cfg.MetricsSettings
+    container: cfg.ContainerCredentialsSettings
+
+
+def _sections(top: TopModel, paths: _Paths) -> tuple[_Sections, list[str]]:
+    """Every settings section, each from its pydantic model, with the cross-field checks."""
+    sts, problems = _validated(StsModel, top.sts, "sts")
+    retry, found = _validated(RetryModel, top.retry, "retry")
+    problems += found
+    alerts, found = _validated(AlertsModel, top.alerts, "alerts")
+    problems += found
+    http, found = _validated(HttpModel, top.http, "http")
+    problems += found
+    metrics, found = _validated(MetricsModel, top.metrics, "metrics")
+    problems += found
+    container, found = _validated(
+        ContainerCredentialsModel, top.container_credentials, "container_credentials"
+    )
+    problems += found
+    if retry is not None and retry.initial > retry.max:
+        problems.append("retry.initial: expected a value no larger than retry.max")
+    if container is not None and container.listen and not container.token_file:
+        problems.append("container_credentials.token_file: required when listen is set")
+    sections = _Sections(
+        sts=cfg.StsSettings(**sts.model_dump()) if sts else cfg.StsSettings(),
+        retry=cfg.RetrySettings(**retry.model_dump()) if retry else cfg.RetrySettings(),
+        alerts=_alert_settings(alerts) if alerts else cfg.AlertSettings(),
+        http=cfg.HttpSettings(**http.model_dump()) if http else cfg.HttpSettings(),
+        metrics=cfg.MetricsSettings(
+            textfile=paths.expand(metrics.textfile) if metrics and metrics.textfile else None
+        ),
+        container=cfg.ContainerCredentialsSettings(
+            listen=container.listen if container else None,
+            token_file=(
+                paths.expand(container.token_file) if container and container.token_file else None
+            ),
+        ),
+    )
+    return sections, problems
+
+
+def _alert_settings(alerts: AlertsModel) -> cfg.AlertSettings:
+    return cfg.AlertSettings(**{**alerts.model_dump(), "command": tuple(alerts.command or ())})
 
 
 _NOT_WITH_WEB_IDENTITY: Final = (
@@ -426,6 +358,81 @@ _NOT_WITH_WEB_IDENTITY: Final = (
     "transitive_tag_keys",
     "source_identity",
 )
+
+#: A profile's keys after `defaults` are merged in, and the keys its own body set.
+_Models = Mapping[str, tuple["ProfileModel", set[str]]]
+
+
+class _Profiles(NamedTuple):
+    """Every valid profile, and what validating them found besides problems."""
+
+    profiles: dict[str, cfg.Profile]
+    warnings: list[str]
+    policy_parts: list[bytes]
+    policy_paths: list[Path]
+
+
+def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Paths) -> tuple[_Profiles, list[str]]:
+    """`defaults` and `profiles`: each profile on its own, then the chains between them."""
+    defaults, problems = _validated(ProfileModel, top.defaults, "defaults")
+    default_values = defaults.model_dump(exclude_none=True) if defaults else {}
+    profiles_doc = top.profiles or {}
+    found = _Profiles({}, [], [], [])
+    if not profiles_doc:
+        found.warnings.append("profiles: no profiles configured; credfresh has nothing to refresh")
+    models: dict[str, tuple[ProfileModel, set[str]]] = {}
+    for name, raw_body in profiles_doc.items():
+        merged, more = _merged_model(name, raw_body, default_values)
+        problems += more
+        if merged is not None:
+            models[name] = merged
+    for name, (model, explicit) in models.items():
+        where = _Where(f"profiles.{name}", explicit)
+        policy = _policy(model, where, paths)
+        found.policy_parts.extend(policy.data)
+        found.policy_paths.extend(policy.paths)
+        more = [*_identity_problems(name, model, where), *policy.problems]
+        more += _limit_problems(name, model, where, models)
+        found.warnings.extend(_advice(model, where))
+        if not more and model.role_arn:
+            found.profiles[name] = _profile(
+                name, model, policy.text, chained=_chained(model, models), sts=sts, paths=paths
+            )
+        problems += more
+    problems += _chain_problems(models)
+    return found, problems
+
+
+def _merged_model(
+    name: str, raw_body: object, default_values: Mapping[str, Any]
+) -> tuple[tuple[ProfileModel, set[str]] | None, list[str]]:
+    """One profile's own keys validated, then `defaults` merged under them."""
+    prefix = f"profiles.{name}"
+    body = {} if raw_body is None else raw_body
+    if not cfg.PROFILE_NAME.fullmatch(name):
+        return None, [f"{prefix}: expected a profile name of letters, digits and _.@+=,:/-"]
+    if not isinstance(body, dict):
+        return None, [f"{prefix}: expected a mapping of profile keys"]
+    explicit = set(body)
+    inherited = {k: v for k, v in default_values.items() if k not in explicit}
+    if "web_identity_token_file" in body or "web_identity_token_file" in inherited:
+        for key in _NOT_WITH_WEB_IDENTITY:
+            inherited.pop(key, None)
+    model, problems = _validated(ProfileModel, {**body}, prefix)
+    if model is None:
+        return None, problems
+    merged = ProfileModel.model_validate({**inherited, **model.model_dump(exclude_none=True)})
+    return (merged, explicit), problems
+
+
+class _Where(NamedTuple):
+    """Names a key where the user wrote it: in the profile, or inherited from `defaults`."""
+
+    prefix: str
+    explicit: set[str]
+
+    def __call__(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if key in self.explicit else f"defaults.{key}"
 
 
 def _partition(arn: str) -> str:
@@ -440,103 +447,84 @@ def _region_partition(region: str) -> str:
     return "aws"
 
 
+def _identity_problems(name: str, model: ProfileModel, where: _Where) -> list[str]:
+    """The role, its partition, and which keys the chosen STS call can take."""
+    prefix = where.prefix
+    problems = []
+    if not model.role_arn and "role_arn" not in where.explicit:
+        problems.append(f"{prefix}.role_arn: required; {ROLE_ARN_HINT}")
+    if model.role_arn and model.region:
+        partition = _partition(model.role_arn)
+        if partition != _region_partition(model.region):
+            problems.append(
+                f"{where('region')}: expected a region of the role ARN's partition {partition}"
+            )
+    if model.web_identity_token_file:
+        problems += [
+            f"{prefix}.{key}: not allowed with web_identity_token_file "
+            "(AssumeRoleWithWebIdentity takes no such parameter)"
+            for key in _NOT_WITH_WEB_IDENTITY
+            if getattr(model, key) is not None
+        ]
+    if model.policy is not None and model.policy_file is not None:
+        problems.append(f"{prefix}.policy_file: not allowed together with policy (choose one)")
+    return problems
+
+
+def _limit_problems(name: str, model: ProfileModel, where: _Where, models: _Models) -> list[str]:
+    """Tags, chained durations and sources: the limits AWS puts on a profile's values."""
+    problems = []
+    if model.transitive_tag_keys and not set(model.transitive_tag_keys) <= set(model.tags or {}):
+        problems.append(f"{where('transitive_tag_keys')}: expected keys that are among the tags")
+    duration = model.duration_seconds or cfg.DEFAULT_DURATION_SECONDS
+    if _chained(model, models) and duration > CHAINED_MAX_DURATION:
+        problems.append(
+            f"{where('duration_seconds')}: expected at most {CHAINED_MAX_DURATION} for a "
+            "chained role (AWS caps role chaining at one hour)"
+        )
+    if model.source_profile == name:
+        problems.append(f"{where.prefix}.source_profile: a profile cannot be its own source")
+    return problems
+
+
+def _chained(model: ProfileModel, models: _Models) -> bool:
+    return bool(model.source_profile and model.source_profile in models)
+
+
+def _advice(model: ProfileModel, where: _Where) -> list[str]:
+    duration = model.duration_seconds or cfg.DEFAULT_DURATION_SECONDS
+    advice = refresh_point_advice(duration, model.refresh_before)
+    return [] if advice is None else [f"{where(advice[0])}: {advice[1]}"]
+
+
 def _profile(
     name: str,
     model: ProfileModel,
+    policy: str | None,
     *,
-    explicit: set[str],
-    models: Mapping[str, tuple[ProfileModel, set[str]]],
-    sts: StsModel | None,
-    base: Path,
-    problems: list[str],
-    warnings: list[str],
-    policy_parts: list[bytes],
-    policy_paths: list[Path],
-) -> cfg.Profile | None:
-    prefix = f"profiles.{name}"
-    start = len(problems)
-
-    def where(key: str) -> str:
-        return f"{prefix}.{key}" if key in explicit else f"defaults.{key}"
-
-    if not model.role_arn and "role_arn" not in explicit:
-        problems.append(f"{prefix}.role_arn: required; {ROLE_ARN_HINT}")
-    region = model.region
-    if model.role_arn and region and _partition(model.role_arn) != _region_partition(region):
-        problems.append(
-            f"{where('region')}: expected a region of the role ARN's partition "
-            f"{_partition(model.role_arn)}"
-        )
-    if model.web_identity_token_file:
-        for key in _NOT_WITH_WEB_IDENTITY:
-            if getattr(model, key) is not None:
-                problems.append(
-                    f"{prefix}.{key}: not allowed with web_identity_token_file "
-                    "(AssumeRoleWithWebIdentity takes no such parameter)"
-                )
-    if model.policy is not None and model.policy_file is not None:
-        problems.append(f"{prefix}.policy_file: not allowed together with policy (choose one)")
-    policy_text: str | None = None
-    if model.policy is not None:
-        policy_text = _compact_policy(model.policy, where("policy"), problems)
-    elif model.policy_file is not None:
-        policy_path = cfg.expand_path(model.policy_file, base)
-        policy_paths.append(policy_path)
-        try:
-            data = policy_path.read_bytes()
-        except OSError as exc:
-            problems.append(
-                f"{where('policy_file')}: cannot read {policy_path} "
-                f"({exc.strerror or type(exc).__name__})"
-            )
-        else:
-            policy_parts.append(data)
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(f"{where('policy_file')}: expected UTF-8 JSON in {policy_path}")
-            else:
-                policy_text = _compact_policy(text, where("policy_file"), problems)
-    if model.transitive_tag_keys:
-        tag_keys = set((model.tags or {}).keys())
-        if not set(model.transitive_tag_keys) <= tag_keys:
-            problems.append(
-                f"{where('transitive_tag_keys')}: expected keys that are among the tags"
-            )
-    chained = bool(model.source_profile and model.source_profile in models)
-    duration = model.duration_seconds or 3600
-    if chained and duration > CHAINED_MAX_DURATION:
-        problems.append(
-            f"{where('duration_seconds')}: expected at most 3600 for a chained role "
-            "(AWS caps role chaining at one hour)"
-        )
-    if model.source_profile == name:
-        problems.append(f"{prefix}.source_profile: a profile cannot be its own source")
-    advice = refresh_point_advice(duration, model.refresh_before)
-    if advice is not None:
-        warnings.append(f"{where(advice[0])}: {advice[1]}")
-    if len(problems) > start or not model.role_arn:
-        return None
-    sts_model = sts or StsModel()
+    chained: bool,
+    sts: cfg.StsSettings,
+    paths: _Paths,
+) -> cfg.Profile:
+    """The model of a profile that passed every check, with its defaults applied."""
+    assert model.role_arn is not None  # checked by _identity_problems
     return cfg.Profile(
         name=name,
         role_arn=model.role_arn,
-        role_session_name=model.role_session_name or _default_session_name(name),
-        duration_seconds=duration,
-        region=region,
+        role_session_name=model.role_session_name or cfg.default_session_name(name),
+        duration_seconds=model.duration_seconds or cfg.DEFAULT_DURATION_SECONDS,
+        region=model.region,
         refresh_before=model.refresh_before,
-        endpoint_url=model.endpoint_url or sts_model.endpoint_url,
-        use_fips_endpoint=sts_model.use_fips_endpoint,
-        use_dualstack_endpoint=sts_model.use_dualstack_endpoint,
+        endpoint_url=model.endpoint_url or sts.endpoint_url,
+        use_fips_endpoint=sts.use_fips_endpoint,
+        use_dualstack_endpoint=sts.use_dualstack_endpoint,
         source_profile=model.source_profile,
         chained=chained,
         web_identity_token_file=(
-            cfg.expand_path(model.web_identity_token_file, base)
-            if model.web_identity_token_file
-            else None
+            paths.expand(model.web_identity_token_file) if model.web_identity_token_file else None
         ),
         external_id=model.external_id,
-        policy=policy_text,
+        policy=policy,
         policy_arns=tuple(model.policy_arns or ()),
         tags=tuple(sorted((model.tags or {}).items())),
         transitive_tag_keys=tuple(model.transitive_tag_keys or ()),
@@ -545,38 +533,57 @@ def _profile(
     )
 
 
-def _default_session_name(profile: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_+=,.@-]", "-", f"credfresh-{profile}")
-    return cleaned[:64]
+class _Policy(NamedTuple):
+    """The compacted inline policy, the files read for it (for the digest and the watcher)."""
+
+    text: str | None
+    problems: list[str]
+    paths: tuple[Path, ...] = ()
+    data: tuple[bytes, ...] = ()
 
 
-def _compact_policy(policy: object, path: str, problems: list[str]) -> str | None:
+def _policy(model: ProfileModel, where: _Where, paths: _Paths) -> _Policy:
+    """The session policy as sent: from `policy`, or read from `policy_file`."""
+    if model.policy is not None:
+        return _Policy(*_compact_policy(model.policy, where("policy")))
+    if model.policy_file is None:
+        return _Policy(None, [])
+    key = where("policy_file")
+    path = paths.expand(model.policy_file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return _Policy(None, [f"{key}: cannot read {path} ({reason})"], (path,))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _Policy(None, [f"{key}: expected UTF-8 JSON in {path}"], (path,), (data,))
+    return _Policy(*_compact_policy(text, key), (path,), (data,))
+
+
+def _compact_policy(policy: object, path: str) -> tuple[str | None, list[str]]:
     """The JSON actually sent: compacted, and checked against STS's 2048-character limit."""
     if isinstance(policy, str):
         try:
             policy = json.loads(policy)
         except ValueError as exc:
-            problems.append(f"{path}: expected a JSON policy document (line {_line(exc)})")
-            return None
+            line = getattr(exc, "lineno", "?")
+            return None, [f"{path}: expected a JSON policy document (line {line})"]
     if not isinstance(policy, dict):
-        problems.append(f"{path}: expected a JSON object policy document")
-        return None
+        return None, [f"{path}: expected a JSON object policy document"]
     text = json.dumps(policy, separators=(",", ":"), ensure_ascii=False)
     if len(text) > MAX_POLICY_CHARS:
-        problems.append(
+        return None, [
             f"{path}: expected at most {MAX_POLICY_CHARS} characters once compacted "
             f"(got {len(text)})"
-        )
-        return None
-    return text
+        ]
+    return text, []
 
 
-def _line(exc: ValueError) -> str:
-    return str(getattr(exc, "lineno", "?"))
-
-
-def _check_chains(models: Mapping[str, tuple[ProfileModel, set[str]]], problems: list[str]) -> None:
+def _chain_problems(models: _Models) -> list[str]:
     """Role chains must end at a non-config source: report each cycle once."""
+    problems: list[str] = []
     reported: set[frozenset[str]] = set()
     for start in models:
         seen: list[str] = []
@@ -592,6 +599,7 @@ def _check_chains(models: Mapping[str, tuple[ProfileModel, set[str]]], problems:
                 break
             seen.append(current)
             current = models[current][0].source_profile
+    return problems
 
 
 def refresh_point_advice(duration: int, refresh_before: float | None) -> tuple[str, str] | None:
@@ -604,7 +612,7 @@ def refresh_point_advice(duration: int, refresh_before: float | None) -> tuple[s
     if not hit:
         return None
     window = refresh.window_for_lifetime(duration, refresh_before)
-    named = [f"{sdk} ({_as_duration(seconds)})" for sdk, seconds in hit]
+    named = [f"{sdk} ({cfg.config_duration(seconds)})" for sdk, seconds in hit]
     sdks = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
     problem = (
         f"credfresh refreshes {cfg.format_duration(window)} before expiry, inside the refresh "
@@ -616,7 +624,7 @@ def refresh_point_advice(duration: int, refresh_before: float | None) -> tuple[s
         if not refresh.sdk_windows_hit(duration, wanted):
             default_ok = not refresh.sdk_windows_hit(duration, None)
             return "refresh_before", (
-                f"{problem}; set refresh_before to at least {_as_duration(wanted)}"
+                f"{problem}; set refresh_before to at least {cfg.config_duration(wanted)}"
                 + (" or remove it to use the default" if default_ok else "")
             )
     clear = [
@@ -635,9 +643,3 @@ def refresh_point_advice(duration: int, refresh_before: float | None) -> tuple[s
     else:
         fix = "remove refresh_before to use the default"
     return "duration_seconds", f"{problem}; {fix}"
-
-
-def _as_duration(seconds: float) -> str:
-    """A duration as the config writes it (`65m`, `450s`), so a warning can be copied."""
-    whole = round(seconds)
-    return f"{whole // 60}m" if whole % 60 == 0 else f"{whole}s"
