@@ -1,9 +1,7 @@
-"""Reading a config: bytes, YAML or TOML (refusing alias bombs and runaway nesting before
-anything walks the tree), and the light view the fast commands use instead of validation.
+"""Reading a config: bytes, YAML or TOML (alias bombs and deep nesting refused), the light view.
 
-Imports stay at PyYAML and typing: `credential-process`'s fast path parses its document with
-`parse_text` and must not pay for pathlib, dataclasses or tomllib (TOML configs import it).
-"""
+Only PyYAML at import: `credential-process`'s fast path uses `parse_text` and must not pay for
+pathlib, dataclasses or tomllib."""
 
 from __future__ import annotations
 
@@ -133,11 +131,7 @@ def check_size(document: object, source: str) -> None:
 
 
 def read_light(config_path: Path, environ: Mapping[str, str], home: Path) -> ConfigCore:
-    """The paths and each profile's role and refresh point, read without full validation.
-
-    For `status` and `credential-process`, which start often: no pydantic, no boto3. Only
-    `refresh_before` is checked (the answer depends on it); `validate` checks the rest.
-    """
+    """Paths, roles and refresh points for `status` and `credential-process`: no pydantic."""
     from credfresh.config import model  # not at the top: the fast path must not load it
 
     document = parse_document(read_bytes(config_path), config_path)

@@ -1,9 +1,5 @@
-"""The config as plain data: every type, every default (written once here) and every value rule
-that more than one reader needs (durations, listen addresses, profile names, paths).
-
-Stdlib only: `status` builds these types without pydantic (see `load.read_light`), and the
-validator (`validate.py`) builds them after its checks.
-"""
+"""The config as plain data: every type, every default (written once here), and the value rules
+several readers share (durations, listen addresses, profile names, paths). Stdlib only."""
 
 from __future__ import annotations
 
@@ -194,9 +190,9 @@ def expand_path(value: str, base: Path, environ: Mapping[str, str], home: Path) 
 
 def _expand_user(value: str, home: Path) -> str:
     """`os.path.expanduser` with an explicit home (`~user` still asks the password database)."""
-    if value != "~" and not value.startswith("~/"):
-        return os.path.expanduser(value) if value.startswith("~") else value
-    return (str(home).rstrip("/") + value[1:]) or "/"
+    if value == "~" or value.startswith("~/"):
+        return (str(home).rstrip("/") + value[1:]) or "/"
+    return os.path.expanduser(value)  # unchanged unless `~user`
 
 
 def _expand_vars(value: str, environ: Mapping[str, str]) -> str:

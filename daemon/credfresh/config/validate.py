@@ -1,240 +1,46 @@
-"""Full config validation: every problem at once, each with its path, never a value.
-
-pydantic checks types and single fields of the raw document, and its defaults are the
-model's (`model.py`); the rules that relate fields (partitions, chaining, web identity) are
-plain functions below, run on whatever validated, each returning the problems it found.
+"""Full config validation into the model: every problem at once, each with its path, never a
+value. `schema.py` checks single fields; the rules relating fields each return their problems.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, NamedTuple, TypeVar
-
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from typing import Any, Final, NamedTuple
 
 from credfresh.config import load
 from credfresh.config import model as cfg
+from credfresh.config.schema import (
+    ROLE_ARN_HINT,
+    AlertsModel,
+    ContainerCredentialsModel,
+    HttpModel,
+    MetricsModel,
+    ProfileModel,
+    RetryModel,
+    StsModel,
+    TopModel,
+    section,
+    validated,
+)
 from credfresh.engine import policy as refresh
 from credfresh.errors import ConfigError
 
-ROLE_ARN: Final = re.compile(
-    r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}"
-)
-POLICY_ARN: Final = re.compile(r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+")
-SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")  # and SourceIdentity
-REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
-URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
-ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 MAX_POLICY_CHARS: Final = 2048
 CHAINED_MAX_DURATION: Final = 3600
+_NOT_WITH_WEB_IDENTITY: Final = (
+    "source_profile",
+    "external_id",
+    "tags",
+    "transitive_tag_keys",
+    "source_identity",
+)
 
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _matching(regex: re.Pattern[str], hint: str) -> AfterValidator:
-    """A string rule: the whole value matches `regex`, or the problem is `hint`."""
-
-    def check(value: str) -> str:
-        if not regex.fullmatch(value):
-            raise ValueError(hint)
-        return value
-
-    return AfterValidator(check)
-
-
-def _duration_seconds(value: object) -> int:
-    seconds = cfg.parse_duration(value)
-    if seconds != int(seconds):
-        raise ValueError("expected a whole number of seconds")
-    return int(seconds)
-
-
-def _policy_arns(value: list[str]) -> list[str]:
-    if len(value) > 10:
-        raise ValueError("expected at most 10 policy ARNs")
-    if not all(POLICY_ARN.fullmatch(arn) for arn in value):
-        raise ValueError("expected managed policy ARNs like arn:aws:iam::aws:policy/ReadOnlyAccess")
-    return value
-
-
-def _tags(value: dict[str, str]) -> dict[str, str]:
-    if len(value) > 50:
-        raise ValueError("expected at most 50 tags")
-    for key, tag_value in value.items():
-        if not 1 <= len(key) <= 128:
-            raise ValueError("expected tag keys of 1 to 128 characters")
-        if len(tag_value) > 256:
-            raise ValueError("expected tag values of at most 256 characters")
-    return value
-
-
-def _listen(value: str) -> str:
-    cfg.parse_listen(value)
-    return value
-
-
-def _container_listen(value: str) -> str:
-    if cfg.parse_listen(value)[0] not in cfg.CONTAINER_HOSTS:
-        raise ValueError(
-            "expected one of the addresses botocore accepts over http: "
-            "127.0.0.1, ::1, 169.254.170.23 or fd00:ec2::23, with a port"
-        )
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
-DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
-NonEmpty = Annotated[str, Field(min_length=1)]
-StsName = Annotated[
-    str, _matching(SESSION_NAME, "expected 2 to 64 characters of letters, digits and +=,.@_-")
-]
-Url = Annotated[
-    str, _matching(URL, "expected an http(s) URL like https://sts.eu-west-1.amazonaws.com")
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=False)
-
-
-class ProfileModel(_Strict):
-    """Every key a profile (or `defaults`) may carry; None is unset (defaults come later)."""
-
-    role_arn: Annotated[str, _matching(ROLE_ARN, ROLE_ARN_HINT)] | None = None
-    role_session_name: StsName | None = None
-    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
-    duration_seconds: DurationSeconds | None = None
-    region: Annotated[str, _matching(REGION, "expected an AWS region like us-east-1")] | None = None
-    endpoint_url: Url | None = None
-    source_profile: NonEmpty | None = None
-    web_identity_token_file: NonEmpty | None = None
-    policy: dict[str, Any] | str | None = None
-    policy_file: NonEmpty | None = None
-    policy_arns: Annotated[list[str], AfterValidator(_policy_arns)] | None = None
-    tags: Annotated[dict[str, str], AfterValidator(_tags)] | None = None
-    transitive_tag_keys: list[str] | None = None
-    source_identity: StsName | None = None
-    refresh_before: Duration | None = None
-    adopt: bool | None = None
-
-
-class StsModel(_Strict):
-    endpoint_url: Url | None = cfg.StsSettings.endpoint_url
-    use_fips_endpoint: bool = cfg.StsSettings.use_fips_endpoint
-    use_dualstack_endpoint: bool = cfg.StsSettings.use_dualstack_endpoint
-    max_concurrency: Annotated[int, Field(ge=1, le=256)] = cfg.StsSettings.max_concurrency
-    timeout: Annotated[Duration, Field(gt=0, le=300)] = cfg.StsSettings.timeout
-
-
-class RetryModel(_Strict):
-    initial: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.initial
-    max: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.max
-
-
-class AlertsModel(_Strict):
-    after: Duration = cfg.AlertSettings.after
-    expiry_warning: Duration = cfg.AlertSettings.expiry_warning
-    repeat: Annotated[Duration, Field(gt=0)] = cfg.AlertSettings.repeat
-    webhook_url: Url | None = cfg.AlertSettings.webhook_url
-    command: Annotated[list[str], Field(min_length=1)] | None = None  # None: no command
-    command_timeout: Annotated[Duration, Field(gt=0, le=3600)] = cfg.AlertSettings.command_timeout
-
-
-class HttpModel(_Strict):
-    listen: Annotated[str, AfterValidator(_listen)] | None = cfg.HttpSettings.listen
-
-
-class MetricsModel(_Strict):
-    textfile: NonEmpty | None = None
-
-
-class ContainerCredentialsModel(_Strict):
-    listen: Annotated[str, AfterValidator(_container_listen)] | None = None
-    token_file: NonEmpty | None = None
-
-
-class TopModel(_Strict):
-    credentials_file: NonEmpty | None = None
-    state_file: NonEmpty | None = None
-    owner: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\r\n]+$")] | None = None
-    defaults: dict[str, Any] | None = None
-    sts: dict[str, Any] | None = None
-    retry: dict[str, Any] | None = None
-    profiles: dict[str, Any] | None = None
-    alerts: dict[str, Any] | None = None
-    http: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
-    container_credentials: dict[str, Any] | None = None
-
-
-_MESSAGES: Final = {
-    "extra_forbidden": "unknown key",
-    "missing": "required",
-    "greater_than_equal": "expected at least {ge}",
-    "greater_than": "expected more than {gt}",
-    "less_than_equal": "expected at most {le}",
-    "less_than": "expected less than {lt}",
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-    "string_too_short": "expected at least {min_length} characters",
-    "string_too_long": "expected at most {max_length} characters",
-    "too_short": "expected at least {min_length} items",
-    "too_long": "expected at most {max_length} items",
-    "string_pattern_mismatch": "expected a single line of text",
-}
-
-
-def _problems(error: ValidationError, prefix: str) -> list[str]:
-    """pydantic's errors as `path: expectation` lines, without the input values."""
-    out = []
-    for item in error.errors(include_input=False, include_url=False):
-        parts = [str(part) for part in item["loc"]]
-        loc = parts[:1] + [part for part in parts[1:] if not _is_type_tag(part)]
-        path = ".".join(part for part in (prefix, *loc) if part)
-        template = _MESSAGES.get(item["type"])
-        ctx = item.get("ctx") or {}
-        message = template.format(**ctx) if template else str(item["msg"])
-        message = message.removeprefix("Value error, ")
-        line = f"{path or '(top level)'}: {message}"
-        if line not in out:
-            out.append(line)
-    return out
-
-
-def _is_type_tag(part: str) -> bool:
-    """pydantic puts union members (`str`, `dict[str,any]`) into error paths: drop them."""
-    return "[" in part or part.startswith("function-") or part in _TYPE_TAGS
-
-
-_TYPE_TAGS: Final = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
-
-
-def _validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, list[str]]:
-    """Validate, then again without the keys that failed, so cross-checks still run."""
-    data = {} if data is None else data
-    try:
-        return model.model_validate(data), []
-    except ValidationError as exc:
-        problems = _problems(exc, prefix)
-        if not isinstance(data, dict):
-            return None, problems
-        failed = {item["loc"][0] for item in exc.errors() if item["loc"]}
-    try:
-        return model.model_validate({k: v for k, v in data.items() if k not in failed}), problems
-    except ValidationError:
-        return None, problems
+#: Expands a path from the config: `~`, `$VARS`, relative to the config's directory.
+_Expand = Callable[[str], Path]
 
 
 def load_config(path: Path, environ: Mapping[str, str], home: Path) -> cfg.Config:
@@ -251,9 +57,9 @@ def build_config(
     raw: bytes = b"",
 ) -> cfg.Config:
     """The model of a parsed document; raise ConfigError listing every problem."""
-    top, problems = _validated(TopModel, document, "")
+    top, problems = validated(TopModel, document, "")
     top = top or TopModel()
-    paths = _Paths(path.parent, environ, home)
+    paths = functools.partial(cfg.expand_path, base=path.parent, environ=environ, home=home)
     sections, found = _sections(top, paths)
     problems += found
     profiles, found = _profiles(top, sections.sts, paths)
@@ -267,12 +73,7 @@ def build_config(
         state_file=state_file,
         owner=owner,
         profiles=profiles.profiles,
-        sts=sections.sts,
-        retry=sections.retry,
-        alerts=sections.alerts,
-        http=sections.http,
-        metrics=sections.metrics,
-        container_credentials=sections.container,
+        **sections._asdict(),
         digest=digest_of(raw, *profiles.policy_parts),
         warnings=tuple(dict.fromkeys(profiles.warnings)),
         policy_files=tuple(dict.fromkeys(profiles.policy_paths)),
@@ -288,17 +89,6 @@ def digest_of(*parts: bytes) -> str:
     return hasher.hexdigest()
 
 
-class _Paths(NamedTuple):
-    """What a relative or `~` path in the config is expanded against."""
-
-    base: Path
-    environ: Mapping[str, str]
-    home: Path
-
-    def expand(self, value: str) -> Path:
-        return cfg.expand_path(value, self.base, self.environ, self.home)
-
-
 class _Sections(NamedTuple):
     """The settings sections; a section that failed holds its defaults (and problems say why)."""
 
@@ -307,57 +97,40 @@ class _Sections(NamedTuple):
     alerts: cfg.AlertSettings
     http: cfg.HttpSettings
     metrics: cfg.MetricsSettings
-    container: cfg.ContainerCredentialsSettings
+    container_credentials: cfg.ContainerCredentialsSettings
 
 
-def _sections(top: TopModel, paths: _Paths) -> tuple[_Sections, list[str]]:
-    """Every settings section, each from its pydantic model, with the cross-field checks."""
-    sts, problems = _validated(StsModel, top.sts, "sts")
-    retry, found = _validated(RetryModel, top.retry, "retry")
+def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
+    """Every settings section from its pydantic model, with the cross-field checks."""
+    sts, problems = section(StsModel, top.sts, "sts")
+    retry, found = section(RetryModel, top.retry, "retry")
     problems += found
-    alerts, found = _validated(AlertsModel, top.alerts, "alerts")
+    alerts, found = section(AlertsModel, top.alerts, "alerts")
     problems += found
-    http, found = _validated(HttpModel, top.http, "http")
+    http, found = section(HttpModel, top.http, "http")
     problems += found
-    metrics, found = _validated(MetricsModel, top.metrics, "metrics")
+    metrics, found = section(MetricsModel, top.metrics, "metrics")
     problems += found
-    container, found = _validated(
+    container, found = section(
         ContainerCredentialsModel, top.container_credentials, "container_credentials"
     )
     problems += found
-    if retry is not None and retry.initial > retry.max:
+    if retry.initial > retry.max:
         problems.append("retry.initial: expected a value no larger than retry.max")
-    if container is not None and container.listen and not container.token_file:
+    if container.listen and not container.token_file:
         problems.append("container_credentials.token_file: required when listen is set")
-    sections = _Sections(
-        sts=cfg.StsSettings(**sts.model_dump()) if sts else cfg.StsSettings(),
-        retry=cfg.RetrySettings(**retry.model_dump()) if retry else cfg.RetrySettings(),
-        alerts=_alert_settings(alerts) if alerts else cfg.AlertSettings(),
-        http=cfg.HttpSettings(**http.model_dump()) if http else cfg.HttpSettings(),
-        metrics=cfg.MetricsSettings(
-            textfile=paths.expand(metrics.textfile) if metrics and metrics.textfile else None
+    return _Sections(
+        sts=cfg.StsSettings(**sts.model_dump()),
+        retry=cfg.RetrySettings(**retry.model_dump()),
+        alerts=cfg.AlertSettings(**{**alerts.model_dump(), "command": tuple(alerts.command or ())}),
+        http=cfg.HttpSettings(**http.model_dump()),
+        metrics=cfg.MetricsSettings(textfile=paths(metrics.textfile) if metrics.textfile else None),
+        container_credentials=cfg.ContainerCredentialsSettings(
+            listen=container.listen,
+            token_file=paths(container.token_file) if container.token_file else None,
         ),
-        container=cfg.ContainerCredentialsSettings(
-            listen=container.listen if container else None,
-            token_file=(
-                paths.expand(container.token_file) if container and container.token_file else None
-            ),
-        ),
-    )
-    return sections, problems
+    ), problems
 
-
-def _alert_settings(alerts: AlertsModel) -> cfg.AlertSettings:
-    return cfg.AlertSettings(**{**alerts.model_dump(), "command": tuple(alerts.command or ())})
-
-
-_NOT_WITH_WEB_IDENTITY: Final = (
-    "source_profile",
-    "external_id",
-    "tags",
-    "transitive_tag_keys",
-    "source_identity",
-)
 
 #: A profile's keys after `defaults` are merged in, and the keys its own body set.
 _Models = Mapping[str, tuple["ProfileModel", set[str]]]
@@ -372,9 +145,9 @@ class _Profiles(NamedTuple):
     policy_paths: list[Path]
 
 
-def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Paths) -> tuple[_Profiles, list[str]]:
+def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Expand) -> tuple[_Profiles, list[str]]:
     """`defaults` and `profiles`: each profile on its own, then the chains between them."""
-    defaults, problems = _validated(ProfileModel, top.defaults, "defaults")
+    defaults, problems = validated(ProfileModel, top.defaults, "defaults")
     default_values = defaults.model_dump(exclude_none=True) if defaults else {}
     profiles_doc = top.profiles or {}
     found = _Profiles({}, [], [], [])
@@ -418,7 +191,7 @@ def _merged_model(
     if "web_identity_token_file" in body or "web_identity_token_file" in inherited:
         for key in _NOT_WITH_WEB_IDENTITY:
             inherited.pop(key, None)
-    model, problems = _validated(ProfileModel, {**body}, prefix)
+    model, problems = validated(ProfileModel, {**body}, prefix)
     if model is None:
         return None, problems
     merged = ProfileModel.model_validate({**inherited, **model.model_dump(exclude_none=True)})
@@ -435,15 +208,9 @@ class _Where(NamedTuple):
         return f"{self.prefix}.{key}" if key in self.explicit else f"defaults.{key}"
 
 
-def _partition(arn: str) -> str:
-    return arn.split(":", 2)[1]
-
-
 def _region_partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
+    if region.startswith(("cn-", "us-gov-")):
+        return "aws-cn" if region.startswith("cn-") else "aws-us-gov"
     return "aws"
 
 
@@ -454,7 +221,7 @@ def _identity_problems(name: str, model: ProfileModel, where: _Where) -> list[st
     if not model.role_arn and "role_arn" not in where.explicit:
         problems.append(f"{prefix}.role_arn: required; {ROLE_ARN_HINT}")
     if model.role_arn and model.region:
-        partition = _partition(model.role_arn)
+        partition = model.role_arn.split(":", 2)[1]
         if partition != _region_partition(model.region):
             problems.append(
                 f"{where('region')}: expected a region of the role ARN's partition {partition}"
@@ -504,7 +271,7 @@ def _profile(
     *,
     chained: bool,
     sts: cfg.StsSettings,
-    paths: _Paths,
+    paths: _Expand,
 ) -> cfg.Profile:
     """The model of a profile that passed every check, with its defaults applied."""
     assert model.role_arn is not None  # checked by _identity_problems
@@ -521,7 +288,7 @@ def _profile(
         source_profile=model.source_profile,
         chained=chained,
         web_identity_token_file=(
-            paths.expand(model.web_identity_token_file) if model.web_identity_token_file else None
+            paths(model.web_identity_token_file) if model.web_identity_token_file else None
         ),
         external_id=model.external_id,
         policy=policy,
@@ -542,14 +309,14 @@ class _Policy(NamedTuple):
     data: tuple[bytes, ...] = ()
 
 
-def _policy(model: ProfileModel, where: _Where, paths: _Paths) -> _Policy:
+def _policy(model: ProfileModel, where: _Where, paths: _Expand) -> _Policy:
     """The session policy as sent: from `policy`, or read from `policy_file`."""
     if model.policy is not None:
         return _Policy(*_compact_policy(model.policy, where("policy")))
     if model.policy_file is None:
         return _Policy(None, [])
     key = where("policy_file")
-    path = paths.expand(model.policy_file)
+    path = paths(model.policy_file)
     try:
         data = path.read_bytes()
     except OSError as exc:
