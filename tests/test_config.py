@@ -11,11 +11,13 @@ import pytest
 import yaml
 
 from credfresh.cli import main
-from credfresh.config.model import parse_duration, read_light
+from credfresh.config.load import read_light
+from credfresh.config.model import parse_duration
 from credfresh.config.validate import load_config
 from credfresh.errors import EXIT_CONFIG, ConfigError
 
 ARN = "arn:aws:iam::123456789012:role/app"
+HOME = Path("/home/tester")
 
 
 def write(tmp_path: Path, document: dict[str, Any], name: str = "config.yaml") -> Path:
@@ -26,7 +28,7 @@ def write(tmp_path: Path, document: dict[str, Any], name: str = "config.yaml") -
 
 def problems_of(tmp_path: Path, document: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, document), {})
+        load_config(write(tmp_path, document), {}, HOME)
     return info.value.problems
 
 
@@ -41,7 +43,7 @@ def assert_problem(problems: list[str], path: str, fragment: str) -> None:
 class TestValid:
     def test_example_config_is_valid(self) -> None:
         """The shipped example validates, with all three profiles."""
-        config = load_config(Path("config/credfresh.example.yaml"), {})
+        config = load_config(Path("config/credfresh.example.yaml"), {}, HOME)
         assert set(config.profiles) == {"app-prod", "app-audit", "eks-irsa"}
         assert config.profiles["app-audit"].chained
         assert config.profiles["app-prod"].policy is not None
@@ -50,7 +52,7 @@ class TestValid:
         """Keys under defaults reach every profile; a profile's own key wins."""
         doc = {"defaults": {"region": "eu-west-1", "duration_seconds": "1h"}, **one_profile()}
         doc["profiles"]["q"] = {"role_arn": ARN, "region": "us-east-2"}
-        config = load_config(write(tmp_path, doc), {})
+        config = load_config(write(tmp_path, doc), {}, HOME)
         assert config.profiles["p"].region == "eu-west-1"
         assert config.profiles["q"].region == "us-east-2"
         assert config.profiles["p"].duration_seconds == 3600
@@ -60,25 +62,27 @@ class TestValid:
         """A .toml config is read as TOML with the same schema."""
         path = tmp_path / "c.toml"
         path.write_text(f'[profiles.p]\nrole_arn = "{ARN}"\nrefresh_before = "10m"\n')
-        assert load_config(path, {}).profiles["p"].refresh_before == 600
+        assert load_config(path, {}, HOME).profiles["p"].refresh_before == 600
 
     def test_policy_compacted(self, tmp_path: Path) -> None:
         """A policy given as a mapping or JSON text is sent compacted."""
         policy = {"Version": "2012-10-17", "Statement": []}
-        config = load_config(write(tmp_path, one_profile(policy=json.dumps(policy, indent=4))), {})
+        config = load_config(
+            write(tmp_path, one_profile(policy=json.dumps(policy, indent=4))), {}, HOME
+        )
         assert config.profiles["p"].policy == '{"Version":"2012-10-17","Statement":[]}'
 
     def test_paths_default_from_environment(self, tmp_path: Path) -> None:
         """credentials_file and state_file follow the AWS and systemd environment variables."""
         env = {"AWS_SHARED_CREDENTIALS_FILE": "/x/creds", "STATE_DIRECTORY": "/var/lib/cf"}
-        config = load_config(write(tmp_path, one_profile()), env)
+        config = load_config(write(tmp_path, one_profile()), env, HOME)
         assert config.credentials_file == Path("/x/creds")
         assert config.state_file == Path("/var/lib/cf/state.json")
         assert config.owner == str((tmp_path / "config.yaml").resolve())
 
     def test_short_duration_warns(self, tmp_path: Path) -> None:
         """duration_seconds under 1800 is a warning, not an error."""
-        config = load_config(write(tmp_path, one_profile(duration_seconds=900)), {})
+        config = load_config(write(tmp_path, one_profile(duration_seconds=900)), {}, HOME)
         assert any("1800" in w for w in config.warnings)
 
     def test_durations(self) -> None:
@@ -254,7 +258,7 @@ class TestRules:
         path = tmp_path / "c.yaml"
         path.write_text("profiles:\n  p: [unclosed\n")
         with pytest.raises(ConfigError, match="line"):
-            load_config(path, {})
+            load_config(path, {}, HOME)
 
     def test_alias_bomb_refused(self, tmp_path: Path) -> None:
         """A YAML alias bomb is refused before anything walks it."""
@@ -263,7 +267,7 @@ class TestRules:
         path = tmp_path / "c.yaml"
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(ConfigError, match="expands"):
-            load_config(path, {})
+            load_config(path, {}, HOME)
 
 
 class TestCommand:
@@ -321,8 +325,8 @@ class TestLight:
     def test_light_reader_matches(self, tmp_path: Path) -> None:
         """The fast commands' reader agrees with full validation on paths and owner."""
         path = write(tmp_path, {"owner": "me", "credentials_file": "creds", **one_profile()})
-        light = read_light(path, {})
-        full = load_config(path, {})
+        light = read_light(path, {}, HOME)
+        full = load_config(path, {}, HOME)
         assert light.credentials_file == full.credentials_file == tmp_path / "creds"
         assert light.owner == full.owner == "me"
         assert light.state_file == full.state_file

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credfresh.config.model import parse_document
+from credfresh.config.load import parse_document
 from credfresh.config.validate import build_config
 from credfresh.errors import ConfigError
 
@@ -37,7 +37,7 @@ values = st.recursive(
 def check(document: Any) -> None:
     problems: list[str] = []
     try:
-        build_config(document, EXAMPLE_PATH, {})
+        build_config(document, EXAMPLE_PATH, {}, Path("/home/tester"))
     except ConfigError as exc:
         problems = exc.problems or ["(none)"]
     assert all(": " in problem for problem in problems)

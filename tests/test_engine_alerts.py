@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,7 +105,7 @@ class Rig:
 def rig(project: Project) -> Iterator[Rig]:
     project.profile("app")
     project.write_config()
-    config = load_config(project.config_path, project.env)
+    config = load_config(project.config_path, project.env, Path.home())
     redactor = Redactor()
     sink = DiskReadingSink(config)
     clock = Clock()

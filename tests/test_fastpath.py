@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from credfresh import credentials
 from credfresh.cli import main
 from credfresh.commands import fastpath
-from credfresh.config import model as config
+from credfresh.config import load as config
+from credfresh.config import model
 from credfresh.credfile import format as credfile
 from credfresh.credfile import store
 from credfresh.errors import CredfileError
@@ -126,7 +127,7 @@ class TestReaderMatchesCredfile:
     def test_constants(self) -> None:
         """The limits and names repeated here are the config module's."""
         assert fastpath.MAX_CONFIG_BYTES == config.MAX_CONFIG_BYTES
-        assert Path(fastpath.DEFAULT_CONFIG) == config.DEFAULT_CONFIG_PATH
+        assert Path(fastpath.DEFAULT_CONFIG) == model.DEFAULT_CONFIG_PATH
         assert (fastpath.OWNER_KEY, fastpath.FORMAT_KEY, fastpath.FORMAT_VERSION) == (
             credfile.OWNER_KEY,
             credfile.FORMAT_KEY,

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from credfresh.config.validate import build_config, split_listen
+from credfresh.config.model import parse_listen
+from credfresh.config.validate import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "Containerfile"
@@ -301,7 +302,7 @@ class TestManifests:
         /readyz on the port the config listens on, so the app starts with credentials."""
         sidecar = workload.sidecar
         assert sidecar["restartPolicy"] == "Always"
-        _, port = split_listen(workload.document()["http"]["listen"])
+        _, port = parse_listen(workload.document()["http"]["listen"])
         probe = sidecar["startupProbe"]["httpGet"]
         assert (probe["path"], probe["port"]) == ("/readyz", port)
         live = sidecar["livenessProbe"]["httpGet"]
@@ -369,7 +370,9 @@ class TestManifests:
 
     def test_embedded_config_validates(self, workload: Workload) -> None:
         """The ConfigMap's config passes credfresh's full validation (build_config)."""
-        config = build_config(workload.document(), Path(workload.config_path()), environ={})
+        config = build_config(
+            workload.document(), Path(workload.config_path()), environ={}, home=Path.home()
+        )
         assert config.http.listen == "[::]:9464"
         assert str(config.credentials_file) == workload.document()["credentials_file"]
         for profile in config.profiles.values():

@@ -249,7 +249,7 @@ class TestRotation:
         use_key(own.access_key_id, own.secret_access_key)
         project.profile("p", role_arn=own.role_arn)
         project.write_config()
-        config = load_config(project.config_path, project.env)
+        config = load_config(project.config_path, project.env, Path.home())
         clients = StsClients(config.sts, credentials_file=str(project.credentials_file))
         sts.enable_auth()
         try:

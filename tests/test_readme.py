@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from credfresh.config import validate as schema
+from credfresh.config import schema
 
 README = Path("README.md").read_text()
 SECTIONS: dict[str, type[BaseModel]] = {

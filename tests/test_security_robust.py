@@ -340,7 +340,7 @@ class TestOverallDeadline:
         project.write_config()
         from credfresh.config.validate import load_config
 
-        profile = load_config(project.config_path, project.env).profiles["p"]
+        profile = load_config(project.config_path, project.env, Path.home()).profiles["p"]
         project.sts.proxy.trickle(0.5, times=1, when={"Action": "AssumeRole"})
         outcome: list[BaseException | object] = []
         others = set(_helpers())

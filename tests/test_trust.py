@@ -278,7 +278,9 @@ def test_check_config_permissions_covers_every_file(root: Path) -> None:
         )
     )
     config.chmod(0o600)
-    problems = check_config_permissions(load_config(config, {}), 0, {"PATH": "/usr/bin"})
+    problems = check_config_permissions(
+        load_config(config, {}, Path.home()), 0, {"PATH": "/usr/bin"}
+    )
     assert problems == [
         f"{policy} is writable by group or others: run `chmod go-w {policy}`",
         f"{web} is owned by uid {NOBODY}, not by uid 0: run `chown 0 {web}`",

@@ -173,8 +173,13 @@ def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
 
 def _validate(args: argparse.Namespace, streams: Streams) -> int:
     from credfresh.config.validate import load_config
+    from credfresh.context import Context
 
-    config = load_config(config_path(args, streams.environ), streams.environ)
+    config = load_config(
+        config_path(args, streams.environ),
+        streams.environ,
+        Context(streams.out, streams.err, streams.environ).home,
+    )
     for warning in config.warnings:
         streams.err.write(f"warning: {warning}\n")
     streams.out.write(

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
-from credfresh.config.model import parse_duration, read_light
+from credfresh.config.load import read_light
+from credfresh.config.model import parse_duration
+from credfresh.context import Context
 from credfresh.credentials import Credentials, format_time
 from credfresh.credfile import store as credfile
 from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, CredfreshError
@@ -325,7 +327,9 @@ def main(
         err.write(f"credfresh: --destination: {exc}\n")
         return EXIT_CONFIG
     try:
-        light = read_light(config_path, streams.environ)
+        light = read_light(
+            config_path, streams.environ, Context(streams.out, streams.err, streams.environ).home
+        )
     except ConfigError as exc:
         err.write(f"credfresh: {exc}\n")
         return EXIT_CONFIG

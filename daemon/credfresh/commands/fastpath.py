@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
-MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # config.MAX_CONFIG_BYTES (a test checks)
+MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # load.MAX_CONFIG_BYTES (a test checks)
 
 OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
@@ -239,17 +239,9 @@ def _load_document(config: str) -> dict[str, object] | None:
         return None
     try:
         text = data.decode("utf-8")
-        if _suffix(config).lower() == ".toml":
-            import tomllib
+        from credfresh.config.load import parse_text
 
-            from credfresh.config import yamlsafe
-
-            document: object = tomllib.loads(text)
-            yamlsafe.check_size(document, config)
-        else:
-            from credfresh.config import yamlsafe
-
-            document = yamlsafe.load(text, config)
+        document = parse_text(text, config, toml=_suffix(config).lower() == ".toml")
     except Exception:  # any doubt: the full loader reports it
         return None
     if document is None:

@@ -14,14 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credfresh.config.model import (
-    format_duration,
-    parse_document,
-    parse_duration,
-    read_bytes,
-    read_light,
-)
+from credfresh.config.load import parse_document, read_bytes, read_light
+from credfresh.config.model import format_duration, parse_duration
 from credfresh.config.model import resolve_paths as _resolve_paths
+from credfresh.context import Context
 from credfresh.credentials import Credentials, format_time, parse_time
 from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
@@ -128,7 +124,9 @@ def once(config_path: Path, names: Sequence[str], force: bool, streams: Streams)
     from credfresh.config.validate import load_config
     from credfresh.sources.sts import StsClients, classify
 
-    config = load_config(config_path, streams.environ)
+    config = load_config(
+        config_path, streams.environ, Context(streams.out, streams.err, streams.environ).home
+    )
     chosen = select(names, config.profiles, config_path)
     view = credfile.read_managed(config.credentials_file, config.owner)
     to_refresh, conflicts = plan_once(
@@ -274,7 +272,9 @@ def status(
     except ValueError as exc:
         streams.err.write(f"credfresh: --min-remaining: {exc}\n")
         return EXIT_CONFIG
-    light = read_light(config_path, streams.environ)
+    light = read_light(
+        config_path, streams.environ, Context(streams.out, streams.err, streams.environ).home
+    )
     chosen = select(names, light.profiles, config_path)
     view = credfile.read_managed(light.credentials_file, light.owner)
     now = _now()
@@ -296,7 +296,12 @@ def status(
 def credential_process(config_path: Path, profile: str, streams: Streams) -> int:
     """Print one profile as credential_process JSON, straight from the credentials file."""
     document = parse_document(read_bytes(config_path), config_path)
-    credentials_file, owner, _ = _resolve_paths(document, config_path, streams.environ)
+    credentials_file, owner, _ = _resolve_paths(
+        document,
+        config_path,
+        streams.environ,
+        Context(streams.out, streams.err, streams.environ).home,
+    )
     view = credfile.read_managed(credentials_file, owner)
     creds = view.managed.get(profile)
     if creds is None:

@@ -30,7 +30,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from credfresh.config.validate import CONTAINER_HOSTS, PROFILE_NAME
+from credfresh.config.model import CONTAINER_HOSTS, PROFILE_NAME
+from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.credentials import Credentials, format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
@@ -54,7 +55,6 @@ LINGER_BYTES: Final = 64 * 1024
 LINGER_SECONDS: Final = 1.0
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
 
-_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
 
@@ -69,10 +69,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
     be useless, and any other one would offer credentials beyond the host. Port 0 (any free
     port) is allowed for tests; host names are not (they resolve at someone else's will).
     """
-    match = _LISTEN.fullmatch(listen)
-    if not match or int(match.group(3)) > 65535:
-        raise ValueError(f"container endpoint listen {listen!r}: expected HOST:PORT")
-    text = match.group(1) or match.group(2)
+    try:
+        text, port = parse_host_port(listen)
+    except ValueError:
+        raise ValueError(f"container endpoint listen {listen!r}: expected HOST:PORT") from None
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -82,7 +82,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
             f"container endpoint listen {listen!r}: expected one of "
             f"{', '.join(CONTAINER_HOSTS)} (the addresses botocore accepts over http)"
         )
-    return str(address), int(match.group(3))
+    return str(address), port
 
 
 def account_id(principal_arn: str) -> str | None:

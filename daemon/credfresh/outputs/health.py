@@ -257,9 +257,9 @@ class HttpServer:
         logger: Logger | None = None,
     ) -> HttpServer:
         """From the config's `http.listen` (`127.0.0.1:9464`, `[::]:9464`)."""
-        from credfresh.config.validate import split_listen
+        from credfresh.config.model import parse_listen
 
-        host, port = split_listen(listen)
+        host, port = parse_listen(listen)
         return cls(
             host,
             port,

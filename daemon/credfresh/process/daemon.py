@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from credfresh import __version__
 from credfresh.config.model import Config
+from credfresh.context import Context
 from credfresh.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
@@ -417,7 +418,11 @@ class Daemon:
             self._reject(reason, "config_unsafe", unsafe)
             return
         try:
-            new = load_config(self.config.path, self.environ)
+            new = load_config(
+                self.config.path,
+                self.environ,
+                Context(self.streams.out, self.streams.err, self.environ).home,
+            )
         except ConfigError as exc:
             self._reject(reason, exc.code, exc.problems)
             return
@@ -528,7 +533,11 @@ def main(
             streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
             return EXIT_CONFIG
         try:
-            config = load_config(config_path, streams.environ)
+            config = load_config(
+                config_path,
+                streams.environ,
+                Context(streams.out, streams.err, streams.environ).home,
+            )
         except ConfigError as exc:
             log.error(
                 "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)

@@ -1,0 +1,232 @@
+"""The document's pydantic models: types and single-field rules, with the model's defaults.
+
+Errors come out as `path: expectation` lines that never quote the value (`validated`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from credfresh.config import model as cfg
+
+ROLE_ARN: Final = re.compile(
+    r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}"
+)
+POLICY_ARN: Final = re.compile(r"arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}|aws):policy/[\x21-\x7e]+")
+SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")  # and SourceIdentity
+REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
+URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
+ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _matching(regex: re.Pattern[str], hint: str) -> AfterValidator:
+    """A string rule: the whole value matches `regex`, or the problem is `hint`."""
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(hint)
+        return value
+
+    return AfterValidator(check)
+
+
+def _duration_seconds(value: object) -> int:
+    seconds = cfg.parse_duration(value)
+    if seconds != int(seconds):
+        raise ValueError("expected a whole number of seconds")
+    return int(seconds)
+
+
+def _policy_arns(value: list[str]) -> list[str]:
+    if len(value) > 10:
+        raise ValueError("expected at most 10 policy ARNs")
+    if not all(POLICY_ARN.fullmatch(arn) for arn in value):
+        raise ValueError("expected managed policy ARNs like arn:aws:iam::aws:policy/ReadOnlyAccess")
+    return value
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 50:
+        raise ValueError("expected at most 50 tags")
+    for key, tag_value in value.items():
+        if not 1 <= len(key) <= 128:
+            raise ValueError("expected tag keys of 1 to 128 characters")
+        if len(tag_value) > 256:
+            raise ValueError("expected tag values of at most 256 characters")
+    return value
+
+
+def _listen(value: str) -> str:
+    cfg.parse_listen(value)
+    return value
+
+
+def _container_listen(value: str) -> str:
+    if cfg.parse_listen(value)[0] not in cfg.CONTAINER_HOSTS:
+        raise ValueError(
+            "expected one of the addresses botocore accepts over http: "
+            "127.0.0.1, ::1, 169.254.170.23 or fd00:ec2::23, with a port"
+        )
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
+DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+StsName = Annotated[
+    str, _matching(SESSION_NAME, "expected 2 to 64 characters of letters, digits and +=,.@_-")
+]
+Url = Annotated[
+    str, _matching(URL, "expected an http(s) URL like https://sts.eu-west-1.amazonaws.com")
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=False)
+
+
+class ProfileModel(_Strict):
+    """Every key a profile (or `defaults`) may carry; None is unset (defaults come later)."""
+
+    role_arn: Annotated[str, _matching(ROLE_ARN, ROLE_ARN_HINT)] | None = None
+    role_session_name: StsName | None = None
+    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
+    duration_seconds: DurationSeconds | None = None
+    region: Annotated[str, _matching(REGION, "expected an AWS region like us-east-1")] | None = None
+    endpoint_url: Url | None = None
+    source_profile: NonEmpty | None = None
+    web_identity_token_file: NonEmpty | None = None
+    policy: dict[str, Any] | str | None = None
+    policy_file: NonEmpty | None = None
+    policy_arns: Annotated[list[str], AfterValidator(_policy_arns)] | None = None
+    tags: Annotated[dict[str, str], AfterValidator(_tags)] | None = None
+    transitive_tag_keys: list[str] | None = None
+    source_identity: StsName | None = None
+    refresh_before: Duration | None = None
+    adopt: bool | None = None
+
+
+class StsModel(_Strict):
+    endpoint_url: Url | None = cfg.StsSettings.endpoint_url
+    use_fips_endpoint: bool = cfg.StsSettings.use_fips_endpoint
+    use_dualstack_endpoint: bool = cfg.StsSettings.use_dualstack_endpoint
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = cfg.StsSettings.max_concurrency
+    timeout: Annotated[Duration, Field(gt=0, le=300)] = cfg.StsSettings.timeout
+
+
+class RetryModel(_Strict):
+    initial: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.initial
+    max: Annotated[Duration, Field(gt=0, le=86400)] = cfg.RetrySettings.max
+
+
+class AlertsModel(_Strict):
+    after: Duration = cfg.AlertSettings.after
+    expiry_warning: Duration = cfg.AlertSettings.expiry_warning
+    repeat: Annotated[Duration, Field(gt=0)] = cfg.AlertSettings.repeat
+    webhook_url: Url | None = cfg.AlertSettings.webhook_url
+    command: Annotated[list[str], Field(min_length=1)] | None = None  # None: no command
+    command_timeout: Annotated[Duration, Field(gt=0, le=3600)] = cfg.AlertSettings.command_timeout
+
+
+class HttpModel(_Strict):
+    listen: Annotated[str, AfterValidator(_listen)] | None = cfg.HttpSettings.listen
+
+
+class MetricsModel(_Strict):
+    textfile: NonEmpty | None = None
+
+
+class ContainerCredentialsModel(_Strict):
+    listen: Annotated[str, AfterValidator(_container_listen)] | None = None
+    token_file: NonEmpty | None = None
+
+
+class TopModel(_Strict):
+    credentials_file: NonEmpty | None = None
+    state_file: NonEmpty | None = None
+    owner: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\r\n]+$")] | None = None
+    defaults: dict[str, Any] | None = None
+    sts: dict[str, Any] | None = None
+    retry: dict[str, Any] | None = None
+    profiles: dict[str, Any] | None = None
+    alerts: dict[str, Any] | None = None
+    http: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    container_credentials: dict[str, Any] | None = None
+
+
+_MESSAGES: Final = {
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+    "greater_than_equal": "expected at least {ge}",
+    "greater_than": "expected more than {gt}",
+    "less_than_equal": "expected at most {le}",
+    "less_than": "expected less than {lt}",
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_too_short": "expected at least {min_length} characters",
+    "string_too_long": "expected at most {max_length} characters",
+    "too_short": "expected at least {min_length} items",
+    "too_long": "expected at most {max_length} items",
+    "string_pattern_mismatch": "expected a single line of text",
+}
+
+
+def _problems(error: ValidationError, prefix: str) -> list[str]:
+    """pydantic's errors as `path: expectation` lines, without the input values."""
+    out = []
+    for item in error.errors(include_input=False, include_url=False):
+        parts = [str(part) for part in item["loc"]]
+        loc = parts[:1] + [part for part in parts[1:] if not _is_type_tag(part)]
+        path = ".".join(part for part in (prefix, *loc) if part)
+        template = _MESSAGES.get(item["type"])
+        ctx = item.get("ctx") or {}
+        message = template.format(**ctx) if template else str(item["msg"])
+        message = message.removeprefix("Value error, ")
+        line = f"{path or '(top level)'}: {message}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def _is_type_tag(part: str) -> bool:
+    """pydantic puts union members (`str`, `dict[str,any]`) into error paths: drop them."""
+    return "[" in part or part.startswith("function-") or part in _TYPE_TAGS
+
+
+_TYPE_TAGS: Final = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
+
+
+def validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, list[str]]:
+    """Validate, then again without the keys that failed, so cross-checks still run."""
+    data = {} if data is None else data
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        problems = _problems(exc, prefix)
+        if not isinstance(data, dict):
+            return None, problems
+        failed = {item["loc"][0] for item in exc.errors() if item["loc"]}
+    try:
+        return model.model_validate({k: v for k, v in data.items() if k not in failed}), problems
+    except ValidationError:
+        return None, problems
+
+
+def section(model: type[_M], data: object, prefix: str) -> tuple[_M, list[str]]:
+    """`validated`, falling back to the section's defaults; the problems say why."""
+    found, problems = validated(model, data, prefix)
+    return found or model(), problems
