@@ -23,7 +23,7 @@ CODES: Final = {
     "read_failed": "check the credentials file's permissions",
     "unparseable_file": "the credentials file is not INI at the line given: fix that line",
     "section_conflict": "the section exists and is not credfresh's: set adopt: true",
-    "unsafe_path": "as root, every path on the way must be root's and not a symlink",
+    "unsafe_path": "the message names the path refused and why (a symlink, another owner)",
     "already_running": "another credfresh holds this credentials file's lock",
     "no_credentials": "credfresh has not written the profile: is the daemon running?",
     "credentials_expired": "the daemon is not refreshing the profile: see `credfresh status`",

@@ -77,12 +77,12 @@ def federation_url(partition: str, environ: Mapping[str, str]) -> str:
         return FEDERATION_URLS[partition]
     parts = urllib.parse.urlsplit(override)
     if parts.query or parts.fragment or not parts.hostname:
-        raise ValueError(f"{FEDERATION_ENV}: expected a URL like https://HOST/federation")
+        raise UsageError(f"{FEDERATION_ENV}: expected a URL like https://HOST/federation")
     if parts.scheme == "https":
         return override
     if parts.scheme == "http" and _is_loopback(parts.hostname):
         return override
-    raise ValueError(f"{FEDERATION_ENV}: expected https, or http to a loopback address")
+    raise UsageError(f"{FEDERATION_ENV}: expected https, or http to a loopback address")
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,14 +90,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def check_destination(destination: str) -> str:
-    """The console page to open: an https URL (AWS refuses other destinations anyway)."""
-    parts = urllib.parse.urlsplit(destination)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("expected an https URL like https://console.aws.amazon.com/s3/")
-    return destination
 
 
 def signin_token_request(federation: str, creds: Credentials, seconds: int | None) -> str:
@@ -288,7 +280,8 @@ class Options(NamedTuple):
 
 
 def check_options(duration: str | float, issuer: str | None, destination: str | None) -> Options:
-    """The options, or UsageError naming the first wrong one."""
+    """The options, or UsageError naming the first wrong one (a destination must be https:
+    AWS refuses any other)."""
     try:
         seconds = session_seconds(duration)
     except ValueError as exc:
@@ -296,8 +289,9 @@ def check_options(duration: str | float, issuer: str | None, destination: str | 
     if issuer is not None and (not issuer or any(ch in issuer for ch in "\r\n")):
         raise UsageError("--issuer: expected a single line of text")
     try:
-        if destination is not None:
-            check_destination(destination)
+        parts = None if destination is None else urllib.parse.urlsplit(destination)
+        if parts is not None and (parts.scheme != "https" or not parts.hostname):
+            raise ValueError("expected an https URL like https://console.aws.amazon.com/s3/")
     except ValueError as exc:
         raise UsageError(f"--destination: {exc}") from None
     return Options(seconds, issuer or DEFAULT_ISSUER, destination)
@@ -314,10 +308,7 @@ def main(config_path: Path, profile: str, options: Options, ctx: Context) -> int
         light.credentials_file, light.owner, profile, ctx.clock, only=[profile]
     )
     partition = partition_of(creds.principal_arn, settings.role_arn)
-    try:
-        federation = federation_url(partition, ctx.environ)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    federation = federation_url(partition, ctx.environ)
     pool = connection_pool(federation, ctx.environ)
     token = _signin_token(federation, creds, options.seconds, pool, ctx.err)
     target = options.destination or CONSOLE_URLS[partition]

@@ -187,7 +187,7 @@ class Demo:
         return code
 
 
-def _script(demo: Demo, duration: float | None, stop: threading.Event) -> int:
+def _script(demo: Demo, stop: threading.Event) -> int:
     out = demo.out
     lifetime = demo.lifetime
     if not demo.ready.wait(30) or stop.is_set():
@@ -250,20 +250,16 @@ def main(*, duration: float | None, ctx: Context) -> int:
         wt = sts.setup_walkthrough()
         demo = Demo(sts, Path(tmp), ctx, lifetime)
         demo.prepare(wt)
+        until = f" (or after {duration:.0f} s)" if duration else ""
         _say(
             out,
             "credfresh demo: the real daemon against a development STS on loopback "
-            f"({sts.url}); no AWS account is used.",
-        )
-        _say(out, f"  config:            {demo.config_path}")
-        _say(out, f"  credentials file:  {demo.credentials}")
-        _say(out, f"  IAM user:          {wt.user_arn} (its key is the source profile demo-user)")
-        _say(
-            out,
-            f"  credentials live:  {lifetime:.0f} s, so refreshes come every ~{lifetime / 2:.0f} s",
-        )
-        _say(
-            out, "  stop with Ctrl-C" + (f" (or after {duration:.0f} s)" if duration else "") + "\n"
+            f"({sts.url}); no AWS account is used.\n"
+            f"  config:            {demo.config_path}\n"
+            f"  credentials file:  {demo.credentials}\n"
+            f"  IAM user:          {wt.user_arn} (its key is the source profile demo-user)\n"
+            f"  credentials live:  {lifetime:.0f} s, so refreshes come every "
+            f"~{lifetime / 2:.0f} s\n  stop with Ctrl-C{until}\n",
         )
         demo.start_daemon()
         if duration is not None:
@@ -272,7 +268,7 @@ def main(*, duration: float | None, ctx: Context) -> int:
             timer.start()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
-            code = _script(demo, duration, stop)
+            code = _script(demo, stop)
         finally:
             signal.signal(signal.SIGINT, previous)
             daemon_code = demo.stop()

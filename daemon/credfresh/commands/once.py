@@ -119,17 +119,6 @@ def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> 
         for name, error in result.conflicts.items():
             issued.pop(name, None)
             failed[name] = classify(error.code, str(error))
-    _report(chosen, issued, failed, ctx)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _report(
-    chosen: Sequence[str],
-    issued: Mapping[str, Credentials],
-    failed: Mapping[str, Failure],
-    ctx: Context,
-) -> None:
-    """One line per chosen profile: refreshed, failed (with its hint) or already fresh."""
     for name in chosen:
         if name in issued:
             expiration = issued[name].expiration
@@ -143,3 +132,4 @@ def _report(
                 ctx.err.write(f"  hint: {failure.hint}\n")
         else:
             ctx.out.write(f"fresh {name}: nothing to do\n")
+    return EXIT_FAILED if failed else EXIT_OK

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from credfresh.context import Context
 
-HEADERS = (
+HEADERS = [
     "PROFILE",
     "STATE",
     "EXPIRES AT",
@@ -31,7 +31,7 @@ HEADERS = (
     "ROLE ARN",
     "LAST ERROR",
     "NEXT ATTEMPT",
-)
+]
 
 
 def select(names: Sequence[str], known: Mapping[str, object], path: Path) -> list[str]:
@@ -121,7 +121,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], now: datetime) -> str:
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(HEADERS)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
-        for line in [list(HEADERS), *body]
+        for line in [HEADERS, *body]
     ]
     return "\n".join(lines) + "\n"
 
