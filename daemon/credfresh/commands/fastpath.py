@@ -233,16 +233,19 @@ def read_process_json(
 ) -> str | None:
     """The JSON for `profile` from a credentials file, or None if not certain it is there."""
     data = _read_plain_file(credentials_file, euid)
-    if data is None:
-        return None
+    found = None if data is None else _credentials_in(data, profile, owner)
+    return None if found is None or found[3] <= now else process_json(*found)
+
+
+def _credentials_in(
+    data: bytes, profile: str, owner: str | None
+) -> tuple[str, str, str, datetime] | None:
+    """`section_credentials` of the profile in a file's bytes; None if absent or in doubt."""
     try:
         options = section_options(split_lines(data.decode("utf-8")), profile)
     except (UnicodeDecodeError, Unparseable):
         return None
-    found = None if options is None else section_credentials(options, owner)
-    if found is None or found[3] <= now:
-        return None
-    return process_json(*found)
+    return None if options is None else section_credentials(options, owner)
 
 
 def _load_document(config: str) -> dict[str, object] | None:
@@ -251,17 +254,15 @@ def _load_document(config: str) -> dict[str, object] | None:
     if data is None:
         return None
     try:
+        from credfresh.config import yamlsafe
+
         text = data.decode("utf-8")
         if _suffix(config).lower() == ".toml":
             import tomllib
 
-            from credfresh.config import yamlsafe
-
             document: object = tomllib.loads(text)
             yamlsafe.check_size(document, config)
         else:
-            from credfresh.config import yamlsafe
-
             document = yamlsafe.load(text, config)
     except Exception:  # any doubt: the full loader reports it
         return None
@@ -424,10 +425,9 @@ def credential_process_from_file(credentials_file: str, profile: str, ctx: Conte
     credfile.read_managed(path, "")
     try:
         data = resolve_target(path).read_bytes()
-        options = section_options(split_lines(data.decode("utf-8")), profile)
-    except (OSError, UnicodeDecodeError, Unparseable):
-        options = None  # replaced since the check: as if absent, the next call reads again
-    found = None if options is None else section_credentials(options, None)
+    except OSError:
+        data = b""  # replaced since the check: as if absent, the next call reads again
+    found = _credentials_in(data, profile, None)
     if found is None:
         raise NoCredentials.missing(profile, path)
     if found[3] <= ctx.clock.now():
