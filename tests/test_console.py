@@ -27,7 +27,6 @@ from credfresh.commands.console_url import (
     CONSOLE_URLS,
     FEDERATION_ENV,
     FEDERATION_URLS,
-    ConsoleError,
     connection_pool,
     federation_url,
     partition_of,
@@ -36,6 +35,7 @@ from credfresh.commands.console_url import (
 )
 from credfresh.credentials import Credentials
 from credfresh.credfile import store as credfile
+from credfresh.errors import ConsoleError
 
 OWNER = "console-test"
 

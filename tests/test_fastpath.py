@@ -20,6 +20,7 @@ from credfresh.cli import main
 from credfresh.commands import fastpath
 from credfresh.config import load as config
 from credfresh.config import model
+from credfresh.context import Context
 from credfresh.credfile import format as credfile
 from credfresh.credfile import store
 from credfresh.errors import CredfileError
@@ -226,13 +227,11 @@ class TestAnswers:
         config_path = _layout(tmp_path)
         fast = io.StringIO()
         argv = ["credential-process", "p", "-c", str(config_path)]
-        assert fastpath.try_credential_process(argv, {}, fast) == 0
+        assert fastpath.try_credential_process(argv, Context(fast, fast, {})) == 0
         slow_out, slow_err = io.StringIO(), io.StringIO()
-        from credfresh.cli import Streams
-        from credfresh.commands import oneshot
+        from credfresh.commands.credential_process import credential_process
 
-        streams = Streams(out=slow_out, err=slow_err, environ={})
-        assert oneshot.credential_process(config_path, "p", streams) == 0
+        assert credential_process(config_path, "p", Context(slow_out, slow_err, {})) == 0
         assert fast.getvalue() == slow_out.getvalue()
         assert set(json.loads(fast.getvalue())) == {
             "Version",
@@ -251,7 +250,7 @@ class TestAnswers:
         )
         out = io.StringIO()
         argv = ["credential-process", "p", "-c", str(toml_config)]
-        assert fastpath.try_credential_process(argv, {}, out) == 0
+        assert fastpath.try_credential_process(argv, Context(out, out, {})) == 0
         assert out.getvalue() == _cli("credential-process", "p", "-c", str(yaml_config))[1]
 
     @pytest.mark.parametrize(
@@ -279,7 +278,8 @@ class TestAnswers:
         elif case == "other owner":
             config_path.write_text(config_path.read_text().replace(OWNER, "someone"))
         argv = ["credential-process", profile, "-c", str(config_path)]
-        assert fastpath.try_credential_process(argv, {}, io.StringIO()) is None
+        sink = io.StringIO()
+        assert fastpath.try_credential_process(argv, Context(sink, sink, {})) is None
         got_code, out, err = _cli(*argv)
         assert (got_code, out) == (code, "")
         assert message.format(creds=tmp_path / "credentials", tmp=tmp_path) in err
@@ -290,15 +290,20 @@ class TestAnswers:
         config_path = _layout(tmp_path)
         link = tmp_path / "link"
         link.symlink_to(tmp_path / "credentials")
-        assert fastpath.read_process_json(str(link), "p", OWNER, NOW) is None
-        assert fastpath.read_process_json(str(tmp_path / "credentials"), "p", OWNER, NOW)
+        assert fastpath.read_process_json(str(link), "p", OWNER, NOW, os.geteuid()) is None
+        assert fastpath.read_process_json(
+            str(tmp_path / "credentials"), "p", OWNER, NOW, os.geteuid()
+        )
         code, out, _ = _cli("credential-process", "p", "--credentials-file", str(link))
         assert code == 0
         assert json.loads(out)["Version"] == 1
         if os.geteuid() == 0:
             os.chown(tmp_path / "credentials", NOBODY, NOBODY)
             assert (
-                fastpath.read_process_json(str(tmp_path / "credentials"), "p", OWNER, NOW) is None
+                fastpath.read_process_json(
+                    str(tmp_path / "credentials"), "p", OWNER, NOW, os.geteuid()
+                )
+                is None
             )
             code, out, err = _cli("credential-process", "p", "-c", str(config_path))
             assert (code, out) == (1, "")

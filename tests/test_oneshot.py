@@ -294,7 +294,7 @@ class TestStatus:
 
     def test_rows_carry_refresh_at_and_the_table_a_refresh_column(self) -> None:
         """refresh_at is the due time of what is on disk; REFRESH counts down to it, then `now`."""
-        from credfresh.commands import oneshot
+        from credfresh.commands import status
         from credfresh.credentials import Credentials
 
         issued = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -302,13 +302,13 @@ class TestStatus:
         short = Credentials("ASIAEXAMPLEEXAMPLE02", "s", "t", issued + timedelta(hours=1), issued)
         profiles = {"long": ("arn-l", None), "short": ("arn-s", 600.0), "none": ("arn-n", None)}
         now = issued + timedelta(minutes=55)
-        rows = oneshot.status_rows(now, profiles, {"long": long, "short": short}, frozenset(), {})
+        rows = status.status_rows(now, profiles, {"long": long, "short": short}, frozenset(), {})
         by_name = {row["profile"]: row for row in rows}
         assert by_name["long"]["refresh_at"] == "2026-11-28T22:55:00Z"
         assert by_name["short"]["refresh_at"] == "2026-11-28T12:50:00Z"
         assert by_name["short"]["state"] == "due"
         assert by_name["none"]["refresh_at"] is None
-        table = oneshot.render_table(rows, now).splitlines()
+        table = status.render_table(rows, now).splitlines()
         assert table[0].split()[:6] == ["PROFILE", "STATE", "EXPIRES", "AT", "LEFT", "REFRESH"]
         cells = {line.split()[0]: line.split() for line in table[1:]}
         assert cells["long"][4] == "10h00m"

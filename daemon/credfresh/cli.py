@@ -1,15 +1,19 @@
-"""The command line: a thin layer that parses options and hands them to one command.
+"""The command line: parse options, run one command, turn its errors into exit codes.
 
 Every option can also come from `CREDFRESH_<OPTION>` (`--min-remaining` from
 `CREDFRESH_MIN_REMAINING`). Commands import their modules lazily so that the fast ones
 (`status`, `credential-process`) never load boto3 or pydantic, and this module imports
-nothing at the top but `os` and `sys`: `credential-process` is answered by `fastpath`
+nothing at the top but `sys`: `credential-process` is answered by `fastpath`
 before argparse is even loaded (the full parser runs when it cannot answer).
+
+A command returns its verdict (0, or 1 when `once` had failures or `status` found too
+little validity left) and raises an `errors` type for anything else; `main` maps each to
+its exit code through `errors.EXIT_STATUS`. `run` alone still returns the daemon's own
+start-up codes (2 for an unsafe or invalid config, 3 when another instance holds the lock).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -21,21 +25,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import TextIO
 
+    from credfresh.context import Context
+
+    Adder = Callable[..., None]
+    Command = Callable[[str, str], argparse.ArgumentParser]
+
 _TRUE = {"1", "true", "yes", "on"}
-
-
-class Streams:
-    """Where a command writes: injected so tests capture output without patching.
-
-    A plain class, not a dataclass: importing dataclasses costs `credential-process` 8 ms.
-    """
-
-    __slots__ = ("environ", "err", "out")
-
-    def __init__(self, out: TextIO, err: TextIO, environ: Mapping[str, str]) -> None:
-        self.out = out
-        self.err = err
-        self.environ = environ
 
 
 def _env_default(environ: Mapping[str, str], option: str, kind: str = "str") -> object:
@@ -50,26 +45,24 @@ def _env_default(environ: Mapping[str, str], option: str, kind: str = "str") -> 
     return value
 
 
-def build_parser(streams: Streams) -> argparse.ArgumentParser:
+def _parser_class(ctx: Context) -> type[argparse.ArgumentParser]:
     import argparse
 
-    class _Parser(argparse.ArgumentParser):
-        """Usage errors exit with EXIT_CONFIG (2), like argparse, but through our streams."""
-
-        def __init__(self, *args: object, streams: Streams | None = None, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self._streams = streams
+    class Parser(argparse.ArgumentParser):
+        """Help and usage errors (exit 2, like argparse) go to the injected streams."""
 
         def _print_message(self, message: str, file: object = None) -> None:
-            if not message or self._streams is None:
-                return
-            target = self._streams.err if file is sys.stderr else self._streams.out
-            target.write(message)
+            if message:
+                (ctx.err if file is sys.stderr else ctx.out).write(message)
 
-    env = streams.environ
+    return Parser
+
+
+def _option_adder(environ: Mapping[str, str]) -> Adder:
+    """`opt(parser, *flags, kind=...)`: an option whose default is its CREDFRESH_ variable."""
 
     def opt(parser: argparse.ArgumentParser, *flags: str, kind: str = "str", **kw: object) -> None:
-        default = _env_default(env, flags[-1], kind)
+        default = _env_default(environ, flags[-1], kind)
         if kind == "flag":
             parser.add_argument(*flags, action="store_true", default=bool(default), **kw)  # type: ignore[arg-type]
         elif kind == "list":
@@ -78,20 +71,19 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         else:
             parser.add_argument(*flags, default=default, **kw)  # type: ignore[arg-type]
 
-    parser = _Parser(
+    return opt
+
+
+def build_parser(ctx: Context) -> argparse.ArgumentParser:
+    """The full parser: defaults from `ctx.environ`, help and errors to `ctx`'s streams."""
+    parser_class = _parser_class(ctx)
+    parser = parser_class(
         prog="credfresh",
         description="Keep AWS temporary credentials fresh in the shared credentials file.",
-        streams=streams,
     )
     parser.add_argument("--version", action="version", version=f"credfresh {__version__}")
-
-    class _Bound(_Parser):
-        """Subcommand parsers write (help, usage errors) to the same injected streams."""
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, streams=streams, **kwargs)
-
-    common = _Bound(add_help=False)
+    opt = _option_adder(ctx.environ)
+    common = parser_class(add_help=False)
     opt(
         common,
         "-c",
@@ -106,20 +98,24 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         help="log rendering (default: console on a TTY, else JSON)",
     )
     opt(common, "--log-level", choices=["debug", "info", "warning", "error"], help="log level")
-
     sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Bound
+        dest="command", metavar="COMMAND", required=True, parser_class=parser_class
     )
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    command("validate", "Check the config and print a summary (exit 2 with every problem).")
+    _add_file_commands(command, opt)
+    _add_other_commands(command, opt)
+    return parser
 
+
+def _add_file_commands(command: Command, opt: Adder) -> None:
+    """The commands that read the config or the credentials file and exit."""
+    command("validate", "Check the config and print a summary (exit 2 with every problem).")
     once = command("once", "Refresh every missing or due profile once, in one write.")
     opt(once, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
     opt(once, "--force", kind="flag", help="refresh even profiles that are still fresh")
-
     status = command("status", "Show each profile's credentials and health.")
     opt(status, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
     opt(
@@ -130,7 +126,6 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         "profile has at least this much validity left (default 0s)",
     )
     opt(status, "--json", kind="flag", help="machine-readable output")
-
     process = command(
         "credential-process",
         "Print a profile's credentials as "
@@ -144,18 +139,17 @@ def build_parser(streams: Streams) -> argparse.ArgumentParser:
         help="read this credentials file and no config (any credfresh owner's section)",
     )
 
-    run = command("run", "Run the daemon in the foreground (for systemd or a container).")
-    opt(run, "--once-then-exit", kind="flag", help=argparse.SUPPRESS)
 
+def _add_other_commands(command: Command, opt: Adder) -> None:
+    """The daemon, the demo and the console sign-in."""
+    command("run", "Run the daemon in the foreground (for systemd or a container).")
     demo = command("demo", "Run credfresh against an embedded development STS (no AWS account).")
     opt(demo, "--duration", metavar="SECONDS", help="stop after this many seconds")
-
     console = command("console-url", "Print an AWS console sign-in URL for a profile.")
     console.add_argument("profile_name", metavar="PROFILE")
     opt(console, "--destination", metavar="URL", help="console page to open")
     opt(console, "--issuer", metavar="NAME", help="issuer shown by the console")
     opt(console, "--duration", metavar="DURATION", help="console session length (default 1h)")
-    return parser
 
 
 def _profiles(args: argparse.Namespace) -> list[str]:
@@ -171,87 +165,71 @@ def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     return Path(args.config) if args.config else default_config_path(environ)
 
 
-def _validate(args: argparse.Namespace, streams: Streams) -> int:
+def _validate(args: argparse.Namespace, ctx: Context) -> int:
     from credfresh.config.validate import load_config
-    from credfresh.context import Context
 
-    config = load_config(
-        config_path(args, streams.environ),
-        streams.environ,
-        Context(streams.out, streams.err, streams.environ).home,
-    )
+    config = load_config(config_path(args, ctx.environ), ctx.environ, ctx.home)
     for warning in config.warnings:
-        streams.err.write(f"warning: {warning}\n")
-    streams.out.write(
+        ctx.err.write(f"warning: {warning}\n")
+    ctx.out.write(
         f"{config.path}: ok, {len(config.profiles)} profile(s), "
         f"credentials file {config.credentials_file}, owner {config.owner}\n"
     )
     return 0
 
 
-def _once(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh.commands import oneshot
+def _once(args: argparse.Namespace, ctx: Context) -> int:
+    from credfresh.commands.once import once
 
-    return oneshot.once(config_path(args, streams.environ), _profiles(args), args.force, streams)
-
-
-def _status(args: argparse.Namespace, streams: Streams) -> int:
-    from credfresh.commands import oneshot
-
-    return oneshot.status(
-        config_path(args, streams.environ),
-        _profiles(args),
-        args.min_remaining or "0s",
-        as_json=args.json,
-        streams=streams,
-    )
+    return once(config_path(args, ctx.environ), _profiles(args), args.force, ctx)
 
 
-def _credential_process(args: argparse.Namespace, streams: Streams) -> int:
+def _status(args: argparse.Namespace, ctx: Context) -> int:
+    from credfresh.commands.status import status
+
+    where = config_path(args, ctx.environ)
+    minimum = args.min_remaining or "0s"
+    return status(where, _profiles(args), minimum, as_json=args.json, ctx=ctx)
+
+
+def _credential_process(args: argparse.Namespace, ctx: Context) -> int:
     from pathlib import Path
 
-    from credfresh.commands import fastpath, oneshot
+    from credfresh.commands import fastpath
+    from credfresh.commands.credential_process import credential_process
 
-    is_config, where = fastpath.source_of(args.config, args.credentials_file, streams.environ)
+    is_config, where = fastpath.source_of(args.config, args.credentials_file, ctx.environ)
     if not is_config:
-        return fastpath.credential_process_from_file(
-            where, args.profile_name, streams.out, streams.err
-        )
-    return oneshot.credential_process(Path(where), args.profile_name, streams)
+        return fastpath.credential_process_from_file(where, args.profile_name, ctx)
+    return credential_process(Path(where), args.profile_name, ctx)
 
 
-def _run(args: argparse.Namespace, streams: Streams) -> int:
+def _run(args: argparse.Namespace, ctx: Context) -> int:
     from credfresh.process import daemon
 
     return daemon.main(
-        config_path(args, streams.environ),
+        config_path(args, ctx.environ),
         log_format=args.log_format,
         log_level=args.log_level,
-        streams=streams,
+        streams=ctx,
     )
 
 
-def _demo(args: argparse.Namespace, streams: Streams) -> int:
+def _demo(args: argparse.Namespace, ctx: Context) -> int:
     from credfresh.commands import demo
 
     duration = float(args.duration) if args.duration else None
-    return demo.main(duration=duration, streams=streams)
+    return demo.main(duration=duration, ctx=ctx)
 
 
-def _console_url(args: argparse.Namespace, streams: Streams) -> int:
+def _console_url(args: argparse.Namespace, ctx: Context) -> int:
     from credfresh.commands import console_url as console
 
-    return console.main(
-        config_path(args, streams.environ),
-        args.profile_name,
-        destination=args.destination,
-        issuer=args.issuer,
-        duration=args.duration or "1h",
-        streams=streams,
-    )
+    options = console.check_options(args.duration or "1h", args.issuer, args.destination)
+    return console.main(config_path(args, ctx.environ), args.profile_name, options, ctx)
 
 
-COMMANDS: Mapping[str, Callable[[argparse.Namespace, Streams], int]] = {
+COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "validate": _validate,
     "once": _once,
     "status": _status,
@@ -269,35 +247,34 @@ def main(
     stderr: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run one command and return its exit status; only this layer turns errors into codes."""
-    streams = Streams(
-        out=stdout or sys.stdout, err=stderr or sys.stderr, environ=environ or os.environ
-    )
+    """Run one command and return its exit status: errors become codes here and only here.
+
+    What is not given is the process's own (an empty `environ` too).
+    """
+    from credfresh.context import Context
+
+    ctx = Context.system(stdout, stderr, environ or None)
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["credential-process"]:
         from credfresh.commands import fastpath
 
-        answered = fastpath.try_credential_process(arguments, streams.environ, streams.out)
+        answered = fastpath.try_credential_process(arguments, ctx)
         if answered is not None:
             return answered
-    from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, CredfreshError
+    from credfresh.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_STATUS, CredfreshError
 
-    parser = build_parser(streams)
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(ctx).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
     if argv is None and args.command == "run":
         from credfresh.process.allocator import reexec_without_tcache
 
-        reexec_without_tcache(streams.environ, sys.orig_argv)
+        reexec_without_tcache(ctx.environ, sys.orig_argv)
     try:
-        return COMMANDS[args.command](args, streams)
-    except ConfigError as exc:
-        streams.err.write(f"credfresh: {exc}\n")
-        return EXIT_CONFIG
+        return COMMANDS[args.command](args, ctx)
     except CredfreshError as exc:
-        streams.err.write(f"credfresh: {exc.code}: {exc}\n")
-        return EXIT_FAILED
+        ctx.err.write(f"credfresh: {exc.code}: {exc}\n" if exc.show_code else f"credfresh: {exc}\n")
+        return next(status for kind, status in EXIT_STATUS if isinstance(exc, kind))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

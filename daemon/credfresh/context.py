@@ -3,7 +3,8 @@
 Every part that would otherwise read `os.environ`, `Path.home()`, `os.geteuid()` or the
 wall clock takes a `Context` (or just its `clock`) instead, so tests pass a fake one and
 never patch the process. Only `Context.system()` and `SystemClock` touch the real thing.
-Plain `__slots__` classes, not dataclasses: `credential-process` pays for every import.
+Plain `__slots__` classes, not dataclasses, and `home` found (with pathlib) only when
+asked: `credential-process` pays for every import.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
     from typing import TextIO
 
 
@@ -43,7 +44,7 @@ class SystemClock:
 class Context:
     """What a command or the daemon may know about the process it runs in."""
 
-    __slots__ = ("clock", "environ", "err", "euid", "home", "out")
+    __slots__ = ("_home", "clock", "environ", "err", "euid", "out")
 
     def __init__(
         self,
@@ -60,15 +61,27 @@ class Context:
         self.environ = environ
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.euid = os.geteuid() if euid is None else euid
-        self.home = home if home is not None else _home(environ)
+        self._home = home
+
+    @property
+    def home(self) -> Path:
+        """`$HOME` as the SDKs read it; the password database only when it is unset."""
+        if self._home is None:
+            from pathlib import Path
+
+            home = self.environ.get("HOME")
+            self._home = Path(home) if home else Path.home()
+        return self._home
 
     @classmethod
-    def system(cls) -> Context:
-        """The real process: its streams, a snapshot of its environment, its clocks."""
-        return cls(sys.stdout, sys.stderr, dict(os.environ))
-
-
-def _home(environ: Mapping[str, str]) -> Path:
-    """`$HOME` as the SDKs read it; the password database only when it is unset."""
-    home = environ.get("HOME")
-    return Path(home) if home else Path.home()
+    def system(
+        cls,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Context:
+        """The real process: its streams, a snapshot of its environment, its clocks (the
+        streams and environment given here instead, for tests and embedders)."""
+        return cls(
+            out or sys.stdout, err or sys.stderr, dict(os.environ) if environ is None else environ
+        )

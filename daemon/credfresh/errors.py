@@ -1,13 +1,39 @@
-"""Exceptions and exit codes shared by every module, kept apart so nothing imports in a loop."""
+"""Every error type, every error code with its hint, and the exit status of each type.
+
+Kept apart so every module imports it without loops. `cli.main` is the one place that turns
+an error into an exit status, through `EXIT_STATUS`.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_CONFIG: Final = 2
 EXIT_LOCKED: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+#: Every code credfresh's own errors carry, with what to do about it. STS's codes and their
+#: hints are classified where the answer is read (`sources.sts.HINTS`).
+CODES: Final = {
+    "config_invalid": "fix each `path: expectation` listed, then run `credfresh validate`",
+    "usage": "an option or argument is not what the command expects: see `--help`",
+    "write_failed": "check the directory's permissions and free space",
+    "read_failed": "check the credentials file's permissions",
+    "unparseable_file": "the credentials file is not INI at the line given: fix that line",
+    "section_conflict": "the section exists and is not credfresh's: set adopt: true",
+    "unsafe_path": "the message names the path refused and why (a symlink, another owner)",
+    "already_running": "another credfresh holds this credentials file's lock",
+    "no_credentials": "credfresh has not written the profile: is the daemon running?",
+    "credentials_expired": "the daemon is not refreshing the profile: see `credfresh status`",
+    "federation_unreachable": "check the network and the proxy settings",
+    "federation_refused": "the federation endpoint refused the credentials",
+    "federation_invalid": "the federation endpoint's answer was not a sign-in token",
+    "proxy_plain_http": "credentials go through a proxy over https only",
+    "proxy_invalid": "HTTPS_PROXY or HTTP_PROXY must be an http(s) URL",
+    "sink_failed": "the alert_failed event says why the delivery failed",
+}
 
 
 class CredfreshError(Exception):
@@ -17,6 +43,8 @@ class CredfreshError(Exception):
     """
 
     code: str = "error"
+    #: Printed as `credfresh: CODE: message`; False where the message says it all.
+    show_code: ClassVar[bool] = True
 
     def __init__(self, message: str, *, code: str | None = None, profile: str | None = None):
         super().__init__(message)
@@ -33,6 +61,7 @@ class ConfigError(CredfreshError):
     """The config cannot be used; `problems` lists every `path: expectation` found."""
 
     code = "config_invalid"
+    show_code = False
 
     def __init__(self, problems: list[str], *, path: str | None = None):
         self.problems = problems
@@ -43,11 +72,18 @@ class ConfigError(CredfreshError):
         )
 
 
+class UsageError(CredfreshError):
+    """A command-line value is wrong; the message names the option and what was expected."""
+
+    code = "usage"
+    show_code = False
+
+
 class CredfileError(CredfreshError):
     """The credentials file could not be read or written.
 
-    Codes: `write_failed`, `unparseable_file` (with `line`), `section_conflict` (with
-    `profile`), `unsafe_path`.
+    Codes: `write_failed`, `read_failed`, `unparseable_file` (with `line`),
+    `section_conflict` (with `profile`), `unsafe_path`.
     """
 
     code = "write_failed"
@@ -62,3 +98,58 @@ class CredfileError(CredfreshError):
     ):
         super().__init__(message, code=code, profile=profile)
         self.line = line
+
+
+class NoCredentials(CredfreshError):
+    """A fast command found no valid credentials for the profile on disk."""
+
+    code = "no_credentials"
+    show_code = False
+
+    @classmethod
+    def missing(cls, profile: str, path: object) -> NoCredentials:
+        return cls(
+            f"profile {profile} has no credentials in {path} (is credfresh running?)",
+            profile=profile,
+        )
+
+    @classmethod
+    def expired(cls, profile: str, expiration: str) -> NoCredentials:
+        return cls(
+            f"profile {profile} expired at {expiration} "
+            "(is credfresh running? see `credfresh status`)",
+            code="credentials_expired",
+            profile=profile,
+        )
+
+
+class ConsoleError(CredfreshError):
+    """The sign-in token could not be obtained; the message never holds a secret or a URL.
+
+    `status` is the federation endpoint's HTTP status when it answered.
+    """
+
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class AlreadyRunning(CredfreshError):
+    """Another daemon holds the instance lock of the credentials file."""
+
+    code = "already_running"
+
+
+class SinkError(CredfreshError):
+    """An alert delivery failed; the message is safe to log (no URL, no secret)."""
+
+    code = "sink_failed"
+
+
+#: The exit status of each error type: the first that matches wins.
+EXIT_STATUS: Final[tuple[tuple[type[CredfreshError], int], ...]] = (
+    (AlreadyRunning, EXIT_LOCKED),
+    (ConfigError, EXIT_CONFIG),
+    (UsageError, EXIT_CONFIG),
+    (CredfreshError, EXIT_FAILED),
+)

@@ -11,22 +11,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final, NamedTuple, TextIO
 
+from credfresh.commands.credential_process import valid_credentials
 from credfresh.config.load import read_light
 from credfresh.config.model import parse_duration
-from credfresh.context import Context
-from credfresh.credentials import Credentials, format_time
-from credfresh.credfile import store as credfile
-from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, CredfreshError
+from credfresh.errors import EXIT_OK, ConsoleError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import urllib3
 
-    from credfresh.cli import Streams
+    from credfresh.context import Context
+    from credfresh.credentials import Credentials
 
 #: Set to point `console-url` at another federation endpoint (a test stand-in); https, or http
 #: to a loopback address only, since the profile's credentials are sent to it.
@@ -47,23 +46,6 @@ MIN_SESSION_SECONDS: Final = 900
 MAX_SESSION_SECONDS: Final = 43200
 REQUEST_TIMEOUT: Final = 10.0
 MAX_RESPONSE_BYTES: Final = 64 * 1024
-
-
-class ConsoleError(CredfreshError):
-    """The sign-in token could not be obtained; the message never holds a secret or a URL.
-
-    `status` is the federation endpoint's HTTP status when it answered.
-    """
-
-    code = "federation_failed"
-
-    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def session_seconds(duration: str | float) -> int:
@@ -96,12 +78,12 @@ def federation_url(partition: str, environ: Mapping[str, str]) -> str:
         return FEDERATION_URLS[partition]
     parts = urllib.parse.urlsplit(override)
     if parts.query or parts.fragment or not parts.hostname:
-        raise ValueError(f"{FEDERATION_ENV}: expected a URL like https://HOST/federation")
+        raise UsageError(f"{FEDERATION_ENV}: expected a URL like https://HOST/federation")
     if parts.scheme == "https":
         return override
     if parts.scheme == "http" and _is_loopback(parts.hostname):
         return override
-    raise ValueError(f"{FEDERATION_ENV}: expected https, or http to a loopback address")
+    raise UsageError(f"{FEDERATION_ENV}: expected https, or http to a loopback address")
 
 
 def _is_loopback(host: str) -> bool:
@@ -109,14 +91,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def check_destination(destination: str) -> str:
-    """The console page to open: an https URL (AWS refuses other destinations anyway)."""
-    parts = urllib.parse.urlsplit(destination)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("expected an https URL like https://console.aws.amazon.com/s3/")
-    return destination
 
 
 def signin_token_request(federation: str, creds: Credentials, seconds: int | None) -> str:
@@ -298,83 +272,47 @@ def _signin_token(
     return fetch_signin_token(signin_token_request(federation, creds, None), http)
 
 
-def main(
-    config_path: Path,
-    profile: str,
-    *,
-    destination: str | None = None,
-    issuer: str | None = None,
-    duration: str | float = "1h",
-    streams: Streams,
-    http: urllib3.PoolManager | None = None,
-    clock: Callable[[], datetime] = _now,
-) -> int:
-    """Print the sign-in URL for `profile`: exit 0, 1 (no valid credentials, federation
-    failure) or 2 (config or usage)."""
-    err = streams.err
+class Options(NamedTuple):
+    """The sign-in's options, checked: `seconds` is the console session's length."""
+
+    seconds: int
+    issuer: str
+    destination: str | None
+
+
+def check_options(duration: str | float, issuer: str | None, destination: str | None) -> Options:
+    """The options, or UsageError naming the first wrong one (a destination must be https:
+    AWS refuses any other)."""
     try:
         seconds = session_seconds(duration)
     except ValueError as exc:
-        err.write(f"credfresh: --duration: {exc}\n")
-        return EXIT_CONFIG
+        raise UsageError(f"--duration: {exc}") from None
     if issuer is not None and (not issuer or any(ch in issuer for ch in "\r\n")):
-        err.write("credfresh: --issuer: expected a single line of text\n")
-        return EXIT_CONFIG
+        raise UsageError("--issuer: expected a single line of text")
     try:
-        if destination is not None:
-            check_destination(destination)
+        parts = None if destination is None else urllib.parse.urlsplit(destination)
+        if parts is not None and (parts.scheme != "https" or not parts.hostname):
+            raise ValueError("expected an https URL like https://console.aws.amazon.com/s3/")
     except ValueError as exc:
-        err.write(f"credfresh: --destination: {exc}\n")
-        return EXIT_CONFIG
-    try:
-        light = read_light(
-            config_path, streams.environ, Context(streams.out, streams.err, streams.environ).home
-        )
-    except ConfigError as exc:
-        err.write(f"credfresh: {exc}\n")
-        return EXIT_CONFIG
+        raise UsageError(f"--destination: {exc}") from None
+    return Options(seconds, issuer or DEFAULT_ISSUER, destination)
+
+
+def main(config_path: Path, profile: str, options: Options, ctx: Context) -> int:
+    """Print the sign-in URL for `profile` and return 0. Raises UsageError or ConfigError
+    (exit 2), NoCredentials, CredfileError or ConsoleError (exit 1), for `cli` to report."""
+    light = read_light(config_path, ctx.environ, ctx.home)
     settings = light.profiles.get(profile)
     if settings is None:
-        err.write(f"credfresh: profile {profile} is not in {config_path}\n")
-        return EXIT_CONFIG
-    try:
-        view = credfile.read_managed(light.credentials_file, light.owner, [profile])
-    except CredfreshError as exc:
-        err.write(f"credfresh: {exc.code}: {exc}\n")
-        return EXIT_FAILED
-    creds = view.managed.get(profile)
-    if creds is None:
-        err.write(
-            f"credfresh: profile {profile} has no credentials in {light.credentials_file} "
-            "(is credfresh running?)\n"
-        )
-        return EXIT_FAILED
-    if creds.expiration <= clock():
-        err.write(
-            f"credfresh: profile {profile} expired at {format_time(creds.expiration)} "
-            "(is credfresh running? see `credfresh status`)\n"
-        )
-        return EXIT_FAILED
-    partition = partition_of(creds.principal_arn, settings.role_arn)
-    try:
-        federation = federation_url(partition, streams.environ)
-    except ValueError as exc:
-        err.write(f"credfresh: {exc}\n")
-        return EXIT_CONFIG
-    target = destination or CONSOLE_URLS[partition]
-    try:
-        pool = http or connection_pool(federation, streams.environ)
-        token = _signin_token(federation, creds, seconds, pool, err)
-    except ConsoleError as exc:
-        err.write(f"credfresh: {exc.code}: {exc}\n")
-        return EXIT_FAILED
-    streams.out.write(
-        login_url(
-            federation,
-            issuer=issuer or DEFAULT_ISSUER,
-            destination=target,
-            signin_token=token,
-        )
-        + "\n"
+        raise UsageError(f"profile {profile} is not in {config_path}")
+    creds = valid_credentials(
+        light.credentials_file, light.owner, profile, ctx.clock, only=[profile]
     )
+    partition = partition_of(creds.principal_arn, settings.role_arn)
+    federation = federation_url(partition, ctx.environ)
+    pool = connection_pool(federation, ctx.environ)
+    token = _signin_token(federation, creds, options.seconds, pool, ctx.err)
+    target = options.destination or CONSOLE_URLS[partition]
+    url = login_url(federation, issuer=options.issuer, destination=target, signin_token=token)
+    ctx.out.write(url + "\n")
     return EXIT_OK

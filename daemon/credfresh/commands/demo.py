@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,7 +23,7 @@ import yaml
 from credfresh.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from credfresh.cli import Streams
+    from credfresh.context import Context
     from credfresh.devsts import DevSTS, Walkthrough
 
 DEFAULT_LIFETIME = 60.0
@@ -39,10 +38,11 @@ def _say(out: TextIO, text: str) -> None:
 class Demo:
     """One demo run: the dev STS, a temp directory, and a `credfresh run` child process."""
 
-    def __init__(self, sts: DevSTS, root: Path, out: TextIO, lifetime: float) -> None:
+    def __init__(self, sts: DevSTS, root: Path, ctx: Context, lifetime: float) -> None:
         self.sts = sts
         self.root = root
-        self.out = out
+        self.ctx = ctx
+        self.out = ctx.out
         self.lifetime = lifetime
         self.config_path = root / "credfresh.yaml"
         self.credentials = root / "aws" / "credentials"
@@ -99,7 +99,7 @@ class Demo:
         temp.replace(self.config_path)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env = {k: v for k, v in self.ctx.environ.items() if not k.startswith("AWS_")}
         env.update(
             AWS_SHARED_CREDENTIALS_FILE=str(self.credentials),
             AWS_CONFIG_FILE=str(self.aws_config),
@@ -142,17 +142,12 @@ class Demo:
                 self.recovered.set()
 
     def status_table(self) -> None:
-        from credfresh.cli import Streams
-        from credfresh.commands import oneshot
+        from credfresh.commands.status import status
+        from credfresh.context import Context
 
         buffer = io.StringIO()
-        oneshot.status(
-            self.config_path,
-            [],
-            "0s",
-            as_json=False,
-            streams=Streams(out=buffer, err=buffer, environ=self.env()),
-        )
+        ctx = Context(buffer, buffer, self.env(), clock=self.ctx.clock, euid=self.ctx.euid)
+        status(self.config_path, [], "0s", as_json=False, ctx=ctx)
         _say(self.out, "\n" + buffer.getvalue())
 
     def prove(self) -> bool:
@@ -192,7 +187,7 @@ class Demo:
         return code
 
 
-def _script(demo: Demo, duration: float | None, stop: threading.Event) -> int:
+def _script(demo: Demo, stop: threading.Event) -> int:
     out = demo.out
     lifetime = demo.lifetime
     if not demo.ready.wait(30) or stop.is_set():
@@ -202,14 +197,15 @@ def _script(demo: Demo, duration: float | None, stop: threading.Event) -> int:
     demo.status_table()
     _say(out, "== Proving the written credentials work:")
     ok = demo.prove()
-    began = time.monotonic()
+    clock = demo.ctx.clock
+    began = clock.monotonic()
     steps = [
         (lifetime / 3, "reload"),
         (lifetime / 3 + 1, "error"),
         (lifetime * 0.9, "status"),
     ]
     for at, step in steps:
-        if stop.wait(max(0.0, at - (time.monotonic() - began))):
+        if stop.wait(max(0.0, at - (clock.monotonic() - began))):
             return EXIT_OK if ok else EXIT_FAILED
         if step == "reload":
             _say(out, "\n== Editing the config: adding profile app-added (watch the hot reload)")
@@ -235,39 +231,35 @@ def _script(demo: Demo, duration: float | None, stop: threading.Event) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def main(*, duration: float | None, streams: Streams) -> int:
+def main(*, duration: float | None, ctx: Context) -> int:
     """Run the demo for `duration` seconds (None: until Ctrl-C)."""
     try:
         from credfresh.devsts import DevSTS
     except ImportError as exc:
-        streams.err.write(
+        ctx.err.write(
             f"credfresh demo needs the demo extra: pip install 'credfresh[demo]' ({exc})\n"
         )
         return EXIT_FAILED
-    out = streams.out
-    lifetime = float(streams.environ.get("CREDFRESH_DEMO_LIFETIME") or DEFAULT_LIFETIME)
+    out = ctx.out
+    lifetime = float(ctx.environ.get("CREDFRESH_DEMO_LIFETIME") or DEFAULT_LIFETIME)
     stop = threading.Event()
     with (
         tempfile.TemporaryDirectory(prefix="credfresh-demo-") as tmp,
         DevSTS(mode="moto", lifetime=lifetime) as sts,
     ):
         wt = sts.setup_walkthrough()
-        demo = Demo(sts, Path(tmp), out, lifetime)
+        demo = Demo(sts, Path(tmp), ctx, lifetime)
         demo.prepare(wt)
+        until = f" (or after {duration:.0f} s)" if duration else ""
         _say(
             out,
             "credfresh demo: the real daemon against a development STS on loopback "
-            f"({sts.url}); no AWS account is used.",
-        )
-        _say(out, f"  config:            {demo.config_path}")
-        _say(out, f"  credentials file:  {demo.credentials}")
-        _say(out, f"  IAM user:          {wt.user_arn} (its key is the source profile demo-user)")
-        _say(
-            out,
-            f"  credentials live:  {lifetime:.0f} s, so refreshes come every ~{lifetime / 2:.0f} s",
-        )
-        _say(
-            out, "  stop with Ctrl-C" + (f" (or after {duration:.0f} s)" if duration else "") + "\n"
+            f"({sts.url}); no AWS account is used.\n"
+            f"  config:            {demo.config_path}\n"
+            f"  credentials file:  {demo.credentials}\n"
+            f"  IAM user:          {wt.user_arn} (its key is the source profile demo-user)\n"
+            f"  credentials live:  {lifetime:.0f} s, so refreshes come every "
+            f"~{lifetime / 2:.0f} s\n  stop with Ctrl-C{until}\n",
         )
         demo.start_daemon()
         if duration is not None:
@@ -276,7 +268,7 @@ def main(*, duration: float | None, streams: Streams) -> int:
             timer.start()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
-            code = _script(demo, duration, stop)
+            code = _script(demo, stop)
         finally:
             signal.signal(signal.SIGINT, previous)
             daemon_code = demo.stop()

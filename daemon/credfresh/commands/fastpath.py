@@ -18,10 +18,12 @@ import os
 import re
 import stat
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from credfresh.context import Context
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # load.MAX_CONFIG_BYTES (a test checks)
@@ -37,6 +39,7 @@ DEFAULT_SECTION: Final = "DEFAULT"
 _SECTCRE: Final = re.compile(r"\[(?P<header>.+)\]")
 _LINE_RE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ODD_ASCII_BREAKS: Final = "\x0b\x0c\x1c\x1d\x1e"
+_VARIABLE: Final = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars's
 _OPTIONS: Final = {
     "-c": "config",
     "--config": "config",
@@ -77,52 +80,62 @@ def section_options(lines: Sequence[str], wanted: str) -> dict[str, str] | None:
     indent_level = 0
     header_match = _SECTCRE.match
     for line in lines:
-        if line[0].isspace():
-            value = line.strip()
-            if not value:
-                if optname and options is not None:
-                    options[optname] += "\n"
-                continue
-            if value[0] in "#;":
-                continue
-            indent = len(line) - len(line.lstrip())
-            if optname and indent > indent_level and options is not None:
-                options[optname] += "\n" + value
-                continue
-            indent_level = indent
-        else:
-            value = line.rstrip()
-            if value[0] in "#;":
-                continue
-            indent_level = 0
-        if value[0] == "[":
-            header = header_match(value)
-            if header is not None:
-                name = header.group("header")
-                if name in names:
-                    raise Unparseable("a section that appeared before")
-                if name == DEFAULT_SECTION:
-                    options = defaults
-                else:
-                    names.add(name)
-                    options = {}
-                    if name == wanted:
-                        found = options
-                optname = ""
-                continue
+        value, indent_level = _content(line, optname, indent_level, options)
+        if value is None:
+            continue
+        if value[0] == "[" and (header := header_match(value)) is not None:
+            name = header.group("header")
+            if name in names:
+                raise Unparseable("a section that appeared before")
+            if name == DEFAULT_SECTION:
+                options = defaults
+            else:
+                names.add(name)
+                options = {}
+                if name == wanted:
+                    found = options
+            optname = ""
+            continue
         if options is None:
             raise Unparseable("text before the first section header")
-        equals = value.find("=")
-        colon = value.find(":", 0, equals) if equals >= 0 else value.find(":")
-        split = colon if colon >= 0 else equals
-        if split <= 0:
-            raise Unparseable("no key")
-        key = value[:split].rstrip().lower()
-        if key in options:
-            raise Unparseable("a key that appeared before in its section")
-        options[key] = value[split + 1 :].strip()
-        optname = key
+        optname = _add_option(options, value)
     return found
+
+
+def _content(
+    line: str, optname: str, indent_level: int, options: dict[str, str] | None
+) -> tuple[str | None, int]:
+    """The line's text and the indent level after it; None for a line fully handled here
+    (blank, a comment, or a continuation appended to the option `optname`)."""
+    if not line[0].isspace():
+        value = line.rstrip()
+        return (None, indent_level) if value[0] in "#;" else (value, 0)
+    value = line.strip()
+    if not value:
+        if optname and options is not None:
+            options[optname] += "\n"
+        return None, indent_level
+    if value[0] in "#;":
+        return None, indent_level
+    indent = len(line) - len(line.lstrip())
+    if optname and indent > indent_level and options is not None:
+        options[optname] += "\n" + value
+        return None, indent_level
+    return value, indent
+
+
+def _add_option(options: dict[str, str], line: str) -> str:
+    """Store `key = value` (or `key: value`) and return the key, lower-cased."""
+    equals = line.find("=")
+    colon = line.find(":", 0, equals) if equals >= 0 else line.find(":")
+    split = colon if colon >= 0 else equals
+    if split <= 0:
+        raise Unparseable("no key")
+    key = line[:split].rstrip().lower()
+    if key in options:
+        raise Unparseable("a key that appeared before in its section")
+    options[key] = line[split + 1 :].strip()
+    return key
 
 
 def parse_time(text: str) -> datetime:
@@ -185,7 +198,7 @@ def process_json(access_key: str, secret: str, token: str, expiration: datetime)
     )
 
 
-def _read_plain_file(path: str) -> bytes | None:
+def _read_plain_file(path: str, euid: int) -> bytes | None:
     """The bytes of a regular file at a path without symlinks, as `resolve_target` allows it.
 
     None (let the full reader decide) for any symlink, `.` or `..` on the way,
@@ -203,7 +216,7 @@ def _read_plain_file(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        if os.geteuid() == 0 and (st.st_uid != 0 or os.stat(os.path.dirname(path)).st_uid != 0):
+        if euid == 0 and (st.st_uid != 0 or os.stat(os.path.dirname(path)).st_uid != 0):
             return None
         chunks = []
         while chunk := os.read(fd, 1 << 20):
@@ -216,20 +229,23 @@ def _read_plain_file(path: str) -> bytes | None:
 
 
 def read_process_json(
-    credentials_file: str, profile: str, owner: str | None, now: datetime
+    credentials_file: str, profile: str, owner: str | None, now: datetime, euid: int
 ) -> str | None:
     """The JSON for `profile` from a credentials file, or None if not certain it is there."""
-    data = _read_plain_file(credentials_file)
-    if data is None:
-        return None
+    data = _read_plain_file(credentials_file, euid)
+    found = None if data is None else _credentials_in(data, profile, owner)
+    return None if found is None or found[3] <= now else process_json(*found)
+
+
+def _credentials_in(
+    data: bytes, profile: str, owner: str | None
+) -> tuple[str, str, str, datetime] | None:
+    """`section_credentials` of the profile in a file's bytes; None if absent or in doubt."""
     try:
         options = section_options(split_lines(data.decode("utf-8")), profile)
     except (UnicodeDecodeError, Unparseable):
         return None
-    found = None if options is None else section_credentials(options, owner)
-    if found is None or found[3] <= now:
-        return None
-    return process_json(*found)
+    return None if options is None else section_credentials(options, owner)
 
 
 def _load_document(config: str) -> dict[str, object] | None:
@@ -238,9 +254,9 @@ def _load_document(config: str) -> dict[str, object] | None:
     if data is None:
         return None
     try:
-        text = data.decode("utf-8")
         from credfresh.config.load import parse_text
 
+        text = data.decode("utf-8")
         document = parse_text(text, config, toml=_suffix(config).lower() == ".toml")
     except Exception:  # any doubt: the full loader reports it
         return None
@@ -273,7 +289,7 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
         return None
     raw_cred = document.get("credentials_file")
     if isinstance(raw_cred, str) and raw_cred:
-        expanded = os.path.expandvars(os.path.expanduser(raw_cred))
+        expanded = expand_vars(expand_user(raw_cred, environ), environ)
         credentials_file = (
             expanded if os.path.isabs(expanded) else os.path.join(os.path.dirname(config), expanded)
         )
@@ -291,10 +307,27 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
 
 def default_credentials_file(environ: Mapping[str, str]) -> str:
     """`config.default_credentials_file`: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials."""
-    value = environ.get("AWS_SHARED_CREDENTIALS_FILE")
-    if value:
-        return os.path.expanduser(value)
-    return os.path.join(os.path.expanduser("~"), ".aws", "credentials")
+    return expand_user(environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials", environ)
+
+
+def expand_user(path: str, environ: Mapping[str, str]) -> str:
+    """`os.path.expanduser` with `$HOME` read from `environ`, as `Context.home` reads it."""
+    if path != "~" and not path.startswith("~/"):
+        return os.path.expanduser(path)  # `~user` comes from the password database
+    import pwd
+
+    home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    return home.rstrip("/") + path[1:] or "/"
+
+
+def expand_vars(path: str, environ: Mapping[str, str]) -> str:
+    """`os.path.expandvars` over `environ`: unknown `$NAME`s stay as they are."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).removeprefix("{").removesuffix("}")
+        return environ.get(name, match.group(0))
+
+    return _VARIABLE.sub(value, path) if "$" in path else path
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
@@ -319,9 +352,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
         if key is None or (equals and not name.startswith("--")):
             return None
         if not equals:
-            if not rest:
-                return None
-            value = rest.pop(0)
+            value = rest.pop(0) if rest else ""
         if key in found or not value or value.startswith("-"):
             return None
         if value not in _LOG_CHOICES.get(name, (value,)):
@@ -342,70 +373,58 @@ def source_of(
     """
     named = credentials_file or environ.get("CREDFRESH_CREDENTIALS_FILE")
     if named:
-        return False, os.path.expanduser(named)
+        return False, expand_user(named, environ)
     chosen = config or environ.get("CREDFRESH_CONFIG")
     if chosen:
         return True, chosen
     shared = environ.get("AWS_SHARED_CREDENTIALS_FILE")
     if shared and not os.path.exists(DEFAULT_CONFIG):
-        return False, os.path.expanduser(shared)
+        return False, expand_user(shared, environ)
     return True, DEFAULT_CONFIG
 
 
-def try_credential_process(
-    argv: Sequence[str], environ: Mapping[str, str], out: IO[str], now: datetime | None = None
-) -> int | None:
+def try_credential_process(argv: Sequence[str], ctx: Context) -> int | None:
     """Print the JSON and return 0, or return None: the full CLI then runs the command."""
     args = parse_args(argv)
     if args is None:
         return None
-    is_config, where = source_of(args.get("config"), args.get("credentials-file"), environ)
+    is_config, where = source_of(args.get("config"), args.get("credentials-file"), ctx.environ)
     owner: str | None = None
     if is_config:
-        paths = _config_paths(where, environ)
+        paths = _config_paths(where, ctx.environ)
         if paths is None:
             return None
         where, owner = paths
-    answer = read_process_json(where, args["profile"], owner, now or datetime.now(UTC))
+    answer = read_process_json(where, args["profile"], owner, ctx.clock.now(), ctx.euid)
     if answer is None:
         return None
-    out.write(answer + "\n")
+    ctx.out.write(answer + "\n")
     return 0
 
 
-def credential_process_from_file(
-    credentials_file: str, profile: str, out: IO[str], err: IO[str], now: datetime | None = None
-) -> int:
+def credential_process_from_file(credentials_file: str, profile: str, ctx: Context) -> int:
     """`credential-process` on a named credentials file, the full way: exact errors.
 
     credfile's own reader applies the ownership rules and reports an unsafe, unreadable or
     unparseable file (raising CredfileError); the profile itself may be any credfresh
-    owner's. Missing and expired profiles get the messages of the config-based command.
+    owner's. Missing and expired profiles raise the errors of the config-based command.
     """
     from pathlib import Path
 
     from credfresh.credfile import store
     from credfresh.credfile.handles import resolve_target
-    from credfresh.errors import EXIT_FAILED, EXIT_OK
+    from credfresh.errors import EXIT_OK, NoCredentials
 
     path = Path(credentials_file)
     store.read_managed(path, "")
     try:
         data = resolve_target(path).read_bytes()
-        options = section_options(split_lines(data.decode("utf-8")), profile)
-    except (OSError, UnicodeDecodeError, Unparseable):
-        options = None  # replaced since the check: as if absent, the next call reads again
-    found = None if options is None else section_credentials(options, None)
+    except OSError:
+        data = b""  # replaced since the check: as if absent, the next call reads again
+    found = _credentials_in(data, profile, None)
     if found is None:
-        err.write(
-            f"credfresh: profile {profile} has no credentials in {path} (is credfresh running?)\n"
-        )
-        return EXIT_FAILED
-    if found[3] <= (now or datetime.now(UTC)):
-        err.write(
-            f"credfresh: profile {profile} expired at {format_time(found[3])} "
-            "(is credfresh running? see `credfresh status`)\n"
-        )
-        return EXIT_FAILED
-    out.write(process_json(*found) + "\n")
+        raise NoCredentials.missing(profile, path)
+    if found[3] <= ctx.clock.now():
+        raise NoCredentials.expired(profile, format_time(found[3]))
+    ctx.out.write(process_json(*found) + "\n")
     return EXIT_OK

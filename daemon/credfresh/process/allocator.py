@@ -66,11 +66,14 @@ def reexec_without_tcache(environ: Mapping[str, str], argv: Sequence[str]) -> No
         return
 
 
-def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+def tune_malloc(
+    environ: Mapping[str, str], arenas: int = 2, mmap_threshold: int = 128 * 1024
+) -> bool:
     """Cap the arenas (one per worker thread otherwise) and fix the mmap threshold (its
-    dynamic growth moved each whole-file write's megabyte strings into the heap).
+    dynamic growth moved each whole-file write's megabyte strings into the heap); unless
+    `environ`, the process's, has the user's own `MALLOC_*` settings.
     """
-    if tuned_by_user(os.environ) or not is_glibc():
+    if tuned_by_user(environ) or not is_glibc():
         return False
     try:
         import ctypes

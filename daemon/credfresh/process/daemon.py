@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
     from credfresh.alerts.manager import AlertManager
-    from credfresh.cli import Streams
+    from credfresh.context import Context as Streams
     from credfresh.engine.engine import Engine
     from credfresh.observe.logs import Logging
     from credfresh.observe.metrics import Metrics
@@ -522,7 +522,7 @@ def main(
     from credfresh.observe.logs import Logging
     from credfresh.outputs.http import raise_fd_limit
 
-    tune_malloc()
+    tune_malloc(streams.environ)
     raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
     logging = Logging(streams.out, fmt=log_format, level=log_level)
     logging.install()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from credfresh.config.model import format_duration
+from credfresh.context import SystemClock
+
+if TYPE_CHECKING:
+    from credfresh.context import Clock
 
 #: A full receive queue on systemd's side must not stall the daemon's main loop for long.
 SEND_TIMEOUT_SECONDS: Final = 2.0
@@ -20,11 +23,6 @@ STATUS_MAX_FAILING: Final = 2
 STATUS_MAX_CHARS: Final = 200
 #: The scheduler's heartbeat may miss one wake-up (a slow refresh round) before pings stop.
 HEARTBEAT_WAKEUPS: Final = 2
-
-
-def _monotonic_usec() -> int:
-    # systemd compares MONOTONIC_USEC with its own CLOCK_MONOTONIC, so name that clock.
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 def _one_line(text: str) -> str:
@@ -44,22 +42,17 @@ class Notifier:
     every call is a no-op again.
     """
 
-    def __init__(
-        self,
-        environ: Mapping[str, str] | None = None,
-        *,
-        clock: Callable[[], int] = _monotonic_usec,
-    ) -> None:
-        """`environ` defaults to os.environ; `clock` returns CLOCK_MONOTONIC microseconds."""
-        env = os.environ if environ is None else environ
-        self._environ = env
-        self._clock = clock
+    def __init__(self, environ: Mapping[str, str], *, clock: Clock | None = None) -> None:
+        """`clock.monotonic()` must be CLOCK_MONOTONIC, as `time.monotonic` is on Linux:
+        systemd compares MONOTONIC_USEC with its own."""
+        self._environ = environ
+        self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._closed = False
         self.errors = 0
         self.last_error: str | None = None
-        self._address = self._parse_address(env.get("NOTIFY_SOCKET", ""))
+        self._address = self._parse_address(environ.get("NOTIFY_SOCKET", ""))
 
     def _parse_address(self, value: str) -> bytes | None:
         """`/path` or `@abstract` (the `@` stands for a leading NUL), as sd_notify accepts."""
@@ -112,7 +105,9 @@ class Notifier:
 
     def reloading(self) -> bool:
         """A reload started; `ready()` ends it. MONOTONIC_USEC is what notify-reload requires."""
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={self._clock()}")
+        return self.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={round(self._clock.monotonic() * 1_000_000)}"
+        )
 
     def stopping(self) -> bool:
         """Shutdown started, so systemd does not mistake the exit for a crash."""
