@@ -30,7 +30,8 @@ from credfresh.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
 if TYPE_CHECKING:
     from credfresh.cli import Streams
     from credfresh.config.model import Config, Profile
-    from credfresh.sources.sts import Failure, StsClients
+    from credfresh.sources.assume_role import StsSource
+    from credfresh.sources.classify import Failure
 
 
 def _now() -> datetime:
@@ -84,13 +85,13 @@ def plan_once(
 
 def refresh_all(
     config: Config,
-    clients: StsClients,
+    clients: StsSource,
     names: Sequence[str],
     current: Mapping[str, Credentials],
 ) -> tuple[dict[str, Credentials], dict[str, Failure]]:
     """Refresh profiles concurrently, sources before dependants (waves of the chain order)."""
     from credfresh.config.model import topological_order
-    from credfresh.sources.sts import StsError, classify
+    from credfresh.sources.classify import SourceError, classify
 
     wanted = {name: config.profiles[name] for name in names}
     issued: dict[str, Credentials] = {}
@@ -109,8 +110,8 @@ def refresh_all(
         if profile.chained and source is None:
             return profile.name, classify("source_unavailable", "source has no valid credentials")
         try:
-            return profile.name, clients.assume(profile, source).credentials
-        except StsError as exc:
+            return profile.name, clients.fetch(profile, source).credentials
+        except SourceError as exc:
             return profile.name, exc.failure
 
     with ThreadPoolExecutor(max_workers=config.sts.max_concurrency) as pool:
@@ -126,7 +127,8 @@ def refresh_all(
 def once(config_path: Path, names: Sequence[str], force: bool, streams: Streams) -> int:
     """Refresh missing or due profiles (all with --force) and write them in ONE write."""
     from credfresh.config.validate import load_config
-    from credfresh.sources.sts import StsClients, classify
+    from credfresh.sources.assume_role import StsSource
+    from credfresh.sources.classify import classify
 
     config = load_config(config_path, streams.environ)
     chosen = select(names, config.profiles, config_path)
@@ -134,7 +136,7 @@ def once(config_path: Path, names: Sequence[str], force: bool, streams: Streams)
     to_refresh, conflicts = plan_once(
         config, view.managed, view.foreign, chosen, force=force, now=_now()
     )
-    clients = StsClients(config.sts, credentials_file=str(config.credentials_file))
+    clients = StsSource(config.sts, credentials_file=str(config.credentials_file))
     issued, failed = refresh_all(config, clients, to_refresh, view.managed)
     for name in conflicts:
         failed[name] = classify(
