@@ -216,13 +216,14 @@ def _credential_process(args: argparse.Namespace, streams: Streams) -> int:
 
 
 def _run(args: argparse.Namespace, streams: Streams) -> int:
+    from credfresh.context import Context
     from credfresh.process import daemon
 
     return daemon.main(
         config_path(args, streams.environ),
         log_format=args.log_format,
         log_level=args.log_level,
-        streams=streams,
+        ctx=Context(streams.out, streams.err, streams.environ),
     )
 
 
