@@ -9,6 +9,7 @@ they resolve (after the rename, not after STS answered).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,9 +25,12 @@ from credfresh.config.model import Config
 from credfresh.config.validate import load_config
 from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
+from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.engine import Engine
+from credfresh.engine.parts import Parts
+from credfresh.engine.scheduler import ApScheduler
 from credfresh.observe.logs import Redactor
-from credfresh.sources.sts import StsClients
+from credfresh.sources.assume_role import StsSource
 
 WAKEUP = 30.0
 
@@ -65,11 +69,16 @@ class DiskReadingSink:
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
+    """A wall clock the test moves by setting `at`; monotonic time is the real one."""
 
-    def __call__(self) -> datetime:
-        return self.now
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 @dataclass
@@ -84,18 +93,18 @@ class Rig:
     def land(self) -> None:
         """Let the writer run and wait until everything submitted is renamed into place."""
         if not self.writing:
-            self.engine.writer.start()
+            self.engine._writer.start()
             self.writing = True
-        assert self.engine.writer.flush(timeout=20.0)
+        assert self.engine._writer.flush(timeout=20.0)
 
     def hold_writes(self) -> None:
         """A new writer that has not started: what is submitted now stays off the disk."""
-        self.engine.writer.stop(timeout=5.0)
-        self.engine.writer = self.engine._make_writer(self.config)
+        self.engine._writer.stop(timeout=5.0)
+        self.engine._writer = self.engine._make_writer(self.config)
         self.writing = False
 
     def tick(self) -> None:
-        self.alerts.tick(self.clock(), self.engine.alert_facts())
+        self.alerts.tick(self.clock.now(), self.engine.alert_facts())
 
     def kinds(self) -> list[tuple[object, object]]:
         return [(b["alert"], b["transition"]) for b in self.sink.bodies]
@@ -111,19 +120,21 @@ def rig(project: Project) -> Iterator[Rig]:
     clock = Clock()
     log = structlog.get_logger("test")
     alerts = AlertManager(config.alerts, redactor=redactor, logger=log, host="h", sinks=[sink])
-    engine = Engine(
-        config,
+    parts = Parts(
+        source_factory=lambda cfg: StsSource(cfg.sts, credentials_file=str(cfg.credentials_file)),
+        scheduler=ApScheduler(1),
+        clock=clock,
+        store=credfile,
+        writer_factory=BatchWriter,
         log=log,
         redactor=redactor,
-        clients_factory=lambda cfg: StsClients(cfg.sts, credentials_file=str(cfg.credentials_file)),
         alerts=alerts,
-        clock=clock,
-        wakeup_interval=WAKEUP,
     )
+    engine = Engine(config, parts, wakeup_interval=WAKEUP)
     rig = Rig(engine, alerts, sink, clock, config)
     yield rig
     if rig.writing:
-        engine.writer.stop(timeout=5.0)
+        engine._writer.stop(timeout=5.0)
     alerts.close()
 
 
@@ -132,10 +143,10 @@ def test_alert_facts_are_the_disk_with_its_refresh_point_and_grace(rig: Rig) -> 
     refresh rule's due time and the grace (wake-up + the STS call's timeouts)."""
     profile = rig.config.profiles["app"]
     rig.engine._refresh(profile)
-    assert "app" in rig.engine.current
+    assert "app" in rig.engine._current
     assert rig.engine.alert_facts()["app"].expires_at is None
     rig.land()
-    disk = rig.engine.written["app"]
+    disk = rig.engine._written["app"]
     facts = rig.engine.alert_facts()["app"]
     assert facts.expires_at == disk.expiration
     assert facts.refresh_at == refresh.due_at(disk, profile.refresh_before)
@@ -154,10 +165,10 @@ def test_no_alert_past_the_refresh_point_within_the_grace(rig: Rig) -> None:
     assert facts.expires_at is not None
     warning = timedelta(seconds=rig.config.alerts.expiry_warning)
     assert facts.expires_at - facts.refresh_at < warning
-    rig.clock.now = facts.refresh_at + facts.grace / 2
+    rig.clock.at = facts.refresh_at + facts.grace / 2
     rig.tick()
     assert rig.sink.bodies == []
-    rig.clock.now = facts.refresh_at + facts.grace + timedelta(seconds=1)
+    rig.clock.at = facts.refresh_at + facts.grace + timedelta(seconds=1)
     rig.tick()
     rig.sink.wait(1)
     assert rig.kinds() == [("expiring", "fired")]
@@ -165,7 +176,7 @@ def test_no_alert_past_the_refresh_point_within_the_grace(rig: Rig) -> None:
     rig.engine._refresh(profile)
     rig.tick()
     assert rig.kinds() == [("expiring", "fired")], "resolved before the file holds the fix"
-    fresh = rig.engine.current["app"]
+    fresh = rig.engine._current["app"]
     rig.land()
     rig.sink.wait(2)
     assert rig.kinds() == [("expiring", "fired"), ("expiring", "resolved")]
@@ -181,7 +192,7 @@ def test_sts_error_resolves_only_after_the_rename(rig: Rig, project: Project) ->
     assert rig.kinds() == [("sts_error", "fired")]
     project.sts.proxy.clear_faults()
     rig.engine._refresh(profile)
-    fresh = rig.engine.current["app"]
+    fresh = rig.engine._current["app"]
     assert rig.alerts.snapshot().get("sts_error", "app") is not None
     assert rig.kinds() == [("sts_error", "fired")], "resolved while the writer had not run"
     rig.land()
@@ -195,11 +206,11 @@ def test_readyz_does_not_run_ahead_of_the_disk(rig: Rig) -> None:
     from credfresh.outputs.health import readiness
 
     rig.engine._refresh(rig.config.profiles["app"])
-    status, body = readiness(rig.clock(), rig.engine.disk_expiries())
+    status, body = readiness(rig.clock.now(), rig.engine.snapshot().on_disk)
     assert (status, body["failing"]) == (503, {"app": "missing"})
     assert rig.engine.on_disk("app") is None
     rig.land()
-    status, _ = readiness(rig.clock(), rig.engine.disk_expiries())
+    status, _ = readiness(rig.clock.now(), rig.engine.snapshot().on_disk)
     assert status == 200
     on_disk = rig.engine.on_disk("app")
     assert on_disk is not None

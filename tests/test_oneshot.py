@@ -20,7 +20,7 @@ from credfresh.cli import main
 from credfresh.config.validate import load_config
 from credfresh.credfile import store as credfile
 from credfresh.devsts import DevSTS
-from credfresh.sources.sts import StsClients
+from credfresh.sources.assume_role import StsSource
 
 
 def run(project: Project, *args: str) -> tuple[int, str, str]:
@@ -250,17 +250,17 @@ class TestRotation:
         project.profile("p", role_arn=own.role_arn)
         project.write_config()
         config = load_config(project.config_path, project.env, Path.home())
-        clients = StsClients(config.sts, credentials_file=str(project.credentials_file))
+        clients = StsSource(config.sts, credentials_file=str(project.credentials_file))
         sts.enable_auth()
         try:
-            clients.assume(config.profiles["p"])
+            clients.fetch(config.profiles["p"])
             sts.disable_auth()
             new_key = iam.create_access_key(UserName=own.user_name)["AccessKey"]
             iam.delete_access_key(UserName=own.user_name, AccessKeyId=own.access_key_id)
             conftest.SECRETS[new_key["SecretAccessKey"]] = "the rotated source secret"
             use_key(new_key["AccessKeyId"], new_key["SecretAccessKey"])
             sts.enable_auth()
-            issued = clients.assume(config.profiles["p"])
+            issued = clients.fetch(config.profiles["p"])
         finally:
             sts.disable_auth()
         assert issued.credentials.access_key_id.startswith("ASIA")

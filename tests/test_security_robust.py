@@ -29,8 +29,11 @@ from credfresh.credfile import store as credfile
 from credfresh.engine.batcher import BatchWriter
 from credfresh.outputs.health import liveness
 from credfresh.process.systemd import should_ping
+from credfresh.sources.assume_role import StsSource
+from credfresh.sources.classify import SourceError
+from credfresh.sources.clients import call_deadline
 from credfresh.sources.deadline import CallGuard, DeadlineExceeded
-from credfresh.sources.sts import StsClients, StsError, accept_response, call_deadline
+from credfresh.sources.response import accept_response
 from daemon_runner import DaemonProcess, env_with
 from notify_listener import NotifyListener
 
@@ -149,7 +152,7 @@ class TestStsValues:
             response["AssumedRoleUser"] = {"Arn": value}
         else:
             response["Credentials"][field] = value
-        with pytest.raises(StsError) as caught:
+        with pytest.raises(SourceError) as caught:
             accept_response(response, received_at=NOW, duration_seconds=3600)
         assert caught.value.failure.code == "invalid_response"
         assert value not in str(caught.value)
@@ -335,7 +338,7 @@ class TestOverallDeadline:
         """A 1 byte/s answer (every read quick) is abandoned as `timeout` at the deadline, and
         the helper thread that read it ends too."""
         settings = StsSettings(endpoint_url=project.sts.url, timeout=1.5)
-        clients = StsClients(settings, credentials_file=str(project.credentials_file))
+        clients = StsSource(settings, credentials_file=str(project.credentials_file))
         project.profile("p")
         project.write_config()
         from credfresh.config.validate import load_config
@@ -350,7 +353,7 @@ class TestOverallDeadline:
         caller.join(call_deadline(settings) + 10)
         took = time.monotonic() - started
         assert not caller.is_alive(), "the call was never abandoned"
-        assert isinstance(outcome[0], StsError)
+        assert isinstance(outcome[0], SourceError)
         assert outcome[0].failure.code == "timeout"
         assert not outcome[0].failure.permanent
         assert call_deadline(settings) - 0.1 <= took <= call_deadline(settings) + 3
@@ -358,7 +361,7 @@ class TestOverallDeadline:
         while set(_helpers()) - others and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not set(_helpers()) - others, "the abandoned helper never ended"
-        issued = clients.assume(profile)
+        issued = clients.fetch(profile)
         assert issued.credentials.access_key_id
 
     def test_daemon_refresh_times_out_and_recovers(self, project: Project, tmp_path: Path) -> None:
@@ -395,10 +398,10 @@ class TestCallGuard:
         assert guard.run(lambda: 2, 5) == 2
 
 
-def _attempt(clients: StsClients, profile: Any) -> BaseException | object:
+def _attempt(clients: StsSource, profile: Any) -> BaseException | object:
     try:
-        return clients.assume(profile)
-    except StsError as error:
+        return clients.fetch(profile)
+    except SourceError as error:
         return error
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from credfresh.config.model import Profile
-from credfresh.sources.sts import StsError, accept_response, assume_role_params, classify
+from credfresh.sources.assume_role import assume_role_params
+from credfresh.sources.classify import SourceError, classify
+from credfresh.sources.response import accept_response
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -75,14 +77,14 @@ class TestAccept:
 
     def test_past_expiry_refused(self) -> None:
         """An Expiration in the past is a failure."""
-        with pytest.raises(StsError, match="past"):
+        with pytest.raises(SourceError, match="past"):
             accept_response(
                 response(NOW - timedelta(seconds=1)), received_at=NOW, duration_seconds=900
             )
 
     def test_far_future_refused(self) -> None:
         """An Expiration beyond duration + 5 min is a failure."""
-        with pytest.raises(StsError, match="later"):
+        with pytest.raises(SourceError, match="later"):
             accept_response(
                 response(NOW + timedelta(hours=2)), received_at=NOW, duration_seconds=3600
             )
@@ -90,7 +92,7 @@ class TestAccept:
     @pytest.mark.parametrize("field", ["AccessKeyId", "SecretAccessKey", "SessionToken"])
     def test_missing_or_empty_field(self, field: str) -> None:
         """Every credential field must be present and non-empty."""
-        with pytest.raises(StsError) as info:
+        with pytest.raises(SourceError) as info:
             accept_response(
                 response(NOW + timedelta(hours=1), **{field: ""}),
                 received_at=NOW,

@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
         config_path(args, ctx.environ),
         log_format=args.log_format,
         log_level=args.log_level,
-        streams=ctx,
+        ctx=ctx,
     )
 
 

@@ -15,7 +15,7 @@ EXIT_LOCKED: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
 #: Every code credfresh's own errors carry, with what to do about it. STS's codes and their
-#: hints are classified where the answer is read (`sources.sts.HINTS`).
+#: hints are classified where the answer is read (`sources.classify.HINTS`).
 CODES: Final = {
     "config_invalid": "fix each `path: expectation` listed, then run `credfresh validate`",
     "usage": "an option or argument is not what the command expects: see `--help`",

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from credfresh.config.model import Config, Profile
     from credfresh.context import Clock, Context
     from credfresh.credfile.format import FileView
-    from credfresh.sources.sts import Failure, StsClients
+    from credfresh.sources.assume_role import StsSource
+    from credfresh.sources.classify import Failure
 
 
 def plan_once(
@@ -53,14 +54,14 @@ def plan_once(
 
 def refresh_all(
     config: Config,
-    clients: StsClients,
+    clients: StsSource,
     names: Sequence[str],
     current: Mapping[str, Credentials],
     clock: Clock,
 ) -> tuple[dict[str, Credentials], dict[str, Failure]]:
     """Refresh profiles concurrently, sources before dependants (waves of the chain order)."""
     from credfresh.config.model import topological_order
-    from credfresh.sources.sts import StsError, classify
+    from credfresh.sources.classify import SourceError, classify
 
     wanted = {name: config.profiles[name] for name in names}
     issued: dict[str, Credentials] = {}
@@ -79,8 +80,8 @@ def refresh_all(
         if profile.chained and source is None:
             return profile.name, classify("source_unavailable", "source has no valid credentials")
         try:
-            return profile.name, clients.assume(profile, source).credentials
-        except StsError as exc:
+            return profile.name, clients.fetch(profile, source).credentials
+        except SourceError as exc:
             return profile.name, exc.failure
 
     with ThreadPoolExecutor(max_workers=config.sts.max_concurrency) as pool:
@@ -99,13 +100,14 @@ def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> 
     The verdict is 0, or 1 when any profile failed (each is reported); errors are raised.
     """
     from credfresh.config.validate import load_config
-    from credfresh.sources.sts import StsClients, classify
+    from credfresh.sources.assume_role import StsSource
+    from credfresh.sources.classify import classify
 
     config = load_config(config_path, ctx.environ, ctx.home)
     chosen = select(names, config.profiles, config_path)
     view = credfile.read_managed(config.credentials_file, config.owner)
     to_refresh, conflicts = plan_once(config, view, chosen, force=force, now=ctx.clock.now())
-    clients = StsClients(config.sts, credentials_file=str(config.credentials_file))
+    clients = StsSource(config.sts, credentials_file=str(config.credentials_file))
     issued, failed = refresh_all(config, clients, to_refresh, view.managed, ctx.clock)
     for name in conflicts:
         failed[name] = classify(

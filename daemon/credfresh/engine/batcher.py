@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
+from credfresh.context import Clock, SystemClock
 from credfresh.credentials import Credentials
+from credfresh.engine.policy import retry_delay
 from credfresh.errors import CredfileError
 
 LINGER: Final = 0.4
@@ -40,12 +41,14 @@ class BatchWriter:
         on_conflict: Callable[[str, CredfileError], None],
         on_failed: Callable[[CredfileError, float], None],
         linger: float = LINGER,
+        clock: Clock | None = None,
     ) -> None:
         self._write = write
         self._on_written = on_written
         self._on_conflict = on_conflict
         self._on_failed = on_failed
         self._linger = linger
+        self._clock: Clock = clock or SystemClock()
         self._cond = threading.Condition()
         self._updates: dict[str, Credentials] = {}
         self._removals: set[str] = set()
@@ -91,12 +94,12 @@ class BatchWriter:
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is written; False when `timeout` ran out."""
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         with self._cond:
             self._hurry = True
             self._cond.notify_all()
             while self._updates or self._removals or self._busy:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
@@ -117,8 +120,8 @@ class BatchWriter:
                     self._cond.wait()
                 if self._stopping:
                     return
-                deadline = time.monotonic() + self._linger
-                while not self._hurry and (remaining := deadline - time.monotonic()) > 0:
+                deadline = self._clock.monotonic() + self._linger
+                while not self._hurry and (remaining := deadline - self._clock.monotonic()) > 0:
                     self._cond.wait(remaining)
                 self._hurry = False
                 updates, removals = dict(self._updates), set(self._removals)
@@ -131,24 +134,24 @@ class BatchWriter:
                 self._cond.notify_all()
                 # Back off for the whole delay: new submissions join the pending batch
                 # instead of ending the wait (a lasting disk fault is not retried per refresh).
-                deadline = time.monotonic() + retry
+                deadline = self._clock.monotonic() + retry
                 while (
                     retry
                     and not self._stopping
                     and not self._hurry
-                    and (remaining := deadline - time.monotonic()) > 0
+                    and (remaining := deadline - self._clock.monotonic()) > 0
                 ):
                     self._cond.wait(remaining)
 
     def _write_batch(self, updates: dict[str, Credentials], removals: set[str]) -> float:
         """Write one batch; return the delay before retrying it, or 0 when done."""
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             conflicts = self._write(updates, removals)
             for name, error in conflicts.items():
                 updates.pop(name, None)
                 self._on_conflict(name, error)
-            self._on_written(updates, removals, time.monotonic() - started)
+            self._on_written(updates, removals, self._clock.monotonic() - started)
         except CredfileError as exc:
             return self._failed(updates, removals, exc)
         except Exception as exc:
@@ -161,7 +164,7 @@ class BatchWriter:
     ) -> float:
         """Keep the batch pending (newer submissions win) and say when to retry it."""
         self._failures += 1
-        delay = min(RETRY_MAX, RETRY_MIN * float(2 ** min(self._failures - 1, 10)))
+        delay = retry_delay(self._failures - 1, initial=RETRY_MIN, maximum=RETRY_MAX)
         with self._cond:
             for name, creds in updates.items():
                 self._updates.setdefault(name, creds)

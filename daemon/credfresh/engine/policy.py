@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from credfresh.credentials import Credentials
+if TYPE_CHECKING:
+    from credfresh.config.model import Config
+    from credfresh.credentials import Credentials
 
 State = Literal["fresh", "due", "expired", "missing", "conflict"]
 
@@ -103,16 +105,33 @@ def jittered_due_at(
 def retry_delay(
     attempt: int,
     *,
-    permanent: bool,
     initial: float,
     maximum: float,
+    permanent: bool = False,
     rng: random.Random | None = None,
 ) -> float:
-    """Delay before retry `attempt` (0-based): U(0.5, 1) * min(max, initial * 2**n).
+    """THE backoff, for refreshes and writes: min(max, initial * 2**n) before retry n (0-based).
 
-    Permanent errors need a human, so they are retried only every `maximum`.
+    With `rng` (refreshes) a U(0.5, 1) share of it, so failing profiles spread out. Permanent
+    errors need a human, so they are retried only every `maximum`.
     """
     if permanent:
         return maximum
     base = min(maximum, initial * float(2 ** min(attempt, 62)))
-    return (rng or random).uniform(0.5, 1.0) * base
+    return base if rng is None else rng.uniform(0.5, 1.0) * base
+
+
+def config_changes(old: Config, new: Config) -> dict[str, list[str]]:
+    """A reload's diff: profiles added, removed, changed (another STS call) or only retimed."""
+    both = set(old.profiles) & set(new.profiles)
+    changed = sorted(
+        n for n in both if old.profiles[n].sts_identity() != new.profiles[n].sts_identity()
+    )
+    return {
+        "added": sorted(set(new.profiles) - set(old.profiles)),
+        "removed": sorted(set(old.profiles) - set(new.profiles)),
+        "changed": changed,
+        "retimed": sorted(
+            n for n in both if n not in changed and old.profiles[n] != new.profiles[n]
+        ),
+    }

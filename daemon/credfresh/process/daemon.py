@@ -1,4 +1,5 @@
-"""`credfresh run`: the composition root that builds every part and drives the process life.
+"""`credfresh run`: the process life (lock, signals, loop, reload, shutdown) of parts that
+`process.wiring` built.
 
 Signals only set flags; the main thread does the work between short `Event.wait`s, so a
 signal ends any wait at once. A second SIGINT exits immediately: every write is atomic, so
@@ -14,9 +15,7 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -37,14 +36,12 @@ from credfresh.process.allocator import tune_malloc
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.alerts.manager import AlertManager
-    from credfresh.context import Context as Streams
-    from credfresh.engine.engine import Engine
+    from credfresh.context import Context
     from credfresh.observe.logs import Logging
-    from credfresh.observe.metrics import Metrics
+    from credfresh.process.watch import ConfigWatcher
+    from credfresh.process.wiring import Wired
 
 STOP_GRACE: Final = 5.0
-WAKEUP_INTERVAL: Final = 30.0
 TICK: Final = 0.5
 STATUS_EVERY: Final = 10.0
 
@@ -104,9 +101,7 @@ def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def check_config_permissions(
-    config: Config, euid: int, environ: Mapping[str, str] | None = None
-) -> list[str]:
+def check_config_permissions(config: Config, euid: int, environ: Mapping[str, str]) -> list[str]:
     """Whoever can edit or swap a file the config steers root with decides what root does.
 
     The config, its policy files, web-identity token files, the container endpoint's token
@@ -118,7 +113,6 @@ def check_config_permissions(
     """
     from credfresh import trust
 
-    env = os.environ if environ is None else environ
     problems = config_path_problems(config.path, euid)
 
     def add(found: list[str]) -> None:
@@ -133,7 +127,7 @@ def check_config_permissions(
     if token_file is not None:
         add(trust.token_file_problems(token_file, euid))
     if config.alerts.command:
-        add(trust.command_problems(config.alerts.command[0], env.get("PATH", os.defpath), euid))
+        add(trust.command_problems(config.alerts.command[0], environ.get("PATH", os.defpath), euid))
     return problems
 
 
@@ -145,98 +139,34 @@ def config_path_problems(path: Path, euid: int) -> list[str]:
 
 
 class Daemon:
-    """Owns the process: lock, signals, logging, notifications, reloads and shutdown."""
+    """Owns the process: lock, signals, logging, notifications, reloads and shutdown.
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        logging: Logging,
-        streams: Streams,
-        environ: Mapping[str, str],
-    ) -> None:
-        from credfresh.process.systemd import Notifier
+    The config in force is held here alone; the engine gets each new one through `apply`.
+    """
 
+    def __init__(self, config: Config, *, ctx: Context, logging: Logging, parts: Wired) -> None:
         self.config = config
+        self.ctx = ctx
         self.logging = logging
         self.log: BoundLogger = logging.get()
-        self.streams = streams
-        self.environ = environ
-        self.notifier = Notifier(environ)
+        self.engine = parts.engine
+        self.alerts = parts.alerts
+        self.metrics = parts.metrics
+        self.notifier = parts.notifier
+        self.probes = parts.probes
+        self._make_servers = parts.servers
+        self._make_watcher = parts.watcher
         self.wake = threading.Event()
         self.stopping = False
         self.reload_event = threading.Event()
         self._interrupts = 0
-        self.alerts = self._build_alerts(config)
-        self.metrics = self._build_metrics()
-        self.engine = self._build_engine(config)
-        self.engine.on_first_pass = self.wake.set
-        self._http: Any = None
-        self._endpoint: Any = None
-        self._watcher: Any = None
+        self._servers: list[Any] = []
+        self._watcher: ConfigWatcher | None = None
         self._ready = False
         self._flushed = False
         self._reload_reason = "SIGHUP"
         self._reload_lock = threading.Lock()
         self._rejected: str | None = None
-
-    def _build_engine(self, config: Config) -> Engine:
-        from credfresh.engine.engine import Engine
-        from credfresh.sources.sts import StsClients
-
-        def clients(cfg: Config) -> StsClients:
-            return StsClients(cfg.sts, credentials_file=str(cfg.credentials_file))
-
-        wakeup = float(self.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
-        return Engine(
-            config,
-            log=self.log,
-            redactor=self.logging.redactor,
-            clients_factory=clients,
-            alerts=self.alerts,
-            metrics=self.metrics,
-            wakeup_interval=wakeup,
-        )
-
-    def _build_alerts(self, config: Config) -> AlertManager:
-        from credfresh.alerts.manager import AlertManager
-
-        return AlertManager(
-            config.alerts, redactor=self.logging.redactor, logger=self.log, environ=self.environ
-        )
-
-    def _build_metrics(self) -> Metrics:
-        from credfresh.observe.metrics import Metrics
-
-        return Metrics()
-
-    def _start_servers(self) -> None:
-        """Health, readiness and metrics; the container credentials endpoint; both opt-in."""
-        from credfresh.outputs.health import HttpServer
-
-        if self.config.http.listen:
-            self._http = HttpServer.from_listen(
-                self.config.http.listen,
-                health=self.health,
-                ready=self.ready,
-                metrics=self.metrics.render,
-                logger=self.log,
-            )
-            self._http.start()
-            self.log.info("http_listening", listen=self.config.http.listen, port=self._http.port)
-        settings = self.config.container_credentials
-        if settings.listen and settings.token_file is not None:
-            from credfresh.outputs.container import CredentialsEndpoint
-
-            self._endpoint = CredentialsEndpoint(
-                settings.listen,
-                settings.token_file,
-                known=lambda name: name in self.engine.config.profiles,
-                current=self.engine.on_disk,
-                log=self.log,
-            )
-            self._endpoint.start()
-            self.log.info("endpoint_listening", listen=settings.listen, port=self._endpoint.port)
 
     # ----- signals --------------------------------------------------------------------
 
@@ -273,9 +203,10 @@ class Daemon:
                 credentials_file=str(self.config.credentials_file),
                 profiles=len(self.config.profiles),
             )
-            self.engine.start(saved)
-            self._start_servers()
-            self._start_watcher()
+            self.engine.start(saved, on_first_pass=self.wake.set)
+            self._servers = self._make_servers()
+            self._watcher = self._make_watcher(self._watch_fired)
+            self._watcher.start()
             try:
                 self._loop()
             finally:
@@ -300,18 +231,18 @@ class Daemon:
                 self._reload_reason = "SIGHUP"
             if not self._ready and self._first_pass_on_disk():
                 self._ready = True
-                self.log.info("ready", profiles=len(self.engine.config.profiles))
+                self.log.info("ready", profiles=len(self.config.profiles))
                 self.notifier.ready()
                 last_status = 0.0
-            if self._ready and self.engine.state_dirty.is_set():
+            if self._ready and self.engine.take_dirty():
                 self._save_state()
                 self._write_textfile()
-            now = time.monotonic()
-            if ping_every and now - last_ping >= ping_every and self.healthy():
+            now = self.ctx.clock.monotonic()
+            if ping_every and now - last_ping >= ping_every and self.probes.healthy():
                 self.notifier.watchdog()
                 last_ping = now
             if now - last_status >= STATUS_EVERY:
-                self.notifier.status(self.status_line())
+                self.notifier.status(self.probes.status_line())
                 last_status = now
 
     def _first_pass_on_disk(self) -> bool:
@@ -322,17 +253,17 @@ class Daemon:
         Not "nothing pending": with short lifetimes refreshes keep joining the batch, and a
         failing disk keeps its own backoff instead of being hurried.
         """
-        if not self.engine.first_pass_done.is_set():
+        if not self.engine.snapshot().first_pass_done:
             return False
         if not self._flushed:
             self._flushed = True
-            self.engine.writer.flush(timeout=5.0)
-        now = datetime.now(UTC)
-        on_disk = self.engine.disk_expiries()
-        for name, (_, creds) in self.engine.snapshot().items():
-            if creds is None or creds.expiration <= now:
+            self.engine.flush(timeout=5.0)
+        now = self.ctx.clock.now()
+        snap = self.engine.snapshot()
+        for name, held in snap.in_memory.items():
+            if held is None or held <= now:
                 continue
-            expires = on_disk.get(name)
+            expires = snap.on_disk.get(name)
             if expires is None or expires <= now:
                 return False
         return True
@@ -343,9 +274,8 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop()
         idle = self.engine.stop(grace=STOP_GRACE)
-        for server in (self._http, self._endpoint):
-            if server is not None:
-                server.stop()
+        for server in self._servers:
+            server.stop()
         self.alerts.close(timeout=2.0)
         self._save_state()
         self._write_textfile()
@@ -355,16 +285,15 @@ class Daemon:
     def _save_state(self) -> None:
         from credfresh.engine import state as state_file
 
-        self.engine.state_dirty.clear()
-        profiles = {name: entry for name, (entry, _) in self.engine.snapshot().items()}
-        alerts = self.engine.alerts.to_dict() if self.engine.alerts is not None else {}
+        self.engine.take_dirty()
+        profiles = self.engine.snapshot().states
         try:
-            state_file.save(self.engine.config.state_file, profiles, alerts)
+            state_file.save(self.config.state_file, profiles, self.alerts.to_dict())
         except CredfreshError as exc:
             self.log.error("state_write_failed", error_code=exc.code, message=str(exc))
 
     def _write_textfile(self) -> None:
-        path = self.engine.config.metrics.textfile
+        path = self.config.metrics.textfile
         if path is None:
             return
         try:
@@ -373,17 +302,11 @@ class Daemon:
             self.log.error("textfile_write_failed", error_code=exc.code, message=str(exc))
 
     def _flush_streams(self) -> None:
-        for stream in (self.streams.out, self.streams.err, sys.stdout, sys.stderr):
+        for stream in (self.ctx.out, self.ctx.err, sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
 
     # ----- reload ---------------------------------------------------------------------
-
-    def _start_watcher(self) -> None:
-        from credfresh.process.watch import ConfigWatcher
-
-        self._watcher = ConfigWatcher(self.config.path, self._watch_fired)
-        self._watcher.start()
 
     def _watch_fired(self, reason: str) -> None:
         if reason == "poll":
@@ -412,26 +335,22 @@ class Daemon:
     def _reload(self, reason: str) -> None:
         from credfresh.config.validate import load_config
 
-        euid = os.geteuid()
+        euid = self.ctx.euid
         unsafe = config_path_problems(self.config.path, euid)
         if unsafe and euid == 0:
             self._reject(reason, "config_unsafe", unsafe)
             return
         try:
-            new = load_config(
-                self.config.path,
-                self.environ,
-                Context(self.streams.out, self.streams.err, self.environ).home,
-            )
+            new = load_config(self.config.path, self.ctx.environ, self.ctx.home)
         except ConfigError as exc:
             self._reject(reason, exc.code, exc.problems)
             return
-        unsafe = check_config_permissions(new, euid, self.environ)
+        unsafe = check_config_permissions(new, euid, self.ctx.environ)
         if unsafe and euid == 0:
             self._reject(reason, "config_unsafe", unsafe)
             return
         self._rejected = None
-        self.alerts.config_applied(datetime.now(UTC))
+        self.alerts.config_applied(self.ctx.clock.now())
         if new.digest == self.config.digest:
             if reason != "poll":
                 self.log.info("config_unchanged", reason=reason)
@@ -462,52 +381,7 @@ class Daemon:
         self._rejected = key
         self.log.error("config_rejected", reason=reason, error_code=code, errors=problems)
         self.metrics.config_reloaded("rejected")
-        self.alerts.config_rejected(problems, datetime.now(UTC))
-
-    # ----- views ----------------------------------------------------------------------
-
-    def health(self) -> tuple[bool, Mapping[str, object]]:
-        from credfresh.outputs.health import liveness
-
-        return liveness(
-            time.monotonic(),
-            self.engine.heartbeat,
-            self.engine.wakeup_interval,
-            writer_alive=self.engine.writer.alive(),
-        )
-
-    def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
-        from credfresh.outputs.health import readiness
-
-        return readiness(datetime.now(UTC), self.engine.disk_expiries(), profile)
-
-    def healthy(self) -> bool:
-        """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
-        from credfresh.process.systemd import should_ping
-
-        age = time.monotonic() - self.engine.heartbeat
-        return should_ping(
-            age, self.engine.wakeup_interval, writer_alive=self.engine.writer.alive()
-        )
-
-    def status_line(self) -> str:
-        from credfresh.process.systemd import status_line
-
-        now = datetime.now(UTC)
-        snapshot = self.engine.snapshot()
-        fresh = sum(1 for _, creds in snapshot.values() if creds and creds.expiration > now)
-        failing = [
-            (name, entry.last_error_code)
-            for name, (entry, _) in snapshot.items()
-            if entry.last_error_code
-        ]
-        upcoming = [
-            (name, (entry.next_attempt - now).total_seconds())
-            for name, (entry, _) in snapshot.items()
-            if entry.next_attempt is not None
-        ]
-        nxt = min(upcoming, key=lambda item: item[1]) if upcoming else None
-        return status_line(fresh, failing, nxt)
+        self.alerts.config_rejected(problems, self.ctx.clock.now())
 
 
 def main(
@@ -515,60 +389,67 @@ def main(
     *,
     log_format: str | None,
     log_level: str | None,
-    streams: Streams,
+    ctx: Context,
 ) -> int:
     """Start the daemon; exit 2 on a bad config, 3 when another instance holds the lock."""
-    from credfresh.config.validate import load_config
     from credfresh.observe.logs import Logging
     from credfresh.outputs.http import raise_fd_limit
+    from credfresh.process import wiring
 
-    tune_malloc(streams.environ)
+    tune_malloc(ctx.environ)
     raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
-    logging = Logging(streams.out, fmt=log_format, level=log_level)
+    logging = Logging(ctx.out, fmt=log_format, level=log_level)
     logging.install()
     log = logging.get()
     try:
-        if os.geteuid() == 0 and (unsafe := config_path_problems(config_path, 0)):
-            log.error("config_unsafe", errors=unsafe, path=str(config_path))
-            streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
+        config = _checked_config(config_path, ctx, log)
+        if config is None:
             return EXIT_CONFIG
-        try:
-            config = load_config(
-                config_path,
-                streams.environ,
-                Context(streams.out, streams.err, streams.environ).home,
-            )
-        except ConfigError as exc:
-            log.error(
-                "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)
-            )
-            streams.err.write(f"credfresh: {exc}\n")
-            return EXIT_CONFIG
-        for warning in config.warnings:
-            log.warning("config_warning", message=warning)
-        problems = check_config_permissions(config, os.geteuid(), streams.environ)
-        if problems and os.geteuid() == 0:
-            log.error("config_unsafe", errors=problems, path=str(config_path))
-            streams.err.write("credfresh: refusing to start:\n  " + "\n  ".join(problems) + "\n")
-            return EXIT_CONFIG
-        for problem in problems:
-            log.warning("config_permissions", message=problem)
         lock = InstanceLock(config.credentials_file)
         try:
             lock.acquire()
         except AlreadyRunning as exc:
             log.error("already_running", message=str(exc))
-            streams.err.write(f"credfresh: {exc}\n")
+            ctx.err.write(f"credfresh: {exc}\n")
             return EXIT_LOCKED
         except CredfileError as exc:
             if exc.code != "unsafe_path":
                 raise
             log.error("config_unsafe", errors=[str(exc)])
-            streams.err.write(f"credfresh: refusing to start:\n  {exc}\n")
+            ctx.err.write(f"credfresh: refusing to start:\n  {exc}\n")
             return EXIT_CONFIG
         try:
-            return Daemon(config, logging=logging, streams=streams, environ=streams.environ).run()
+            parts = wiring.build(config, ctx, logging)
+            return Daemon(config, ctx=ctx, logging=logging, parts=parts).run()
         finally:
             lock.release()
     finally:
         logging.uninstall()
+
+
+def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config | None:
+    """The config, or None (said on stderr) when it is invalid or, as root, unsafe."""
+    from credfresh.config.validate import load_config
+
+    if ctx.euid == 0 and (unsafe := config_path_problems(config_path, 0)):
+        log.error("config_unsafe", errors=unsafe, path=str(config_path))
+        ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
+        return None
+    try:
+        config = load_config(config_path, ctx.environ, ctx.home)
+    except ConfigError as exc:
+        log.error(
+            "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)
+        )
+        ctx.err.write(f"credfresh: {exc}\n")
+        return None
+    for warning in config.warnings:
+        log.warning("config_warning", message=warning)
+    problems = check_config_permissions(config, ctx.euid, ctx.environ)
+    if problems and ctx.euid == 0:
+        log.error("config_unsafe", errors=problems, path=str(config_path))
+        ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(problems) + "\n")
+        return None
+    for problem in problems:
+        log.warning("config_permissions", message=problem)
+    return config

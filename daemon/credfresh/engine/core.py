@@ -1,0 +1,259 @@
+"""The engine's tables and what it shows: profile state, scheduling, the file's side.
+
+`Engine` (engine.py) adds the refresh job, the wake-up and reloads on top; this half holds
+the data every one of them reads under the one lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from credfresh.engine import policy as refresh
+from credfresh.engine.parts import Parts, Snapshot, expiry
+from credfresh.engine.state import ProfileState
+from credfresh.errors import CredfileError
+
+if TYPE_CHECKING:
+    from credfresh.config.model import Config
+    from credfresh.credentials import Credentials
+    from credfresh.credfile.format import FileView
+    from credfresh.engine.batcher import BatchWriter
+    from credfresh.sources.base import Source
+
+WAKEUP_INTERVAL: Final = 30.0
+
+
+class EngineCore:
+    """Profile tables under one lock, their scheduling, the writer's reports, the views."""
+
+    _writer: BatchWriter
+
+    def _job(self, name: str) -> None:
+        """One profile's refresh run, as the scheduler calls it (`Engine` has it)."""
+        raise NotImplementedError
+
+    def __init__(self, config: Config, parts: Parts, *, wakeup_interval: float) -> None:
+        self._config = config
+        self.log = parts.log
+        self.redactor = parts.redactor
+        self.alerts = parts.alerts
+        self.metrics = parts.metrics
+        self.clock = parts.clock
+        self.wakeup_interval = wakeup_interval
+        self._parts = parts
+        self._source: Source = parts.source_factory(config)
+        self._scheduler = parts.scheduler
+        self._rng = parts.rng
+        self._lock = threading.RLock()
+        self._states: dict[str, ProfileState] = {}
+        self._current: dict[str, Credentials] = {}
+        self._written: dict[str, Credentials] = {}
+        # A successful refresh's credentials until the writer confirms them on disk: only
+        # then do the profile's alerts resolve.
+        self._landing: dict[str, Credentials] = {}
+        self._retry_in: dict[str, float] = {}  # the retry delay a failing profile is in
+        self._running: set[str] = set()
+        self._pending: dict[str, float] = {}  # handed to the scheduler, at (monotonic)
+        self._urgent: set[str] = set()
+        self._secrets: dict[str, list[Credentials]] = {}
+        self._first_pass: set[str] = set()
+        self._first_pass_done = threading.Event()
+        self._on_first_pass: Callable[[], None] | None = None
+        self._dirty = threading.Event()
+        self._heartbeat = self.clock.monotonic()
+        self._skew_reported = False
+        self._expired_reported: set[str] = set()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    # ----- scheduling -----------------------------------------------------------------
+
+    def _schedule(self, name: str, when: datetime) -> None:
+        self._scheduler.at(name, when, self._job)
+        with self._lock:
+            self._pending[name] = self.clock.monotonic()
+            state = self._states.get(name)
+            if state is not None:
+                state.next_attempt = when
+        self._dirty.set()
+
+    def _schedule_next(self, name: str, now: datetime) -> None:
+        """Due profiles run now; fresh ones at their jittered due time (always earlier)."""
+        profile = self._config.profiles[name]
+        creds = self._current.get(name)
+        if creds is None or refresh.is_due(now, creds, profile.refresh_before):
+            self._schedule(name, now)
+        else:
+            self._schedule(name, refresh.jittered_due_at(creds, profile.refresh_before, self._rng))
+
+    def expected_run(self, name: str, now: datetime) -> datetime | None:
+        """When a profile should next run: its due time, or its retry time while failing."""
+        with self._lock:
+            state = self._states.get(name)
+            creds = self._current.get(name)
+            profile = self._config.profiles.get(name)
+        if profile is None or state is None:
+            return None
+        if state.consecutive_failures and state.next_attempt is not None:
+            return state.next_attempt
+        if creds is None:
+            return now
+        return refresh.due_at(creds, profile.refresh_before)
+
+    def _missed(self, name: str) -> None:
+        """The scheduler dropped a run: a dropped one-shot job is gone, so schedule it again
+        unless the profile is running or has a run handed out already.
+        """
+        with self._lock:
+            self._pending.pop(name, None)
+            busy = name in self._running
+        if not busy and name in self._config.profiles and self._scheduler.next_run(name) is None:
+            self._schedule(name, self.clock.now())
+
+    def _remember_secrets(self, name: str, creds: Credentials) -> None:
+        """Redact this set and the one before it; older sets are forgotten (memory stays flat)."""
+        self.redactor.add(creds.secret_access_key, creds.session_token)
+        with self._lock:
+            generations = self._secrets.setdefault(name, [])
+            generations.append(creds)
+            stale = generations[:-2]
+            del generations[:-2]
+        for old in stale:
+            self.redactor.forget(old.secret_access_key, old.session_token)
+
+    def _file_event(self, name: str, fields: Mapping[str, object]) -> None:
+        self.log.info(name, **fields)
+
+    def _written_to_disk(
+        self, updates: Mapping[str, Credentials], removals: Collection[str], took: float
+    ) -> None:
+        """The writer renamed these into place: only now do views and alerts see them."""
+        with self._lock:
+            self._written.update(updates)
+            for name in removals:
+                self._written.pop(name, None)
+            landed = {
+                name: creds
+                for name, creds in updates.items()
+                if (fresh := self._landing.get(name)) is not None
+                and fresh.access_key_id == creds.access_key_id
+            }
+            for name in landed:
+                del self._landing[name]
+        if updates or removals:
+            self.log.info(
+                "file_written",
+                profiles=sorted(updates),
+                removed=sorted(removals) or None,
+                took_ms=round(took * 1000, 1),
+            )
+            if self.metrics is not None:
+                self.metrics.file_written()
+        if self.alerts is not None:
+            now = self.clock.now()
+            for name, creds in sorted(landed.items()):
+                self.alerts.refresh_succeeded(name, now, creds.expiration)
+            self.alerts.write_succeeded(now)
+            self._update_gauges()
+        self._dirty.set()
+
+    def _write_failed(self, error: CredfileError, retry_in: float) -> None:
+        message = self.redactor.text(str(error))
+        self.log.error(
+            "write_failed",
+            error_code=error.code,
+            message=message,
+            path=str(self._config.credentials_file),
+            retry_in=retry_in,
+        )
+        if self.alerts is not None:
+            self.alerts.write_failed(error.code, message, self.clock.now())
+
+    def _read_file(self) -> FileView | None:
+        try:
+            return self._parts.store.read_managed(self._config.credentials_file, self._config.owner)
+        except CredfileError as exc:
+            self.log.error(
+                "file_unreadable",
+                error_code=exc.code,
+                message=str(exc),
+                path=str(self._config.credentials_file),
+            )
+            return None
+
+    # ----- what the daemon, the outputs and the alerts see -----------------------------
+
+    def alert_facts(self) -> dict[str, Any]:
+        """What the alert rules judge: the credentials ON DISK, their refresh point, the grace.
+
+        Not `current`: credentials issued but not yet written help no consumer.
+        """
+        from credfresh.alerts.rules import ProfileFacts
+
+        with self._lock:
+            return {
+                name: ProfileFacts(
+                    role_arn=profile.role_arn,
+                    expires_at=disk.expiration if disk else None,
+                    refresh_at=refresh.due_at(disk, profile.refresh_before) if disk else None,
+                    grace=self.alert_grace(name),
+                )
+                for name, profile in self._config.profiles.items()
+                for disk in [self._written.get(name)]
+            }
+
+    def alert_grace(self, name: str) -> timedelta:
+        """How late past its refresh point a healthy daemon may land a profile's refresh.
+
+        One wake-up interval (the wake-up catches a late or lost job), the retry delay the
+        profile is in, and one STS call's connect and read timeouts.
+        """
+        with self._lock:
+            retry = self._retry_in.get(name, 0.0)
+        return timedelta(seconds=self.wakeup_interval + retry + 2 * self._config.sts.timeout)
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.set_profiles(len(self._config.profiles))
+        if self.alerts is not None:
+            self.metrics.set_alerts_firing(self.alerts.firing_count())
+
+    def snapshot(self) -> Snapshot:
+        """Copies of every configured profile's state and expiries, and the engine's pulse."""
+        with self._lock:
+            names = list(self._config.profiles)
+            return Snapshot(
+                states={
+                    n: dataclasses.replace(self._states.get(n) or ProfileState()) for n in names
+                },
+                in_memory={n: expiry(self._current.get(n)) for n in names},
+                on_disk={n: expiry(self._written.get(n)) for n in names},
+                first_pass_done=self._first_pass_done.is_set(),
+                heartbeat=self._heartbeat,
+                writer_alive=self._writer.alive(),
+            )
+
+    def take_dirty(self) -> bool:
+        """Whether the state changed since the last call (the daemon then saves it)."""
+        dirty = self._dirty.is_set()
+        self._dirty.clear()
+        return dirty
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every submitted write is on disk; False when `timeout` ran out."""
+        return self._writer.flush(timeout=timeout)
+
+    def knows(self, name: str) -> bool:
+        return name in self._config.profiles
+
+    def on_disk(self, name: str) -> Credentials | None:
+        """What the file holds for a profile, for the container credentials endpoint."""
+        with self._lock:
+            return self._written.get(name) if name in self._config.profiles else None

@@ -1,0 +1,108 @@
+"""What the engine is built from and what it shows: the injected parts, the snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from credfresh.credentials import Credentials, format_time
+
+if TYPE_CHECKING:
+    from structlog.stdlib import BoundLogger
+
+    from credfresh.alerts.manager import AlertManager
+    from credfresh.context import Clock
+    from credfresh.credfile.atomic import EventCallback
+    from credfresh.credfile.format import FileView
+    from credfresh.credfile.store import WriteResult
+    from credfresh.engine.batcher import BatchWriter
+    from credfresh.engine.scheduler import Scheduler
+    from credfresh.engine.state import ProfileState
+    from credfresh.errors import CredfileError
+    from credfresh.observe.logs import Redactor
+    from credfresh.observe.metrics import Metrics
+    from credfresh.sources.base import SourceFactory
+
+
+class Store(Protocol):
+    """The credentials file's reader and writer (`credfresh.credfile.store`, or in memory)."""
+
+    def read_managed(self, path: Path, owner: str) -> FileView: ...
+
+    def write_profiles(
+        self,
+        path: Path,
+        owner: str,
+        updates: Mapping[str, Credentials],
+        removals: Collection[str] = (),
+        *,
+        adopt: Collection[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> WriteResult: ...
+
+
+class WriterFactory(Protocol):
+    """Builds the batching writer of one credentials file (`BatchWriter`, tuned or not)."""
+
+    def __call__(
+        self,
+        write: Callable[[Mapping[str, Credentials], Collection[str]], Mapping[str, CredfileError]],
+        *,
+        on_written: Callable[[Mapping[str, Credentials], Collection[str], float], None],
+        on_conflict: Callable[[str, CredfileError], None],
+        on_failed: Callable[[CredfileError, float], None],
+    ) -> BatchWriter: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """Everything the engine uses from outside, built by `process.wiring` (or a test)."""
+
+    source_factory: SourceFactory
+    scheduler: Scheduler
+    clock: Clock
+    store: Store
+    writer_factory: WriterFactory
+    log: BoundLogger
+    redactor: Redactor
+    alerts: AlertManager | None = None
+    metrics: Metrics | None = None
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A copy of what the daemon, its health views and its state file may see."""
+
+    states: Mapping[str, ProfileState]
+    in_memory: Mapping[str, datetime | None]  # expiry of the newest credentials held
+    on_disk: Mapping[str, datetime | None]  # expiry of what the file holds (None: nothing)
+    first_pass_done: bool
+    heartbeat: float  # monotonic time of the scheduler's last sign of life
+    writer_alive: bool
+
+
+def same_on_disk(found: Credentials | None, wrote: Credentials) -> bool:
+    """Pure: does a section read back from the file hold what credfresh wrote?
+
+    The file keeps times to the second, so times compare as written, not as held.
+    """
+    return found is not None and (
+        found.access_key_id,
+        found.secret_access_key,
+        found.session_token,
+        format_time(found.expiration),
+    ) == (
+        wrote.access_key_id,
+        wrote.secret_access_key,
+        wrote.session_token,
+        format_time(wrote.expiration),
+    )
+
+
+def expiry(creds: Credentials | None) -> datetime | None:
+    return creds.expiration if creds is not None else None

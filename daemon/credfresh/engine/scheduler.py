@@ -1,0 +1,104 @@
+"""The engine's timer: named one-shot jobs and one interval job, behind a small protocol.
+
+Production uses APScheduler. Its defaults silently drop a late one-shot job
+(misfire_grace_time=1 s), and that profile would never be refreshed again: every job here
+runs however late, coalesced, one instance at a time. Unit tests use a manual scheduler
+that runs due jobs when told.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+MISSED_RETRY: Final = 0.2
+WAKEUP_JOB: Final = "__credfresh_wakeup__"
+
+
+class Scheduler(Protocol):
+    """Runs `job(name)` at a time; a name holds one pending run at most."""
+
+    def start(self, on_missed: Callable[[str], None]) -> None:
+        """Begin running jobs; `on_missed(name)` when a run was dropped (its job is gone)."""
+        ...
+
+    def at(self, name: str, when: datetime, job: Callable[[str], None]) -> None: ...
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None: ...
+
+    def next_run(self, name: str) -> datetime | None:
+        """When the name's job runs next; None when it has none (ran, or was dropped)."""
+        ...
+
+    def cancel(self, name: str) -> None: ...
+
+    def poke(self) -> None:
+        """Look at the due times again now (a suspend stops the scheduler's own wait)."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+class ApScheduler:
+    """APScheduler's background scheduler: `workers` refresh threads and one control thread."""
+
+    def __init__(self, workers: int) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={
+                "default": ThreadPoolExecutor(workers),
+                "control": ThreadPoolExecutor(1),
+            },
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+
+    def start(self, on_missed: Callable[[str], None]) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+        def skipped(event: Any) -> None:
+            """APScheduler dropped a run (max_instances=1: a retry came due while its own job
+            was still finishing). Told from another thread, a moment later: this listener
+            runs inside the scheduler's own loop.
+            """
+            name = str(getattr(event, "job_id", ""))
+            if name and name != WAKEUP_JOB:
+                timer = threading.Timer(MISSED_RETRY, on_missed, args=(name,))
+                timer.daemon = True
+                timer.start()
+
+        self._scheduler.add_listener(skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        self._scheduler.start()
+
+    def at(self, name: str, when: datetime, job: Callable[[str], None]) -> None:
+        self._scheduler.add_job(
+            job, "date", run_date=when, id=name, args=[name], replace_existing=True
+        )
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None:
+        self._scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            id=WAKEUP_JOB,
+            executor="control",
+            replace_existing=True,
+        )
+
+    def next_run(self, name: str) -> datetime | None:
+        job = self._scheduler.get_job(name)
+        return None if job is None else job.next_run_time
+
+    def cancel(self, name: str) -> None:
+        if self._scheduler.get_job(name) is not None:
+            self._scheduler.remove_job(name)
+
+    def poke(self) -> None:
+        self._scheduler.wakeup()
+
+    def shutdown(self) -> None:
+        self._scheduler.shutdown(wait=False)

@@ -1,0 +1,171 @@
+"""The composition root: every part of `credfresh run`, built once; `Daemon` runs them.
+
+Nothing else constructs a scheduler, a source, a writer or a server; tests build the same
+parts with fakes (see tests/unit/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from credfresh.engine.core import WAKEUP_INTERVAL
+
+if TYPE_CHECKING:
+    from structlog.stdlib import BoundLogger
+
+    from credfresh.alerts.manager import AlertManager
+    from credfresh.config.model import Config
+    from credfresh.context import Clock, Context
+    from credfresh.engine.engine import Engine
+    from credfresh.observe.logs import Logging
+    from credfresh.observe.metrics import Metrics
+    from credfresh.process.systemd import Notifier
+    from credfresh.process.watch import ConfigWatcher
+    from credfresh.sources.base import Source
+
+
+@dataclasses.dataclass(frozen=True)
+class Wired:
+    """What the daemon drives; servers and the watcher are started by it, in its order."""
+
+    engine: Engine
+    alerts: AlertManager
+    metrics: Metrics
+    notifier: Notifier
+    probes: Probes
+    servers: Callable[[], list[Any]]
+    watcher: Callable[[Callable[[str], None]], ConfigWatcher]
+
+
+def build(config: Config, ctx: Context, logging: Logging) -> Wired:
+    """Alerts, metrics, the STS source, the engine (scheduler, store, writer), the probes,
+    the servers and the config watcher, all from one config and one context.
+    """
+    from credfresh.alerts.manager import AlertManager
+    from credfresh.credfile import store as credfile
+    from credfresh.engine.batcher import BatchWriter
+    from credfresh.engine.engine import Engine
+    from credfresh.engine.parts import Parts
+    from credfresh.engine.scheduler import ApScheduler
+    from credfresh.observe.metrics import Metrics
+    from credfresh.process.systemd import Notifier
+    from credfresh.process.watch import ConfigWatcher
+
+    log = logging.get()
+    alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
+    metrics = Metrics()
+
+    def source(cfg: Config) -> Source:
+        from credfresh.sources.assume_role import StsSource
+
+        return StsSource(cfg.sts, credentials_file=str(cfg.credentials_file), clock=ctx.clock)
+
+    parts = Parts(
+        source_factory=source,
+        scheduler=ApScheduler(config.sts.max_concurrency),
+        clock=ctx.clock,
+        store=credfile,
+        writer_factory=functools.partial(BatchWriter, clock=ctx.clock),
+        log=log,
+        redactor=logging.redactor,
+        alerts=alerts,
+        metrics=metrics,
+    )
+    wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
+    engine = Engine(config, parts, wakeup_interval=wakeup)
+    probes = Probes(engine, ctx.clock, wakeup)
+    return Wired(
+        engine=engine,
+        alerts=alerts,
+        metrics=metrics,
+        notifier=Notifier(ctx.environ),
+        probes=probes,
+        servers=lambda: start_servers(config, engine, probes, metrics, log),
+        watcher=lambda on_change: ConfigWatcher(config.path, on_change),
+    )
+
+
+def start_servers(
+    config: Config, engine: Engine, probes: Probes, metrics: Metrics, log: BoundLogger
+) -> list[Any]:
+    """Health, readiness and metrics; the container credentials endpoint; both opt-in.
+
+    The listen addresses are the ones the daemon started with: a reload does not move them.
+    """
+    from credfresh.outputs.health import HttpServer
+
+    servers: list[Any] = []
+    if config.http.listen:
+        http = HttpServer.from_listen(
+            config.http.listen,
+            health=probes.health,
+            ready=probes.ready,
+            metrics=metrics.render,
+            logger=log,
+        )
+        http.start()
+        servers.append(http)
+        log.info("http_listening", listen=config.http.listen, port=http.port)
+    settings = config.container_credentials
+    if settings.listen and settings.token_file is not None:
+        from credfresh.outputs.container import CredentialsEndpoint
+
+        endpoint = CredentialsEndpoint(
+            settings.listen,
+            settings.token_file,
+            known=engine.knows,
+            current=engine.on_disk,
+            log=log,
+        )
+        endpoint.start()
+        servers.append(endpoint)
+        log.info("endpoint_listening", listen=settings.listen, port=endpoint.port)
+    return servers
+
+
+class Probes:
+    """Health, readiness, the watchdog's rule and systemd's status line, from the engine."""
+
+    def __init__(self, engine: Engine, clock: Clock, wakeup_interval: float) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._interval = wakeup_interval
+
+    def health(self) -> tuple[bool, Mapping[str, object]]:
+        from credfresh.outputs.health import liveness
+
+        snap = self._engine.snapshot()
+        return liveness(
+            self._clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
+        )
+
+    def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
+        from credfresh.outputs.health import readiness
+
+        return readiness(self._clock.now(), self._engine.snapshot().on_disk, profile)
+
+    def healthy(self) -> bool:
+        """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
+        from credfresh.process.systemd import should_ping
+
+        snap = self._engine.snapshot()
+        age = self._clock.monotonic() - snap.heartbeat
+        return should_ping(age, self._interval, writer_alive=snap.writer_alive)
+
+    def status_line(self) -> str:
+        from credfresh.process.systemd import status_line
+
+        now = self._clock.now()
+        snap = self._engine.snapshot()
+        fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)
+        failing = [(n, e.last_error_code) for n, e in snap.states.items() if e.last_error_code]
+        upcoming = [
+            (name, (entry.next_attempt - now).total_seconds())
+            for name, entry in snap.states.items()
+            if entry.next_attempt is not None
+        ]
+        nxt = min(upcoming, key=lambda item: item[1]) if upcoming else None
+        return status_line(fresh, failing, nxt)

@@ -1,0 +1,120 @@
+"""Every source failure as a code: permanent (a human must act) or transient, with a hint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Final
+
+from credfresh.errors import CredfreshError
+
+ROTATION_CODES: Final = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"})
+
+PERMANENT_CODES: Final = frozenset(
+    {
+        "AccessDenied",
+        "MalformedPolicyDocument",
+        "PackedPolicyTooLarge",
+        "RegionDisabledException",
+        "ValidationError",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidIdentityToken",
+        "InvalidParameterValue",
+        "no_source_credentials",
+        "source_profile_not_found",
+        "web_identity_token_unreadable",
+    }
+)
+TRANSIENT_CODES: Final = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "IDPCommunicationError",
+        "ExpiredTokenException",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "connection_error",
+        "timeout",
+        "invalid_response",
+        "source_unavailable",
+    }
+)
+
+HINTS: Final[Mapping[str, str]] = {
+    "AccessDenied": "the role's trust policy must name the caller (e.g. the IAM user's ARN, "
+    "not a role ARN), and the caller needs sts:AssumeRole on the role",
+    "MalformedPolicyDocument": "the session policy (policy / policy_file) is not a valid "
+    "IAM policy; the message says what is wrong",
+    "PackedPolicyTooLarge": "the session policy plus tags are too large: shorten the policy, "
+    "use policy_arns, or drop tags",
+    "RegionDisabledException": "activate STS for this region in IAM (Account settings), or "
+    "set another `region` for the profile",
+    "ExpiredToken": "the source credentials have expired: renew them or rotate the keys",
+    "InvalidClientTokenId": "the source access key is not valid: check or rotate the keys "
+    "of the source profile",
+    "SignatureDoesNotMatch": "the source secret key does not match its access key id; "
+    "'Signature expired' means the clock is off: check NTP",
+    "Throttling": "STS is rate limiting: credfresh backs off; lower sts.max_concurrency if "
+    "it persists",
+    "ValidationError": "a parameter is out of range, e.g. duration_seconds above the role's "
+    "maximum session duration",
+    "connection_error": "STS could not be reached: check the network, proxy and endpoint_url",
+    "timeout": "STS did not answer within sts.timeout (to connect, plus sts.timeout for the "
+    "whole answer)",
+    "invalid_response": "STS's answer was not a valid credential response (a captive proxy "
+    "or a broken endpoint?)",
+    "no_source_credentials": "no source credentials were found: set source_profile or "
+    "provide credentials through the default chain",
+    "source_profile_not_found": "the source_profile does not exist in the AWS config or "
+    "credentials file",
+    "source_unavailable": "the source profile of this chained role has no valid credentials",
+    "web_identity_token_unreadable": "the web_identity_token_file cannot be read",
+    "InvalidIdentityToken": "the web identity token was rejected: check the OIDC provider "
+    "and the role's trust policy",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A classified STS failure: `permanent` needs a human, otherwise retry later."""
+
+    code: str
+    message: str
+    permanent: bool
+    hint: str | None = None
+    status: int | None = None
+
+
+class SourceError(CredfreshError):
+    """A fetch that failed, carrying its classified `Failure` (never a secret)."""
+
+    def __init__(self, failure: Failure, profile: str | None = None) -> None:
+        super().__init__(f"{failure.code}: {failure.message}", code=failure.code, profile=profile)
+        self.failure = failure
+
+
+def classify(code: str, message: str = "", status: int | None = None) -> Failure:
+    """Permanent or transient, with a one-line hint for the common errors."""
+    if code in PERMANENT_CODES:
+        permanent = True
+    elif code in TRANSIENT_CODES:
+        permanent = False
+    else:
+        permanent = status is not None and 400 <= status < 500
+    hint = HINTS.get(code)
+    if code == "SignatureDoesNotMatch" and "expired" in message.lower():
+        hint = "'Signature expired': this machine's clock is off; check NTP"
+    return Failure(
+        code=code, message=_clean(message), permanent=permanent, hint=hint, status=status
+    )
+
+
+def _clean(message: str) -> str:
+    """One line, bounded: STS messages may be long, and may echo request text."""
+    line = " ".join(message.split())
+    return line[:300]

@@ -1,0 +1,229 @@
+"""Shared STS clients, and the connections a call's deadline can cut.
+
+Clients are expensive (aws-facts.md: a boto3 Session per refresh costs ~8 MB and 100 ms), so
+there is one per (source, region, endpoint, fips, dualstack), created from sessions that
+share one model loader. botocore's retries are off: credfresh's own backoff decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from credfresh.sources.classify import SourceError, classify
+from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+
+if TYPE_CHECKING:
+    import botocore.session
+
+    from credfresh.config.model import Profile, StsSettings
+    from credfresh.credentials import Credentials
+
+T = TypeVar("T")
+
+ClientKey = tuple[str, str | None, str | None, bool, bool]
+
+
+def call_deadline(settings: StsSettings) -> float:
+    """The whole call's budget: the connect timeout plus `sts.timeout` for the answer."""
+    connect_timeout = settings.timeout
+    return connect_timeout + settings.timeout
+
+
+def tracking_pools(guard: CallGuard) -> dict[str, type]:
+    """botocore's connection pools, with connections that show themselves to `guard`."""
+    from botocore.awsrequest import (
+        AWSHTTPConnection,
+        AWSHTTPConnectionPool,
+        AWSHTTPSConnection,
+        AWSHTTPSConnectionPool,
+    )
+
+    return {
+        "http": _pool(AWSHTTPConnectionPool, _tracked(AWSHTTPConnection, guard)),
+        "https": _pool(AWSHTTPSConnectionPool, _tracked(AWSHTTPSConnection, guard)),
+    }
+
+
+def _tracked(base: type[Any], guard: CallGuard) -> type[Any]:
+    """`base` (HTTP or HTTPS) whose connect and request first show the connection to `guard`."""
+
+    def connect(self: Any) -> None:
+        guard.track(self)
+        base.connect(self)
+
+    def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        guard.track(self)
+        return base.request(self, method, url, *args, **kwargs)
+
+    return type(f"Tracked{base.__name__}", (base,), {"connect": connect, "request": request})
+
+
+def _pool(base: type[Any], connection: type[Any]) -> type[Any]:
+    return type(f"Tracked{base.__name__}", (base,), {"ConnectionCls": connection})
+
+
+def track_connections(client: Any, pools: Mapping[str, type]) -> Any:
+    """Let the guard see the connections this client's calls use, to cut abandoned ones.
+
+    botocore offers no hook for its sockets, so this swaps the connection classes in the
+    client's own pool map (shared by its pool and proxy managers, before any pool exists).
+    Should botocore's layout change, calls are still abandoned at the deadline; only the
+    abandoned helper then lives until the socket's own timeout.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    by_scheme = getattr(session, "_pool_classes_by_scheme", None)
+    if isinstance(by_scheme, dict):
+        by_scheme.update(pools)
+    return client
+
+
+class StsClients:
+    """One STS client per source and endpoint, shared by every profile that uses it.
+
+    Thread-safe: refreshes run in a pool. `credentials_file` is where AWS source profiles
+    are looked up (the same file credfresh writes, by default).
+    """
+
+    def __init__(
+        self,
+        settings: StsSettings,
+        *,
+        credentials_file: str | None = None,
+    ) -> None:
+        import botocore.session
+
+        self._settings = settings
+        self._credentials_file = credentials_file
+        self._lock = threading.Lock()
+        self._base = botocore.session.get_session()
+        self._quiet(self._base)
+        self._sessions: dict[str | None, botocore.session.Session] = {}
+        self._clients: dict[ClientKey, Any] = {}
+        self._chained: dict[ClientKey, tuple[str, Any]] = {}
+        # Room for every worker's call plus as many abandoned ones still winding down.
+        self._guard = CallGuard(2 * max(1, settings.max_concurrency), name="credfresh-sts")
+        self._pools = tracking_pools(self._guard)
+
+    def _quiet(self, session: botocore.session.Session) -> None:
+        if self._credentials_file:
+            session.set_config_variable("credentials_file", self._credentials_file)
+
+    def _session(self, source_profile: str | None) -> botocore.session.Session:
+        import botocore.session
+
+        session = self._sessions.get(source_profile)
+        if session is None:
+            session = botocore.session.Session(profile=source_profile)
+            self._quiet(session)
+            session.register_component("data_loader", self._base.get_component("data_loader"))
+            self._sessions[source_profile] = session
+        return session
+
+    def _config(self, region: str, profile: Profile, unsigned: bool = False) -> Any:
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        return Config(
+            region_name=region,
+            retries={"total_max_attempts": 1},
+            connect_timeout=self._settings.timeout,
+            read_timeout=self._settings.timeout,
+            max_pool_connections=max(10, self._settings.max_concurrency),
+            use_fips_endpoint=profile.use_fips_endpoint,
+            use_dualstack_endpoint=profile.use_dualstack_endpoint,
+            signature_version=UNSIGNED if unsigned else None,
+        )
+
+    def _key(self, source: str, profile: Profile, region: str) -> ClientKey:
+        return (
+            source,
+            region,
+            profile.endpoint_url,
+            profile.use_fips_endpoint,
+            profile.use_dualstack_endpoint,
+        )
+
+    def _region(self, profile: Profile) -> str:
+        return profile.region or self._base.get_config_variable("region") or "us-east-1"
+
+    def client_for(self, profile: Profile, source: Credentials | None) -> Any:
+        """The shared client this profile's call goes through."""
+        region = self._region(profile)
+        with self._lock:
+            if profile.web_identity_token_file is not None:
+                key = self._key("<web-identity>", profile, region)
+                client = self._clients.get(key)
+                if client is None:
+                    client = self._base.create_client(
+                        "sts",
+                        endpoint_url=profile.endpoint_url,
+                        config=self._config(region, profile, unsigned=True),
+                    )
+                    self._clients[key] = track_connections(client, self._pools)
+                return client
+            if profile.chained:
+                if source is None:
+                    raise SourceError(classify("source_unavailable", "source credentials missing"))
+                key = self._key(f"chain:{profile.source_profile}", profile, region)
+                cached = self._chained.get(key)
+                if cached is not None and cached[0] == source.access_key_id:
+                    return cached[1]
+                client = self._base.create_client(
+                    "sts",
+                    endpoint_url=profile.endpoint_url,
+                    config=self._config(region, profile),
+                    aws_access_key_id=source.access_key_id,
+                    aws_secret_access_key=source.secret_access_key,
+                    aws_session_token=source.session_token,
+                )
+                self._chained[key] = (source.access_key_id, track_connections(client, self._pools))
+                return client
+            key = self._key(f"profile:{profile.source_profile or ''}", profile, region)
+            client = self._clients.get(key)
+            if client is None:
+                client = self._make_source_client(profile, region)
+                self._clients[key] = track_connections(client, self._pools)
+            return client
+
+    def _make_source_client(self, profile: Profile, region: str) -> Any:
+        from botocore.exceptions import NoCredentialsError, ProfileNotFound
+
+        try:
+            session = self._session(profile.source_profile)
+            if session.get_credentials() is None:
+                raise SourceError(classify("no_source_credentials", "no source credentials found"))
+            return session.create_client(
+                "sts", endpoint_url=profile.endpoint_url, config=self._config(region, profile)
+            )
+        except ProfileNotFound as exc:
+            raise SourceError(
+                classify("source_profile_not_found", "source profile not found")
+            ) from exc
+        except NoCredentialsError as exc:
+            raise SourceError(
+                classify("no_source_credentials", "no source credentials found")
+            ) from exc
+
+    def forget_source(self, profile: Profile) -> None:
+        """Drop a source's session and client so rotated keys are read again."""
+        region = self._region(profile)
+        with self._lock:
+            self._clients.pop(
+                self._key(f"profile:{profile.source_profile or ''}", profile, region), None
+            )
+            self._sessions.pop(profile.source_profile, None)
+
+    def guarded(self, call: Callable[[], T], profile: str) -> T:
+        """Run one STS call under the overall deadline; past it, a transient `timeout`.
+
+        The abandoned call's result is dropped here, so it can never reach the state.
+        """
+        deadline = call_deadline(self._settings)
+        try:
+            return self._guard.run(call, deadline)
+        except DeadlineExceeded:
+            raise SourceError(
+                classify("timeout", f"no complete answer within {deadline:g} s"), profile
+            ) from None

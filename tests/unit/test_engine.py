@@ -1,0 +1,270 @@
+"""The engine in process: a fake clock, a manual scheduler, a fake source, an in-memory file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from conftest import Project
+from credfresh.config.model import Config, Profile
+from credfresh.config.validate import load_config
+from credfresh.credentials import Credentials
+from credfresh.credfile.format import FileView, WriteResult
+from credfresh.engine import policy
+from credfresh.engine.batcher import BatchWriter
+from credfresh.engine.engine import Engine
+from credfresh.engine.parts import Parts
+from credfresh.engine.state import ProfileState
+from credfresh.observe.logs import Redactor
+from credfresh.sources.base import Issued
+from credfresh.sources.classify import SourceError, classify
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    """Wall time moves only when a test says so; monotonic time is real (thread waits)."""
+
+    def __init__(self) -> None:
+        self.at = T0
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ManualScheduler:
+    """Runs due jobs, in time order, only when `run_due` is called."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.jobs: dict[str, tuple[datetime, Callable[[str], None]]] = {}
+        self.on_missed: Callable[[str], None] = lambda name: None
+
+    def start(self, on_missed: Callable[[str], None]) -> None:
+        self.on_missed = on_missed
+
+    def at(self, name: str, when: datetime, job: Callable[[str], None]) -> None:
+        self.jobs[name] = (when, job)
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None:
+        return None
+
+    def next_run(self, name: str) -> datetime | None:
+        return self.jobs[name][0] if name in self.jobs else None
+
+    def cancel(self, name: str) -> None:
+        self.jobs.pop(name, None)
+
+    def poke(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self.jobs.clear()
+
+    def run_due(self) -> list[str]:
+        ran = []
+        while due := sorted((w, n) for n, (w, _) in self.jobs.items() if w <= self.clock.at):
+            name = due[0][1]
+            _, job = self.jobs.pop(name)
+            job(name)
+            ran.append(name)
+        return ran
+
+
+class FakeSource:
+    """Issues 1-hour credentials, or fails with the code queued for a profile."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, str | None]] = []
+        self.fail: dict[str, str] = {}
+
+    def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
+        self.calls.append((profile.name, parent.access_key_id if parent else None))
+        if code := self.fail.get(profile.name):
+            raise SourceError(classify(code, "injected"))
+        now = self.clock.now()
+        key = f"ASIA{profile.name.upper():0<12}{len(self.calls):04d}"
+        creds = Credentials(key, "s", "t", now + timedelta(hours=1), now)
+        return Issued(creds, timedelta(0))
+
+
+class MemoryStore:
+    """The credentials file as a dict; counts writes."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, Credentials] = {}
+        self.writes: list[set[str]] = []
+
+    def read_managed(self, path: Path, owner: str) -> FileView:
+        return FileView(dict(self.sections), frozenset(), frozenset())
+
+    def write_profiles(
+        self,
+        path: Path,
+        owner: str,
+        updates: Mapping[str, Credentials],
+        removals: Collection[str] = (),
+        *,
+        adopt: Collection[str] = (),
+        on_event: Any = None,
+    ) -> WriteResult:
+        self.sections.update(updates)
+        for name in removals:
+            self.sections.pop(name, None)
+        self.writes.append(set(updates) | set(removals))
+        return WriteResult(path, True, tuple(updates), tuple(removals), {})
+
+
+class Rig:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = FakeClock()
+        self.scheduler = ManualScheduler(self.clock)
+        self.source = FakeSource(self.clock)
+        self.store = MemoryStore()
+        parts = Parts(
+            source_factory=lambda cfg: self.source,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            store=self.store,
+            writer_factory=lambda write, **kw: BatchWriter(write, linger=0.0, **kw),
+            log=structlog.get_logger("test"),
+            redactor=Redactor(),
+        )
+        self.engine = Engine(config, parts, wakeup_interval=30.0)
+
+    def step(self) -> list[str]:
+        ran = self.scheduler.run_due()
+        assert self.engine.flush(10.0)
+        return ran
+
+
+@pytest.fixture
+def make(project: Project) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def build(**profiles: dict[str, Any]) -> Rig:
+        for name, keys in profiles.items():
+            project.profile(name, **keys)
+        project.write_config()
+        rig = Rig(load_config(project.config_path, project.env))
+        rigs.append(rig)
+        return rig
+
+    yield build
+    for rig in rigs:
+        rig.engine.stop(grace=1.0)
+
+
+def test_first_pass_fetches_and_writes_then_waits_for_the_due_time(make: Any) -> None:
+    """Missing profiles run at once and land in one file; the next run is the jittered due time."""
+    rig = make(a={}, b={})
+    rig.engine.start({})
+    assert sorted(rig.step()) == ["a", "b"]
+    assert set(rig.store.sections) == {"a", "b"}
+    creds = rig.store.sections["a"]
+    due = policy.due_at(creds, rig.config.profiles["a"].refresh_before)
+    when = rig.scheduler.next_run("a")
+    assert when is not None
+    assert due - (creds.expiration - due) * 0.1 <= when <= due
+    assert rig.engine.snapshot().first_pass_done
+    rig.clock.at = when
+    assert "a" in rig.step()
+
+
+def test_restart_reuses_fresh_credentials_without_a_call(make: Any) -> None:
+    """Fresh sections already in the file are kept: a restart costs no source call."""
+    rig = make(a={})
+    rig.store.sections["a"] = Credentials(
+        "ASIAKEPTKEPTKEPT0001", "s", "t", T0 + timedelta(hours=1), T0
+    )
+    rig.engine.start({"a": ProfileState(consecutive_failures=0)})
+    assert rig.step() == []
+    assert rig.source.calls == []
+    assert rig.engine.on_disk("a") == rig.store.sections["a"]
+
+
+def test_failure_backs_off_and_recovers(make: Any) -> None:
+    """A transient failure retries after retry_delay (within its jitter), then succeeds."""
+    rig = make(a={})
+    rig.source.fail["a"] = "Throttling"
+    rig.engine.start({})
+    rig.step()
+    state = rig.engine.snapshot().states["a"]
+    assert state.consecutive_failures == 1
+    assert state.last_error_code == "Throttling"
+    delay = (rig.scheduler.next_run("a") - T0).total_seconds()  # type: ignore[operator]
+    initial = rig.config.retry.initial
+    assert initial * 0.5 <= delay <= initial
+    del rig.source.fail["a"]
+    rig.clock.at = T0 + timedelta(seconds=delay)
+    assert rig.step() == ["a"]
+    assert rig.engine.snapshot().states["a"].consecutive_failures == 0
+
+
+def test_permanent_failure_retries_at_the_maximum(make: Any) -> None:
+    """A permanent error waits retry.max before the next try."""
+    rig = make(a={})
+    rig.source.fail["a"] = "AccessDenied"
+    rig.engine.start({})
+    rig.step()
+    assert rig.scheduler.next_run("a") == T0 + timedelta(seconds=rig.config.retry.max)
+
+
+def test_chained_role_runs_after_its_source_with_its_credentials(make: Any) -> None:
+    """A chained profile waits for its source and is called with the source's fresh keys."""
+    rig = make(root={}, child={"source_profile": "root"})
+    rig.engine.start({})
+    rig.step()
+    assert [name for name, _ in rig.source.calls] == ["root", "child"]
+    assert rig.source.calls[1][1] == rig.store.sections["root"].access_key_id
+
+
+def test_refreshes_close_together_become_one_write(make: Any) -> None:
+    """The batching writer writes what was submitted before it started in one write."""
+    rig = make(a={}, b={}, c={})
+    writer = rig.engine._writer
+    creds = Credentials("ASIABATCHBATCH000001", "s", "t", T0 + timedelta(hours=1), T0)
+    for name in ("a", "b", "c"):
+        writer.submit({name: creds})
+    writer.start()
+    assert writer.flush(10.0)
+    assert rig.store.writes == [{"a", "b", "c"}]
+    writer.stop(timeout=5.0)
+
+
+def test_reload_reports_its_diff_and_removes_sections(make: Any, project: Project) -> None:
+    """apply() names added, removed, changed and retimed profiles and drops removed sections."""
+    rig = make(a={}, b={}, c={})
+    rig.engine.start({})
+    rig.step()
+    del project.document["profiles"]["a"]
+    project.profile("b", role_session_name="other")
+    project.profile("c", refresh_before="10m")
+    project.profile("d")
+    project.write_config()
+    changes = rig.engine.apply(load_config(project.config_path, project.env))
+    assert changes == {"added": ["d"], "removed": ["a"], "changed": ["b"], "retimed": ["c"]}
+    assert sorted(rig.step()) == ["b", "d"]
+    assert "a" not in rig.store.sections
+
+
+def test_a_dropped_job_is_scheduled_again(make: Any) -> None:
+    """The scheduler losing a run (the soak's lost retry) does not end the profile's refreshes."""
+    rig = make(a={})
+    rig.source.fail["a"] = "Throttling"
+    rig.engine.start({})
+    rig.step()
+    rig.scheduler.cancel("a")
+    rig.scheduler.on_missed("a")
+    assert rig.scheduler.next_run("a") is not None
