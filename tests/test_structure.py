@@ -112,3 +112,38 @@ def test_modules_fit_in_one_sitting() -> None:
         and name not in LONG_MODULES
     ]
     assert long == []
+
+
+#: What only `credfresh.context` may touch: the process environment, home, user and clocks.
+#: (`os.path.expanduser` stays allowed for `~user`, which the password database answers.)
+OUTSIDE_WORLD = frozenset(
+    {
+        "os.environ",
+        "os.getenv",
+        "os.geteuid",
+        "os.path.expandvars",
+        "Path.home",
+        "datetime.now",
+        "datetime.utcnow",
+        "time.time",
+        "time.monotonic",
+    }
+)
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def test_only_context_reads_the_outside_world() -> None:
+    """Environment, home, euid and clocks are read through `Context`, never directly."""
+    found = [
+        f"{name}:{node.lineno} {_dotted(node)}"
+        for name, path in _modules().items()
+        if name != "credfresh.context" and not name.startswith("credfresh.devsts")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and _dotted(node) in OUTSIDE_WORLD
+    ]
+    assert found == []
