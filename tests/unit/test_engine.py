@@ -15,7 +15,8 @@ from conftest import Project
 from credfresh.config.model import Config, Profile
 from credfresh.config.validate import load_config
 from credfresh.credentials import Credentials
-from credfresh.credfile.format import FileView, WriteResult
+from credfresh.credfile.format import FileView
+from credfresh.credfile.store import WriteResult
 from credfresh.engine import policy
 from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.engine import Engine
