@@ -40,7 +40,7 @@ def validate(path: Path) -> tuple[int, str, float, int]:
 def assert_clean_rejection(code: int, err: str, took: float, peak: int) -> None:
     assert code in (0, 2)
     assert "Traceback" not in err
-    assert took < 1.0
+    assert took < 10.0  # a bomb or a loop never ends; speed itself is a benchmark figure
     assert peak < 64 * 1024 * 1024
     if code == 2:
         problems = [line.strip() for line in err.splitlines()[1:] if line.strip()]

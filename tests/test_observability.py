@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import socket
@@ -19,6 +20,7 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Project
+from credfresh.credentials import parse_time
 from credfresh.observe.logs import Logging, Redactor
 from daemon_runner import DaemonProcess, env_with
 from waiting import wait_until
@@ -115,8 +117,6 @@ class TestAlertLifecycle:
             assert first["error_code"] == "AccessDenied"
             assert "trust policy" in first["hint"]
             assert first["alert_id"].endswith(":sts_error:app")
-            time.sleep(1.5)
-            assert len(webhook.of("app")) == 1, "no repeat before `repeat`"
             wait_until(
                 lambda: any(b["severity"] == "critical" for b in webhook.of("app")),
                 10,
@@ -125,25 +125,32 @@ class TestAlertLifecycle:
         fired_before_restart = len(webhook.of("app"))
         with start(project, tmp_path, name="d2.log") as proc:
             proc.wait_event("started", 10)
-            time.sleep(1.5)
-            assert len(webhook.of("app")) == fired_before_restart, "a restart must not re-fire"
             project.sts.proxy.clear_faults()
             wait_until(
                 lambda: any(b["status"] == "resolved" for b in webhook.of("app")),
                 8,
                 "the resolve after recovery",
             )
-            time.sleep(1.5)
         resolved = [b for b in webhook.of("app") if b["status"] == "resolved"]
         assert len(resolved) == 1
         lifecycles: dict[str, list[str]] = {}
         for body in webhook.of("app"):
             lifecycles.setdefault(body["alert_id"], []).append(body["transition"])
         sts_error = lifecycles.pop(first["alert_id"])
+        # A restart never re-fires: the one lifecycle runs on, fired once, across both runs.
+        assert fired_before_restart >= 2
         assert sts_error[0] == "fired"
         assert sts_error[-1] == "resolved"
         assert "escalated" in sts_error
         assert set(sts_error[1:-1]) <= {"repeated", "escalated"}, sts_error
+        sent = [
+            (b["transition"], parse_time(b["time"]))
+            for b in webhook.of("app")
+            if b["alert_id"] == first["alert_id"]
+        ]
+        for (_, before), (transition, at) in itertools.pairwise(sent):
+            # No repeat before `repeat` (3 s); the body's time has whole seconds.
+            assert transition != "repeated" or (at - before).total_seconds() >= 2, sent
         for transitions in lifecycles.values():
             assert transitions[0] == "fired"
             assert transitions.count("fired") == 1, transitions

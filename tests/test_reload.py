@@ -168,27 +168,36 @@ class TestSystemd:
             )
             with proc:
                 listener.wait_for(lambda m: m.fields.get("READY") == "1", 10)
-                listener.wait_for(lambda m: "STATUS" in m.fields, 5)
-                time.sleep(2.2)
+                began = time.monotonic()
+                listener.wait_for(lambda m: "1 fresh" in m.fields.get("STATUS", ""), 15)
+                listener.wait_for(lambda _: pings(listener) >= 3, 10)
                 proc.signal(signal.SIGHUP)
-                listener.wait_for(lambda m: m.fields.get("RELOADING") == "1", 5)
-                time.sleep(0.5)
+                reloading = listener.wait_for(lambda m: m.fields.get("RELOADING") == "1", 5)
+                after = next(i for i, m in enumerate(listener.messages) if m is reloading)
+                listener.wait_for(
+                    lambda _: any(m.fields.get("READY") for m in listener.messages[after:]), 10
+                )
             listener.wait_for(lambda m: m.fields.get("STOPPING") == "1", 5)
-            kinds = []
-            for message in listener.messages:
-                for key in ("READY", "RELOADING", "STOPPING", "WATCHDOG"):
-                    if key in message.fields:
-                        kinds.append(key)
+            took = time.monotonic() - began
+            kinds = [
+                key
+                for message in listener.messages
+                for key in ("READY", "RELOADING", "STOPPING", "WATCHDOG")
+                if key in message.fields
+            ]
         first_ready = kinds.index("READY")
-        reloading = kinds.index("RELOADING")
-        assert first_ready < reloading
-        assert "READY" in kinds[reloading:]
+        reloading_at = kinds.index("RELOADING")
+        assert first_ready < reloading_at
+        assert "READY" in kinds[reloading_at:]
         assert kinds[-1] == "STOPPING"
-        assert 3 <= kinds.count("WATCHDOG") <= 8
+        # WATCHDOG_USEC=1 s: a ping every 0.5 s at most (a loaded machine only sends fewer).
+        assert 3 <= kinds.count("WATCHDOG") <= took / 0.5 + 3
         reload_msg = next(m for m in listener.messages if "RELOADING" in m.fields)
         assert int(reload_msg.fields["MONOTONIC_USEC"]) > 0
-        status = next(m for m in listener.messages if "STATUS" in m.fields).fields["STATUS"]
-        assert "1 fresh" in status
+
+
+def pings(listener: NotifyListener) -> int:
+    return sum("WATCHDOG" in m.fields for m in listener.messages)
 
 
 class TestDemo:
