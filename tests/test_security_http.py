@@ -34,7 +34,9 @@ from daemon_runner import DaemonProcess, env_with
 ATTACKERS = 1100
 TRICKLE_EVERY = 2.0
 ATTACK_FOR = 12.0
-PROBE_WITHIN = 2.0
+#: A probe fails when unanswered within this; latency itself is a benchmark figure, and on a
+#: loaded machine a new client can wait behind the accept queue's flood of attackers.
+PROBE_WITHIN = 6.0
 LIFETIME = 6
 DAEMON_NOFILE = (512, 1024)
 #: Two servers of at most 2 x 64 client sockets each (64 served, 64 being closed), plus the
@@ -169,7 +171,7 @@ def open_files_limit(pid: int) -> tuple[int, int]:
 def timed_get(port: int, path: str, headers: dict[str, str]) -> tuple[int, float]:
     """Status and seconds to a complete answer; a failure counts as status 0."""
     start = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_WITHIN * 3)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_WITHIN)
     try:
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()

@@ -230,8 +230,11 @@ def parse(path: Path) -> dict[str, dict[str, str]]:
     return raw_config_parse(str(path))
 
 
-def expired_sections(parsed: dict[str, dict[str, str]], names: list[str]) -> list[str]:
-    now = format_time(datetime.now(UTC))
+def expired_sections(
+    parsed: dict[str, dict[str, str]], names: list[str], at: datetime | None = None
+) -> list[str]:
+    """Sections missing or expired at `at` (now by default)."""
+    now = format_time(at or datetime.now(UTC))
     # ISO 8601 UTC with whole seconds compares correctly as text.
     return [n for n in names if parsed.get(n, {}).get("x_security_token_expires", "") <= now]
 
