@@ -20,13 +20,14 @@ import stat
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from credfresh.context import expand_user, expand_vars
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from credfresh.context import Context
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
-MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # load.MAX_CONFIG_BYTES (a test checks)
 
 OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
@@ -39,7 +40,6 @@ DEFAULT_SECTION: Final = "DEFAULT"
 _SECTCRE: Final = re.compile(r"\[(?P<header>.+)\]")
 _LINE_RE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ODD_ASCII_BREAKS: Final = "\x0b\x0c\x1c\x1d\x1e"
-_VARIABLE: Final = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars's
 _OPTIONS: Final = {
     "-c": "config",
     "--config": "config",
@@ -249,37 +249,13 @@ def _credentials_in(
 
 
 def _load_document(config: str) -> dict[str, object] | None:
-    """The config as `config.parse_document` reads it, or None for any doubt or error."""
-    data = _read_plain_config(config)
-    if data is None:
-        return None
-    try:
-        from credfresh.config.load import parse_text
+    """The config as `load.parse_document` reads it, or None for any doubt or error."""
+    from credfresh.config import load
 
-        text = data.decode("utf-8")
-        document = parse_text(text, config, toml=_suffix(config).lower() == ".toml")
+    try:
+        return load.parse_document(load.read_bytes(config), config)
     except Exception:  # any doubt: the full loader reports it
         return None
-    if document is None:
-        return {}
-    return document if isinstance(document, dict) else None
-
-
-def _suffix(path: str) -> str:
-    """`PurePath.suffix`: a dot file (`.toml`) or a trailing dot has none."""
-    name = os.path.basename(path.rstrip("/"))
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""
-
-
-def _read_plain_config(config: str) -> bytes | None:
-    """Config bytes; unlike the credentials file a config may sit behind symlinks."""
-    try:
-        with open(config, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError:
-        return None
-    return None if len(data) > MAX_CONFIG_BYTES else data
 
 
 def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -289,7 +265,7 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
         return None
     raw_cred = document.get("credentials_file")
     if isinstance(raw_cred, str) and raw_cred:
-        expanded = expand_vars(expand_user(raw_cred, environ), environ)
+        expanded = expand_vars(expand_user(raw_cred, environ.get("HOME")), environ)
         credentials_file = (
             expanded if os.path.isabs(expanded) else os.path.join(os.path.dirname(config), expanded)
         )
@@ -307,27 +283,8 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
 
 def default_credentials_file(environ: Mapping[str, str]) -> str:
     """`config.default_credentials_file`: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials."""
-    return expand_user(environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials", environ)
-
-
-def expand_user(path: str, environ: Mapping[str, str]) -> str:
-    """`os.path.expanduser` with `$HOME` read from `environ`, as `Context.home` reads it."""
-    if path != "~" and not path.startswith("~/"):
-        return os.path.expanduser(path)  # `~user` comes from the password database
-    import pwd
-
-    home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
-    return home.rstrip("/") + path[1:] or "/"
-
-
-def expand_vars(path: str, environ: Mapping[str, str]) -> str:
-    """`os.path.expandvars` over `environ`: unknown `$NAME`s stay as they are."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1).removeprefix("{").removesuffix("}")
-        return environ.get(name, match.group(0))
-
-    return _VARIABLE.sub(value, path) if "$" in path else path
+    value = environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    return expand_user(value, environ.get("HOME"))
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
@@ -373,13 +330,13 @@ def source_of(
     """
     named = credentials_file or environ.get("CREDFRESH_CREDENTIALS_FILE")
     if named:
-        return False, expand_user(named, environ)
+        return False, expand_user(named, environ.get("HOME"))
     chosen = config or environ.get("CREDFRESH_CONFIG")
     if chosen:
         return True, chosen
     shared = environ.get("AWS_SHARED_CREDENTIALS_FILE")
     if shared and not os.path.exists(DEFAULT_CONFIG):
-        return False, expand_user(shared, environ)
+        return False, expand_user(shared, environ.get("HOME"))
     return True, DEFAULT_CONFIG
 
 
