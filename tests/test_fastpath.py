@@ -112,7 +112,7 @@ class TestReaderMatchesCredfile:
         ],
     )
     def test_times(self, text: str) -> None:
-        """Time parsing and printing are credentials.parse_time and format_time."""
+        """Time parsing and printing are the shared ones credentials uses."""
         moment = fastpath.parse_time(text)
         assert moment == credentials.parse_time(text)
         assert fastpath.format_time(moment) == credentials.format_time(moment)

@@ -17,13 +17,14 @@ import json
 import os
 import re
 import stat
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from credfresh.context import expand_user, expand_vars
+from credfresh.isotime import format_time, parse_time
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from credfresh.context import Context
 
@@ -136,22 +137,6 @@ def _add_option(options: dict[str, str], line: str) -> str:
         raise Unparseable("a key that appeared before in its section")
     options[key] = line[split + 1 :].strip()
     return key
-
-
-def parse_time(text: str) -> datetime:
-    """`credentials.parse_time`, repeated here so this module need not import dataclasses."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """`credentials.format_time`: ISO 8601 UTC, whole seconds, `Z`."""
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def section_credentials(

@@ -21,7 +21,7 @@ REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 
-_M = TypeVar("_M", bound=BaseModel)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _matching(regex: re.Pattern[str], hint: str) -> AfterValidator:
@@ -210,7 +210,7 @@ def _is_type_tag(part: str) -> bool:
 _TYPE_TAGS: Final = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
 
 
-def validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, list[str]]:
+def validated(model: type[ModelT], data: object, prefix: str) -> tuple[ModelT | None, list[str]]:
     """Validate, then again without the keys that failed, so cross-checks still run."""
     data = {} if data is None else data
     try:
@@ -226,7 +226,7 @@ def validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, li
         return None, problems
 
 
-def section(model: type[_M], data: object, prefix: str) -> tuple[_M, list[str]]:
+def section(model: type[ModelT], data: object, prefix: str) -> tuple[ModelT, list[str]]:
     """`validated`, falling back to the section's defaults; the problems say why."""
     found, problems = validated(model, data, prefix)
     return found or model(), problems
