@@ -1,15 +1,9 @@
 """The command line: parse options, run one command, turn its errors into exit codes.
 
-Every option can also come from `CREDFRESH_<OPTION>` (`--min-remaining` from
-`CREDFRESH_MIN_REMAINING`). Commands import their modules lazily so that the fast ones
-(`status`, `credential-process`) never load boto3 or pydantic, and this module imports
-nothing at the top but `sys`: `credential-process` is answered by `fastpath`
-before argparse is even loaded (the full parser runs when it cannot answer).
-
-A command returns its verdict (0, or 1 when `once` had failures or `status` found too
-little validity left) and raises an `errors` type for anything else; `main` maps each to
-its exit code through `errors.EXIT_STATUS`. `run` alone still returns the daemon's own
-start-up codes (2 for an unsafe or invalid config, 3 when another instance holds the lock).
+Every option can also come from `CREDFRESH_<OPTION>`. Imports are lazy so `status` and
+`credential-process` never load boto3 or pydantic, and `fastpath` answers before argparse loads.
+A command returns its verdict (0 or 1) and raises an `errors` type for anything else, mapped
+here through `errors.EXIT_STATUS`; `run` also returns the daemon's start-up codes (2, 3).
 """
 
 from __future__ import annotations
@@ -247,10 +241,9 @@ def main(
     stderr: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run one command and return its exit status: errors become codes here and only here.
+    """Run one command and return its exit status: errors become codes here.
 
-    What is not given is the process's own (an empty `environ` too).
-    """
+    What is not given is the process's own (an empty `environ` too)."""
     from credfresh.context import Context
 
     ctx = Context.system(stdout, stderr, environ or None)

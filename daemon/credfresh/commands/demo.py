@@ -1,9 +1,7 @@
 """`credfresh demo`: the real daemon against an embedded development STS, on loopback only.
 
-It mirrors the AssumeRole walkthrough: an IAM user with its own key, a role whose session
-policy limits S3 to the user's folder, a chained role and a web-identity role. Midway it
-edits its own config (a hot reload) and injects one STS error to show a hint and the
-recovery.
+The AssumeRole walkthrough (a user, a session-policy role, a chained and a web-identity role);
+midway a hot reload and one injected STS error, to show a hint and the recovery.
 """
 
 from __future__ import annotations
@@ -110,17 +108,9 @@ class Demo:
         return env
 
     def start_daemon(self) -> None:
+        args = ("run", "-c", str(self.config_path), "--log-format", "console")
         self.child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "credfresh",
-                "run",
-                "-c",
-                str(self.config_path),
-                "--log-format",
-                "console",
-            ],
+            [sys.executable, "-m", "credfresh", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

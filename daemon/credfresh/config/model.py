@@ -183,8 +183,7 @@ def default_session_name(profile: str) -> str:
 
 
 def expand_path(value: str, base: Path, environ: Mapping[str, str], home: Path) -> Path:
-    """`~` and `$VARS` expand (from `home` and `environ`, as the shell would); relative paths
-    are relative to `base`, the config's directory."""
+    """`~` and `$VARS` expand from `home` and `environ`; relative to `base` (the config's dir)."""
     return base / expand_vars(expand_user(value, str(home)), environ)
 
 
