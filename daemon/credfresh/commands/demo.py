@@ -47,7 +47,6 @@ class Demo:
         self.aws_config = root / "aws" / "config"
         self.document: dict[str, Any] = {}
         self.ready = threading.Event()
-        self.recovered = threading.Event()
         self.child: subprocess.Popen[str] | None = None
         self._relay_thread: threading.Thread | None = None
 
@@ -128,8 +127,6 @@ class Demo:
             _say(self.out, "  daemon | " + line.rstrip())
             if " ready " in line or line.rstrip().endswith("ready"):
                 self.ready.set()
-            if "recovered=True" in line:
-                self.recovered.set()
 
     def status_table(self) -> None:
         from credfresh.commands.status import status
@@ -189,11 +186,7 @@ def _script(demo: Demo, stop: threading.Event) -> int:
     ok = demo.prove()
     clock = demo.ctx.clock
     began = clock.monotonic()
-    steps = [
-        (lifetime / 3, "reload"),
-        (lifetime / 3 + 1, "error"),
-        (lifetime * 0.9, "status"),
-    ]
+    steps = [(lifetime / 3, "reload"), (lifetime / 3 + 1, "error"), (lifetime * 0.9, "status")]
     for at, step in steps:
         if stop.wait(max(0.0, at - (clock.monotonic() - began))):
             return EXIT_OK if ok else EXIT_FAILED

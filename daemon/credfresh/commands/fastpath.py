@@ -248,7 +248,7 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
         owner = raw_owner
     else:
         if config.startswith("//"):
-            return None  # pathlib keeps a leading `//`; let model.default_owner decide
+            return None  # pathlib keeps a leading `//`; let model.resolve_paths decide
         owner = os.path.realpath(config)
     return credentials_file, owner
 

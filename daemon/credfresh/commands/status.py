@@ -1,7 +1,5 @@
-"""`credfresh status`: each profile's credentials on disk and the daemon's last word on them.
-
-It runs often (health checks, shell prompts), so it imports neither boto3 nor pydantic.
-"""
+"""`credfresh status`: each profile's credentials on disk and the daemon's last word on them
+(it runs often, from health checks and prompts: no boto3, no pydantic)."""
 
 from __future__ import annotations
 

@@ -187,15 +187,6 @@ def expand_path(value: str, base: Path, environ: Mapping[str, str], home: Path) 
     return base / expand_vars(expand_user(value, str(home)), environ)
 
 
-def default_config_path(environ: Mapping[str, str]) -> Path:
-    value = environ.get("CREDFRESH_CONFIG")
-    return Path(value) if value else DEFAULT_CONFIG_PATH
-
-
-def default_owner(config_path: Path) -> str:
-    return str(config_path.resolve())
-
-
 def default_credentials_file(environ: Mapping[str, str], home: Path) -> Path:
     """Where the AWS SDKs look: `$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`."""
     value = environ.get("AWS_SHARED_CREDENTIALS_FILE")
@@ -223,7 +214,7 @@ def resolve_paths(
         else default_credentials_file(environ, home)
     )
     raw_owner = document.get("owner")
-    owner = raw_owner if isinstance(raw_owner, str) and raw_owner else default_owner(config_path)
+    owner = raw_owner if isinstance(raw_owner, str) and raw_owner else str(config_path.resolve())
     raw_state = document.get("state_file")
     state_file = (
         expand_path(raw_state, base, environ, home)

@@ -1,7 +1,5 @@
-"""The document's pydantic models: types and single-field rules, with the model's defaults.
-
-Errors come out as `path: expectation` lines that never quote the value (`validated`).
-"""
+"""The document's pydantic models: types and single-field rules, with the model's defaults;
+errors come out as `path: expectation` lines that never quote the value (`validated`)."""
 
 from __future__ import annotations
 
@@ -167,13 +165,9 @@ _MESSAGES: Final = {
     "greater_than": "expected more than {gt}",
     "less_than_equal": "expected at most {le}",
     "less_than": "expected less than {lt}",
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
+    **dict.fromkeys(("int_parsing", "int_type", "int_from_float"), "expected a whole number"),
+    **dict.fromkeys(("float_parsing", "float_type"), "expected a number"),
+    **dict.fromkeys(("bool_parsing", "bool_type"), "expected true or false"),
     "string_type": "expected a string",
     "dict_type": "expected a mapping",
     "list_type": "expected a list",

@@ -1,6 +1,5 @@
-"""Full config validation into the model: every problem at once, each with its path, never a
-value. `schema.py` checks single fields; the rules relating fields each return their problems.
-"""
+"""Full config validation into the model: every problem at once, with its path, never a value
+(`schema.py` checks single fields; the rules relating fields each return their problems)."""
 
 from __future__ import annotations
 
