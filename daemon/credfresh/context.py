@@ -1,9 +1,5 @@
-"""The one seam to the outside world: streams, environment, clock, user and home.
-
-Parts take a `Context` (or its `clock`) instead of reading the process, so tests pass a fake
-one. Stdlib-light (no dataclasses, pathlib only when `home` is asked): `credential-process`
-pays for every import.
-"""
+"""The one seam to the outside world: streams, environment, clock, user and home (tests pass
+a fake). No dataclasses, pathlib only for `home`: `credential-process` pays for every import."""
 
 from __future__ import annotations
 

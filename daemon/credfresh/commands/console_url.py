@@ -260,8 +260,7 @@ class Options(NamedTuple):
 
 
 def check_options(duration: str | float, issuer: str | None, destination: str | None) -> Options:
-    """The options, or UsageError naming the first wrong one (a destination must be https:
-    AWS refuses any other)."""
+    """The options, or UsageError naming the first wrong one (AWS wants an https destination)."""
     try:
         seconds = session_seconds(duration)
     except ValueError as exc:
