@@ -112,7 +112,7 @@ class TestReaderMatchesCredfile:
         ],
     )
     def test_times(self, text: str) -> None:
-        """Time parsing and printing are credentials.parse_time and format_time."""
+        """Time parsing and printing are the shared ones credentials uses."""
         moment = fastpath.parse_time(text)
         assert moment == credentials.parse_time(text)
         assert fastpath.format_time(moment) == credentials.format_time(moment)
@@ -123,11 +123,10 @@ class TestReaderMatchesCredfile:
     )
     def test_suffix(self, name: str) -> None:
         """TOML or YAML is decided by the suffix as pathlib sees it."""
-        assert fastpath._suffix(name) == Path(name).suffix
+        assert config.suffix(name) == Path(name).suffix
 
     def test_constants(self) -> None:
         """The limits and names repeated here are the config module's."""
-        assert fastpath.MAX_CONFIG_BYTES == config.MAX_CONFIG_BYTES
         assert Path(fastpath.DEFAULT_CONFIG) == model.DEFAULT_CONFIG_PATH
         assert (fastpath.OWNER_KEY, fastpath.FORMAT_KEY, fastpath.FORMAT_VERSION) == (
             credfile.OWNER_KEY,

@@ -1,15 +1,9 @@
 """The command line: parse options, run one command, turn its errors into exit codes.
 
-Every option can also come from `CREDFRESH_<OPTION>` (`--min-remaining` from
-`CREDFRESH_MIN_REMAINING`). Commands import their modules lazily so that the fast ones
-(`status`, `credential-process`) never load boto3 or pydantic, and this module imports
-nothing at the top but `sys`: `credential-process` is answered by `fastpath`
-before argparse is even loaded (the full parser runs when it cannot answer).
-
-A command returns its verdict (0, or 1 when `once` had failures or `status` found too
-little validity left) and raises an `errors` type for anything else; `main` maps each to
-its exit code through `errors.EXIT_STATUS`. `run` alone still returns the daemon's own
-start-up codes (2 for an unsafe or invalid config, 3 when another instance holds the lock).
+Every option can also come from `CREDFRESH_<OPTION>`. Imports are lazy so `status` and
+`credential-process` never load boto3 or pydantic, and `fastpath` answers before argparse loads.
+A command returns its verdict (0 or 1) and raises an `errors` type for anything else, mapped
+here through `errors.EXIT_STATUS`; `run` also returns the daemon's start-up codes (2, 3).
 """
 
 from __future__ import annotations
@@ -84,19 +78,10 @@ def build_parser(ctx: Context) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"credfresh {__version__}")
     opt = _option_adder(ctx.environ)
     common = parser_class(add_help=False)
-    opt(
-        common,
-        "-c",
-        "--config",
-        help="config file (default $CREDFRESH_CONFIG, else /etc/credfresh/config.yaml)",
-        metavar="PATH",
-    )
-    opt(
-        common,
-        "--log-format",
-        choices=["json", "console"],
-        help="log rendering (default: console on a TTY, else JSON)",
-    )
+    config_help = "config file (default $CREDFRESH_CONFIG, else /etc/credfresh/config.yaml)"
+    opt(common, "-c", "--config", help=config_help, metavar="PATH")
+    log_help = "log rendering (default: console on a TTY, else JSON)"
+    opt(common, "--log-format", choices=["json", "console"], help=log_help)
     opt(common, "--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=parser_class
@@ -105,43 +90,26 @@ def build_parser(ctx: Context) -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    _add_file_commands(command, opt)
-    _add_other_commands(command, opt)
+    _add_commands(command, opt)
     return parser
 
 
-def _add_file_commands(command: Command, opt: Adder) -> None:
-    """The commands that read the config or the credentials file and exit."""
+def _add_commands(command: Command, opt: Adder) -> None:
+    """Every command with its options (help texts as `--help` prints them)."""
     command("validate", "Check the config and print a summary (exit 2 with every problem).")
     once = command("once", "Refresh every missing or due profile once, in one write.")
     opt(once, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
     opt(once, "--force", kind="flag", help="refresh even profiles that are still fresh")
     status = command("status", "Show each profile's credentials and health.")
     opt(status, "--profile", kind="list", metavar="P", help="only this profile (repeatable)")
-    opt(
-        status,
-        "--min-remaining",
-        metavar="DURATION",
-        help="exit 1 unless each selected "
-        "profile has at least this much validity left (default 0s)",
-    )
+    minimum = "exit 1 unless each selected profile has at least this much validity left"
+    opt(status, "--min-remaining", metavar="DURATION", help=f"{minimum} (default 0s)")
     opt(status, "--json", kind="flag", help="machine-readable output")
-    process = command(
-        "credential-process",
-        "Print a profile's credentials as "
-        "credential_process JSON, for botocore to refresh in-process.",
-    )
+    process_help = "Print a profile's credentials as credential_process JSON, for botocore to "
+    process = command("credential-process", process_help + "refresh in-process.")
     process.add_argument("profile_name", metavar="PROFILE")
-    opt(
-        process,
-        "--credentials-file",
-        metavar="PATH",
-        help="read this credentials file and no config (any credfresh owner's section)",
-    )
-
-
-def _add_other_commands(command: Command, opt: Adder) -> None:
-    """The daemon, the demo and the console sign-in."""
+    file_help = "read this credentials file and no config (any credfresh owner's section)"
+    opt(process, "--credentials-file", metavar="PATH", help=file_help)
     command("run", "Run the daemon in the foreground (for systemd or a container).")
     demo = command("demo", "Run credfresh against an embedded development STS (no AWS account).")
     opt(demo, "--duration", metavar="SECONDS", help="stop after this many seconds")
@@ -160,9 +128,9 @@ def _profiles(args: argparse.Namespace) -> list[str]:
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     from pathlib import Path
 
-    from credfresh.config.model import default_config_path
+    from credfresh.config.model import DEFAULT_CONFIG_PATH
 
-    return Path(args.config) if args.config else default_config_path(environ)
+    return Path(args.config or environ.get("CREDFRESH_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
@@ -247,10 +215,9 @@ def main(
     stderr: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run one command and return its exit status: errors become codes here and only here.
+    """Run one command and return its exit status: errors become codes here.
 
-    What is not given is the process's own (an empty `environ` too).
-    """
+    What is not given is the process's own (an empty `environ` too)."""
     from credfresh.context import Context
 
     ctx = Context.system(stdout, stderr, environ or None)

@@ -1,15 +1,10 @@
-"""The one seam to the outside world: streams, environment, clock, user and home.
-
-Every part that would otherwise read `os.environ`, `Path.home()`, `os.geteuid()` or the
-wall clock takes a `Context` (or just its `clock`) instead, so tests pass a fake one and
-never patch the process. Only `Context.system()` and `SystemClock` touch the real thing.
-Plain `__slots__` classes, not dataclasses, and `home` found (with pathlib) only when
-asked: `credential-process` pays for every import.
-"""
+"""The one seam to the outside world: streams, environment, clock, user and home (tests pass
+a fake). No dataclasses, pathlib only for `home`: `credential-process` pays for every import."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -19,6 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
     from typing import TextIO
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars's
 
 
 class Clock(Protocol):
@@ -46,7 +43,7 @@ class Context:
 
     __slots__ = ("_home", "clock", "environ", "err", "euid", "out")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the seam: each injected part is its own keyword
         self,
         out: TextIO,
         err: TextIO,
@@ -80,8 +77,29 @@ class Context:
         err: TextIO | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Context:
-        """The real process: its streams, a snapshot of its environment, its clocks (the
-        streams and environment given here instead, for tests and embedders)."""
+        """The real process (streams and environment given here instead, for tests)."""
         return cls(
             out or sys.stdout, err or sys.stderr, dict(os.environ) if environ is None else environ
         )
+
+
+def expand_user(value: str, home: str | None) -> str:
+    """`os.path.expanduser` with the given home (None: the password database's, as without
+    $HOME); `~user` still asks the password database."""
+    if value != "~" and not value.startswith("~/"):
+        return os.path.expanduser(value)
+    if not home:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return home.rstrip("/") + value[1:] or "/"
+
+
+def expand_vars(value: str, environ: Mapping[str, str]) -> str:
+    """`os.path.expandvars` over `environ`: unknown variables stay as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1).removeprefix("{").removesuffix("}")
+        return environ.get(name, match.group(0))
+
+    return _VARIABLE.sub(replace, value) if "$" in value else value

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from credfresh.isotime import format_time, parse_time
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = ["Credentials", "format_time", "mask_key_id", "parse_time"]
 
 
 def mask_key_id(access_key_id: str) -> str:
@@ -11,22 +18,6 @@ def mask_key_id(access_key_id: str) -> str:
     if len(access_key_id) <= 8:
         return "****"
     return f"{access_key_id[:4]}...{access_key_id[-4:]}"
-
-
-def format_time(moment: datetime) -> str:
-    """ISO 8601 UTC with whole seconds and a `Z`, as STS and other credential tools write it."""
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    """Read ISO 8601 with or without fractional seconds; naive times are taken as UTC."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,8 +1,5 @@
-"""Every error type, every error code with its hint, and the exit status of each type.
-
-Kept apart so every module imports it without loops. `cli.main` is the one place that turns
-an error into an exit status, through `EXIT_STATUS`.
-"""
+"""Every error type, every error code with its hint, and the exit status of each type
+(`cli.main` applies `EXIT_STATUS`); imported everywhere, so it imports nothing of credfresh."""
 
 from __future__ import annotations
 
@@ -37,10 +34,8 @@ CODES: Final = {
 
 
 class CredfreshError(Exception):
-    """Base error: `code` is a stable machine-readable name, the message is for humans.
-
-    Messages never carry credential values: callers pass names and paths only.
-    """
+    """`code` is a stable machine-readable name; the message, for humans, never carries a
+    credential value (callers pass names and paths only)."""
 
     code: str = "error"
     #: Printed as `credfresh: CODE: message`; False where the message says it all.
@@ -65,7 +60,6 @@ class ConfigError(CredfreshError):
 
     def __init__(self, problems: list[str], *, path: str | None = None):
         self.problems = problems
-        self.path = path
         where = f"{path}: " if path else ""
         super().__init__(
             f"{where}{len(problems)} problem(s) in config:\n  " + "\n  ".join(problems)
@@ -80,11 +74,8 @@ class UsageError(CredfreshError):
 
 
 class CredfileError(CredfreshError):
-    """The credentials file could not be read or written.
-
-    Codes: `write_failed`, `read_failed`, `unparseable_file` (with `line`),
-    `section_conflict` (with `profile`), `unsafe_path`.
-    """
+    """The credentials file could not be read or written: `write_failed`, `read_failed`,
+    `unparseable_file` (with `line`), `section_conflict` (with `profile`), `unsafe_path`."""
 
     code = "write_failed"
 
@@ -124,10 +115,7 @@ class NoCredentials(CredfreshError):
 
 
 class ConsoleError(CredfreshError):
-    """The sign-in token could not be obtained; the message never holds a secret or a URL.
-
-    `status` is the federation endpoint's HTTP status when it answered.
-    """
+    """No sign-in token (`status`: the endpoint's HTTP status); never a secret or URL."""
 
     def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
         super().__init__(message, code=code)

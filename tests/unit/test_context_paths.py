@@ -1,4 +1,4 @@
-"""Context and the fast path's own path expansion: the environment given, never the process's."""
+"""Context and its path expansion: the environment given, never the process's."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from credfresh.commands import fastpath
-from credfresh.context import Context
+from credfresh.context import Context, expand_user, expand_vars
 from credfresh.process.allocator import tune_malloc
 
 
@@ -34,13 +33,13 @@ def test_home_comes_from_the_given_environment() -> None:
     ],
 )
 def test_expand_user_is_expanduser_with_the_given_home(path: str, expected: str) -> None:
-    """Same answer as os.path.expanduser, with HOME taken from the mapping passed in."""
-    assert fastpath.expand_user(path, {"HOME": "/home/given/"}) == expected
+    """Same answer as os.path.expanduser, with the home passed in."""
+    assert expand_user(path, "/home/given/") == expected
 
 
 def test_expand_user_without_home_uses_the_password_database() -> None:
-    """No HOME in the mapping: the user's entry, as Path.home() falls back to."""
-    assert fastpath.expand_user("~/x", {}) == pwd.getpwuid(os.getuid()).pw_dir + "/x"
+    """No home given: the user's entry, as Path.home() falls back to."""
+    assert expand_user("~/x", None) == pwd.getpwuid(os.getuid()).pw_dir + "/x"
 
 
 @pytest.mark.parametrize("path", ["$A/b", "${A}/b", "$MISSING/b", "${}", "a$", "$A$A", "no vars"])
@@ -56,7 +55,7 @@ def test_expand_vars_matches_expandvars(path: str) -> None:
         "$A$A": "/x/x",
         "no vars": "no vars",
     }
-    assert fastpath.expand_vars(path, environ) == expected[path]
+    assert expand_vars(path, environ) == expected[path]
 
 
 def test_tune_malloc_leaves_a_users_setting_alone() -> None:

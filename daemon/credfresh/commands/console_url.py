@@ -1,9 +1,8 @@
 """`credfresh console-url`: an AWS console sign-in URL from a profile's current credentials.
 
-The federation endpoint trades the profile's temporary credentials for a sign-in token
-(`Action=getSigninToken`), and the login URL carries that token. Both are bearer secrets: the
-credentials go only to the federation endpoint over https, and the URL only to stdout, never
-to a log or an error message. Like `status`, this command needs neither boto3 nor pydantic.
+The federation endpoint trades the credentials for a sign-in token carried by the login URL.
+Both are bearer secrets: the credentials go only to the endpoint over https, the URL only to
+stdout, never to a log or an error. No boto3, no pydantic.
 """
 
 from __future__ import annotations
@@ -68,11 +67,8 @@ def partition_of(*arns: str) -> str:
 
 
 def federation_url(partition: str, environ: Mapping[str, str]) -> str:
-    """The partition's sign-in federation endpoint, or $CREDFRESH_FEDERATION_URL.
-
-    The override must be https, or plain http to a loopback address: anything else would
-    send the profile's credentials in clear text across a network.
-    """
+    """The partition's federation endpoint, or $CREDFRESH_FEDERATION_URL: https, or http to a
+    loopback address (anything else would send the credentials in clear across a network)."""
     override = environ.get(FEDERATION_ENV)
     if not override:
         return FEDERATION_URLS[partition]
@@ -94,11 +90,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def signin_token_request(federation: str, creds: Credentials, seconds: int | None) -> str:
-    """The getSigninToken URL: it carries the credentials, so it is a secret itself.
-
-    Without `seconds`, no SessionDuration: the endpoint refuses one (HTTP 400) for a role
-    session obtained with temporary credentials (role chaining).
-    """
+    """The getSigninToken URL, a secret itself (it carries the credentials); `seconds` None:
+    no SessionDuration, which the endpoint refuses (400) for a chained role session."""
     session = json.dumps(
         {
             "sessionId": creds.access_key_id,
@@ -128,14 +121,9 @@ def login_url(federation: str, *, issuer: str, destination: str, signin_token: s
 
 
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
-    """The proxy to reach `url` through, or None to connect directly.
-
-    Read as Python's urllib and botocore read the environment (so STS and the console take
-    the same path): `<scheme>_proxy` in either case, the lowercase name winning, and
-    `no_proxy` as comma-separated host suffixes or `*`. A loopback host is never proxied: a
-    proxy can only reach its own loopback, and a plain-http stand-in there would show it the
-    credentials.
-    """
+    """The proxy to reach `url` through (None: direct), read as urllib and botocore read it so
+    STS and the console take the same path: `<scheme>_proxy` in either case, lowercase winning,
+    `no_proxy` as host suffixes or `*`. Never for loopback: the proxy would reach its own."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if _is_loopback_host(host):
@@ -173,12 +161,9 @@ def _bypassed(host: str, no_proxy: str) -> bool:
 
 
 def connection_pool(url: str, environ: Mapping[str, str]) -> urllib3.PoolManager:
-    """A pool for `url`: through the environment's proxy (its user:password as basic auth)
-    or direct. No retries and no redirects: urllib3 logs the URL, which holds the
-    credentials, when it retries. Plain http through a proxy is refused before any
-    connection: the proxy would read the credentials in the URL (https goes through a
-    CONNECT tunnel, where the proxy sees the host name only).
-    """
+    """A pool for `url`, direct or through the environment's proxy (user:password as basic
+    auth). No retries or redirects: urllib3 logs the URL (the credentials) when it retries.
+    Plain http through a proxy is refused: the proxy would read the URL (https tunnels)."""
     import urllib3
 
     timeout = urllib3.Timeout(total=REQUEST_TIMEOUT)
@@ -213,10 +198,8 @@ def connection_pool(url: str, environ: Mapping[str, str]) -> urllib3.PoolManager
 
 
 def fetch_signin_token(url: str, pool: urllib3.PoolManager) -> str:
-    """GET the getSigninToken URL and return the token; raise ConsoleError.
-
-    Errors name only the exception type or the HTTP status, never the URL.
-    """
+    """GET the getSigninToken URL and return the token; ConsoleError names only the exception
+    type or the HTTP status, never the URL."""
     import urllib3
 
     try:
@@ -254,12 +237,8 @@ def _signin_token(
     http: urllib3.PoolManager,
     err: TextIO,
 ) -> str:
-    """Ask with SessionDuration; on HTTP 400 ask once more without it.
-
-    The federation endpoint answers 400 to SessionDuration when the role session was itself
-    assumed with temporary credentials (role chaining: an instance role, IRSA, a chained
-    profile); without it the console session follows the credentials' own limits.
-    """
+    """Ask with SessionDuration; on HTTP 400 (a role session assumed with temporary
+    credentials: an instance role, IRSA, a chained profile) once more without it."""
     try:
         return fetch_signin_token(signin_token_request(federation, creds, seconds), http)
     except ConsoleError as exc:
@@ -281,8 +260,7 @@ class Options(NamedTuple):
 
 
 def check_options(duration: str | float, issuer: str | None, destination: str | None) -> Options:
-    """The options, or UsageError naming the first wrong one (a destination must be https:
-    AWS refuses any other)."""
+    """The options, or UsageError naming the first wrong one (AWS wants an https destination)."""
     try:
         seconds = session_seconds(duration)
     except ValueError as exc:
@@ -299,8 +277,7 @@ def check_options(duration: str | float, issuer: str | None, destination: str | 
 
 
 def main(config_path: Path, profile: str, options: Options, ctx: Context) -> int:
-    """Print the sign-in URL for `profile` and return 0. Raises UsageError or ConfigError
-    (exit 2), NoCredentials, CredfileError or ConsoleError (exit 1), for `cli` to report."""
+    """Print the sign-in URL for `profile` and return 0; errors are raised for `cli`."""
     light = read_light(config_path, ctx.environ, ctx.home)
     settings = light.profiles.get(profile)
     if settings is None:

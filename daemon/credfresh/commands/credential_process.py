@@ -1,8 +1,5 @@
-"""`credfresh credential-process` the full way, when `fastpath` could not answer.
-
-botocore spawns it at every refresh, so it imports neither boto3 nor pydantic; it exists
-to give every failure its exact message (raised for `cli` to print).
-"""
+"""`credfresh credential-process` the full way, when `fastpath` could not answer: every
+failure gets its exact message (raised for `cli`). No boto3, no pydantic."""
 
 from __future__ import annotations
 
@@ -40,10 +37,6 @@ def credential_process(config_path: Path, profile: str, ctx: Context) -> int:
     document = parse_document(read_bytes(config_path), config_path)
     credentials_file, owner, _ = resolve_paths(document, config_path, ctx.environ, ctx.home)
     creds = valid_credentials(credentials_file, owner, profile, ctx.clock)
-    ctx.out.write(
-        process_json(
-            creds.access_key_id, creds.secret_access_key, creds.session_token, creds.expiration
-        )
-        + "\n"
-    )
+    keys = (creds.access_key_id, creds.secret_access_key, creds.session_token)
+    ctx.out.write(process_json(*keys, creds.expiration) + "\n")
     return EXIT_OK

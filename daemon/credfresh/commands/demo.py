@@ -1,9 +1,7 @@
 """`credfresh demo`: the real daemon against an embedded development STS, on loopback only.
 
-It mirrors the AssumeRole walkthrough: an IAM user with its own key, a role whose session
-policy limits S3 to the user's folder, a chained role and a web-identity role. Midway it
-edits its own config (a hot reload) and injects one STS error to show a hint and the
-recovery.
+The AssumeRole walkthrough (a user, a session-policy role, a chained and a web-identity role);
+midway a hot reload and one injected STS error, to show a hint and the recovery.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ class Demo:
         self.aws_config = root / "aws" / "config"
         self.document: dict[str, Any] = {}
         self.ready = threading.Event()
-        self.recovered = threading.Event()
         self.child: subprocess.Popen[str] | None = None
         self._relay_thread: threading.Thread | None = None
 
@@ -110,17 +107,9 @@ class Demo:
         return env
 
     def start_daemon(self) -> None:
+        args = ("run", "-c", str(self.config_path), "--log-format", "console")
         self.child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "credfresh",
-                "run",
-                "-c",
-                str(self.config_path),
-                "--log-format",
-                "console",
-            ],
+            [sys.executable, "-m", "credfresh", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -138,8 +127,6 @@ class Demo:
             _say(self.out, "  daemon | " + line.rstrip())
             if " ready " in line or line.rstrip().endswith("ready"):
                 self.ready.set()
-            if "recovered=True" in line:
-                self.recovered.set()
 
     def status_table(self) -> None:
         from credfresh.commands.status import status
@@ -199,11 +186,7 @@ def _script(demo: Demo, stop: threading.Event) -> int:
     ok = demo.prove()
     clock = demo.ctx.clock
     began = clock.monotonic()
-    steps = [
-        (lifetime / 3, "reload"),
-        (lifetime / 3 + 1, "error"),
-        (lifetime * 0.9, "status"),
-    ]
+    steps = [(lifetime / 3, "reload"), (lifetime / 3 + 1, "error"), (lifetime * 0.9, "status")]
     for at, step in steps:
         if stop.wait(max(0.0, at - (clock.monotonic() - began))):
             return EXIT_OK if ok else EXIT_FAILED

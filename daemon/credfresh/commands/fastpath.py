@@ -1,14 +1,9 @@
 """`credential-process` on the hot path: botocore spawns it at every refresh, often per call.
 
-`try_credential_process` answers the plain case, a found and valid profile, importing only
-the stdlib's lightest modules and PyYAML (no argparse, pathlib, dataclasses, configparser or
-credfresh's writer). It answers only when it is certain: any odd argument, path or byte, and
-every failure (missing, expired, unreadable, a bad config), returns None and the full CLI
-runs the command again and gives exactly its own output and exit code. So a message or exit
-code can only come from one place, and this module never prints to stderr.
-
-The credentials-file reader below mirrors `credfile._parse` rule for rule;
-tests/test_fastpath.py proves it reads what `credfile.view_of` reads.
+`try_credential_process` answers only when certain (a found, valid profile), without argparse,
+pathlib, dataclasses, configparser or credfile. Anything else returns None and the full CLI
+runs the command, so every message and exit code comes from one place (never from here).
+The credentials-file reader mirrors `credfile._parse` rule for rule (tests/test_fastpath.py).
 """
 
 from __future__ import annotations
@@ -17,16 +12,18 @@ import json
 import os
 import re
 import stat
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
+
+from credfresh.context import expand_user, expand_vars
+from credfresh.isotime import format_time, parse_time
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from credfresh.context import Context
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
-MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # load.MAX_CONFIG_BYTES (a test checks)
 
 OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
@@ -39,7 +36,6 @@ DEFAULT_SECTION: Final = "DEFAULT"
 _SECTCRE: Final = re.compile(r"\[(?P<header>.+)\]")
 _LINE_RE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ODD_ASCII_BREAKS: Final = "\x0b\x0c\x1c\x1d\x1e"
-_VARIABLE: Final = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars's
 _OPTIONS: Final = {
     "-c": "config",
     "--config": "config",
@@ -67,10 +63,8 @@ def split_lines(text: str) -> list[str]:
 def section_options(lines: Sequence[str], wanted: str) -> dict[str, str] | None:
     """The raw options of section `wanted` (None if absent) of a whole strictly parsed file.
 
-    Rule for rule `credfile._parse`: comments, continuation by deeper indentation, `[x]`
-    headers taken verbatim, keys before the first `=` or `:` lower-cased, one DEFAULT dict
-    shared by every `[DEFAULT]` block and never merged into a section. Whatever a strict
-    parser rejects raises Unparseable (without the line: the full reader reports it).
+    One DEFAULT dict for every `[DEFAULT]` block, never merged into a section; whatever a
+    strict parser rejects raises Unparseable (the full reader reports the line).
     """
     names: set[str] = set()
     defaults: dict[str, str] = {}
@@ -138,30 +132,11 @@ def _add_option(options: dict[str, str], line: str) -> str:
     return key
 
 
-def parse_time(text: str) -> datetime:
-    """`credentials.parse_time`, repeated here so this module need not import dataclasses."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """`credentials.format_time`: ISO 8601 UTC, whole seconds, `Z`."""
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def section_credentials(
     options: Mapping[str, str], owner: str | None
 ) -> tuple[str, str, str, datetime] | None:
-    """Key id, secret, token and expiry of a section, or None unless it is a readable one of ours.
-
-    `owner` None accepts any credfresh owner (`--credentials-file`: no config names one).
-    The checks are `credfile.view_of` and `credfile._credentials_of`, in their order.
-    """
+    """Key id, secret, token and expiry of a readable section of ours (`owner` None: any
+    credfresh owner's), else None; `credfile.view_of`'s checks in their order."""
 
     def value(key: str) -> str | None:
         raw = options.get(key)
@@ -199,11 +174,8 @@ def process_json(access_key: str, secret: str, token: str, expiration: datetime)
 
 
 def _read_plain_file(path: str, euid: int) -> bytes | None:
-    """The bytes of a regular file at a path without symlinks, as `resolve_target` allows it.
-
-    None (let the full reader decide) for any symlink, `.` or `..` on the way,
-    a missing or non-regular file, and as root a file or directory not owned by root.
-    """
+    """The bytes of a regular file reached without symlinks, `.` or `..` (and as root, owned
+    with its directory by root), as `resolve_target` allows it; else None."""
     if not os.path.isabs(path):
         path = os.path.join(os.getcwd(), path)
     if os.path.realpath(path) != path:
@@ -249,47 +221,23 @@ def _credentials_in(
 
 
 def _load_document(config: str) -> dict[str, object] | None:
-    """The config as `config.parse_document` reads it, or None for any doubt or error."""
-    data = _read_plain_config(config)
-    if data is None:
-        return None
-    try:
-        from credfresh.config.load import parse_text
+    """The config as `load.parse_document` reads it, or None for any doubt or error."""
+    from credfresh.config import load
 
-        text = data.decode("utf-8")
-        document = parse_text(text, config, toml=_suffix(config).lower() == ".toml")
+    try:
+        return load.parse_document(load.read_bytes(config), config)
     except Exception:  # any doubt: the full loader reports it
         return None
-    if document is None:
-        return {}
-    return document if isinstance(document, dict) else None
-
-
-def _suffix(path: str) -> str:
-    """`PurePath.suffix`: a dot file (`.toml`) or a trailing dot has none."""
-    name = os.path.basename(path.rstrip("/"))
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""
-
-
-def _read_plain_config(config: str) -> bytes | None:
-    """Config bytes; unlike the credentials file a config may sit behind symlinks."""
-    try:
-        with open(config, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError:
-        return None
-    return None if len(data) > MAX_CONFIG_BYTES else data
 
 
 def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """credentials_file and owner as `config.resolve_paths` resolves them, or None."""
+    """credentials_file and owner as `model.resolve_paths` resolves them, or None."""
     document = _load_document(config)
     if document is None:
         return None
     raw_cred = document.get("credentials_file")
     if isinstance(raw_cred, str) and raw_cred:
-        expanded = expand_vars(expand_user(raw_cred, environ), environ)
+        expanded = expand_vars(expand_user(raw_cred, environ.get("HOME")), environ)
         credentials_file = (
             expanded if os.path.isabs(expanded) else os.path.join(os.path.dirname(config), expanded)
         )
@@ -300,42 +248,20 @@ def _config_paths(config: str, environ: Mapping[str, str]) -> tuple[str, str] | 
         owner = raw_owner
     else:
         if config.startswith("//"):
-            return None  # pathlib keeps a leading `//`; let config.default_owner decide
+            return None  # pathlib keeps a leading `//`; let model.resolve_paths decide
         owner = os.path.realpath(config)
     return credentials_file, owner
 
 
 def default_credentials_file(environ: Mapping[str, str]) -> str:
-    """`config.default_credentials_file`: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials."""
-    return expand_user(environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials", environ)
-
-
-def expand_user(path: str, environ: Mapping[str, str]) -> str:
-    """`os.path.expanduser` with `$HOME` read from `environ`, as `Context.home` reads it."""
-    if path != "~" and not path.startswith("~/"):
-        return os.path.expanduser(path)  # `~user` comes from the password database
-    import pwd
-
-    home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
-    return home.rstrip("/") + path[1:] or "/"
-
-
-def expand_vars(path: str, environ: Mapping[str, str]) -> str:
-    """`os.path.expandvars` over `environ`: unknown `$NAME`s stay as they are."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1).removeprefix("{").removesuffix("}")
-        return environ.get(name, match.group(0))
-
-    return _VARIABLE.sub(value, path) if "$" in path else path
+    """`model.default_credentials_file`: AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials."""
+    value = environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    return expand_user(value, environ.get("HOME"))
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
-    """`credential-process PROFILE` with -c/--config, --credentials-file, --log-*, exactly.
-
-    Only spellings whose meaning argparse gives the same way: anything else (abbreviations,
-    `--help`, repeats, `--`, values starting with `-`) is None and argparse reads it.
-    """
+    """`credential-process PROFILE` with -c/--config, --credentials-file, --log-*: only
+    spellings argparse reads the same way (no abbreviations, `--help`, repeats, `--`)."""
     if len(argv) < 2 or argv[0] != "credential-process":
         return None
     found: dict[str, str] = {}
@@ -364,22 +290,19 @@ def parse_args(argv: Sequence[str]) -> dict[str, str] | None:
 def source_of(
     config: str | None, credentials_file: str | None, environ: Mapping[str, str]
 ) -> tuple[bool, str]:
-    """Where `credential-process` reads: (True, config path) or (False, credentials file).
-
-    `--credentials-file` (or CREDFRESH_CREDENTIALS_FILE) names the file and no config is
-    read. Without it a config given by -c or CREDFRESH_CONFIG is read; with neither, the
-    default config when it exists, else the file AWS_SHARED_CREDENTIALS_FILE names when that
-    is set, else the default config (whose absence is then the error, as before).
+    """(True, config path) or (False, credentials file): `--credentials-file` (or
+    CREDFRESH_CREDENTIALS_FILE), else -c or CREDFRESH_CONFIG, else the default config when it
+    exists, else AWS_SHARED_CREDENTIALS_FILE when set, else the default config (then missing).
     """
     named = credentials_file or environ.get("CREDFRESH_CREDENTIALS_FILE")
     if named:
-        return False, expand_user(named, environ)
+        return False, expand_user(named, environ.get("HOME"))
     chosen = config or environ.get("CREDFRESH_CONFIG")
     if chosen:
         return True, chosen
     shared = environ.get("AWS_SHARED_CREDENTIALS_FILE")
     if shared and not os.path.exists(DEFAULT_CONFIG):
-        return False, expand_user(shared, environ)
+        return False, expand_user(shared, environ.get("HOME"))
     return True, DEFAULT_CONFIG
 
 
@@ -403,12 +326,8 @@ def try_credential_process(argv: Sequence[str], ctx: Context) -> int | None:
 
 
 def credential_process_from_file(credentials_file: str, profile: str, ctx: Context) -> int:
-    """`credential-process` on a named credentials file, the full way: exact errors.
-
-    credfile's own reader applies the ownership rules and reports an unsafe, unreadable or
-    unparseable file (raising CredfileError); the profile itself may be any credfresh
-    owner's. Missing and expired profiles raise the errors of the config-based command.
-    """
+    """`credential-process` on a named credentials file, the full way: credfile's reader
+    raises its exact errors; the profile may be any credfresh owner's."""
     from pathlib import Path
 
     from credfresh.credfile import store

@@ -95,10 +95,8 @@ def refresh_all(
 
 
 def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> int:
-    """Refresh missing or due profiles (all with --force) and write them in ONE write.
-
-    The verdict is 0, or 1 when any profile failed (each is reported); errors are raised.
-    """
+    """Refresh missing or due profiles (all with --force) in ONE write; the verdict is 1 when
+    any profile failed (each is reported), errors are raised."""
     from credfresh.config.validate import load_config
     from credfresh.sources.assume_role import StsSource
     from credfresh.sources.classify import classify

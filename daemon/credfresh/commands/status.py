@@ -1,7 +1,5 @@
-"""`credfresh status`: each profile's credentials on disk and the daemon's last word on them.
-
-It runs often (health checks, shell prompts), so it imports neither boto3 nor pydantic.
-"""
+"""`credfresh status`: each profile's credentials on disk and the daemon's last word on them
+(it runs often, from health checks and prompts: no boto3, no pydantic)."""
 
 from __future__ import annotations
 
@@ -64,11 +62,8 @@ def status_rows(
     foreign: AbstractSet[str],
     state: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """One plain row per profile: the data behind both the table and --json.
-
-    `refresh_at` is the due time of what is on disk: the daemon refreshes then, or up to
-    10% of the window earlier (its jitter is random and not recorded).
-    """
+    """One plain row per profile, behind both the table and --json. `refresh_at` is the due
+    time of what is on disk (the daemon's unrecorded jitter may come up to 10% earlier)."""
     rows = []
     for name, (role_arn, refresh_before) in profiles.items():
         creds = managed.get(name)
@@ -130,8 +125,8 @@ def render_table(rows: Sequence[Mapping[str, Any]], now: datetime) -> str:
 def status(
     config_path: Path, names: Sequence[str], min_remaining: str, *, as_json: bool, ctx: Context
 ) -> int:
-    """Show every profile; the verdict is 0, or 1 unless each selected one has
-    `min_remaining` left (more than nothing). Errors are raised for `cli` to map."""
+    """Show every profile; the verdict is 1 unless each selected one has `min_remaining` (and
+    more than nothing) left. Errors are raised for `cli`."""
     try:
         threshold = parse_duration(min_remaining)
     except ValueError as exc:

@@ -1,10 +1,11 @@
 """Reading a config: bytes, YAML or TOML (alias bombs and deep nesting refused), the light view.
 
-Only PyYAML at import: `credential-process`'s fast path uses `parse_text` and must not pay for
+Only PyYAML at import: `credential-process`'s fast path reads with it and must not pay for
 pathlib, dataclasses or tomllib."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Final
 
 import yaml
@@ -24,10 +25,10 @@ MAX_DEPTH: Final = 64
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
     """Read a config file, refusing huge ones before they reach the parser."""
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigError([f"(file): not found: {path}"], path=str(path)) from exc
@@ -40,7 +41,7 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def parse_document(data: bytes, path: Path) -> dict[str, Any]:
+def parse_document(data: bytes, path: str | Path) -> dict[str, Any]:
     """Parse YAML (or TOML for a `.toml` suffix) into a mapping; errors never quote values."""
     try:
         text = data.decode("utf-8")
@@ -48,12 +49,19 @@ def parse_document(data: bytes, path: Path) -> dict[str, Any]:
         raise ConfigError(
             [f"(document): not valid UTF-8 (byte {exc.start})"], path=str(path)
         ) from exc
-    document = parse_text(text, str(path), toml=path.suffix.lower() == ".toml")
+    document = parse_text(text, str(path), toml=suffix(str(path)).lower() == ".toml")
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(["(top level): expected a mapping of keys"], path=str(path))
     return document
+
+
+def suffix(path: str) -> str:
+    """`PurePath.suffix` without pathlib: a dot file (`.toml`) or a trailing dot has none."""
+    name = os.path.basename(path.rstrip("/"))
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def parse_text(text: str, source: str, *, toml: bool) -> object:

@@ -4,11 +4,12 @@ several readers share (durations, listen addresses, profile names, paths). Stdli
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
+
+from credfresh.context import expand_user, expand_vars
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/credfresh/config.yaml")
 #: What a profile without `duration_seconds` asks STS for (also STS's own default).
@@ -21,7 +22,6 @@ PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})")
-_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,41 +183,14 @@ def default_session_name(profile: str) -> str:
 
 
 def expand_path(value: str, base: Path, environ: Mapping[str, str], home: Path) -> Path:
-    """`~` and `$VARS` expand (from `home` and `environ`, as the shell would); relative paths
-    are relative to `base`, the config's directory."""
-    return base / _expand_vars(_expand_user(value, home), environ)
-
-
-def _expand_user(value: str, home: Path) -> str:
-    """`os.path.expanduser` with an explicit home (`~user` still asks the password database)."""
-    if value == "~" or value.startswith("~/"):
-        return (str(home).rstrip("/") + value[1:]) or "/"
-    return os.path.expanduser(value)  # unchanged unless `~user`
-
-
-def _expand_vars(value: str, environ: Mapping[str, str]) -> str:
-    """`os.path.expandvars` over `environ`: unknown variables stay as written."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1).removeprefix("{").removesuffix("}")
-        return environ.get(name, match.group(0))
-
-    return _VARIABLE.sub(replace, value) if "$" in value else value
-
-
-def default_config_path(environ: Mapping[str, str]) -> Path:
-    value = environ.get("CREDFRESH_CONFIG")
-    return Path(value) if value else DEFAULT_CONFIG_PATH
-
-
-def default_owner(config_path: Path) -> str:
-    return str(config_path.resolve())
+    """`~` and `$VARS` expand from `home` and `environ`; relative to `base` (the config's dir)."""
+    return base / expand_vars(expand_user(value, str(home)), environ)
 
 
 def default_credentials_file(environ: Mapping[str, str], home: Path) -> Path:
     """Where the AWS SDKs look: `$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`."""
     value = environ.get("AWS_SHARED_CREDENTIALS_FILE")
-    return Path(_expand_user(value, home)) if value else home / ".aws" / "credentials"
+    return Path(expand_user(value, str(home))) if value else home / ".aws" / "credentials"
 
 
 def default_state_file(owner: str, environ: Mapping[str, str], home: Path) -> Path:
@@ -241,7 +214,7 @@ def resolve_paths(
         else default_credentials_file(environ, home)
     )
     raw_owner = document.get("owner")
-    owner = raw_owner if isinstance(raw_owner, str) and raw_owner else default_owner(config_path)
+    owner = raw_owner if isinstance(raw_owner, str) and raw_owner else str(config_path.resolve())
     raw_state = document.get("state_file")
     state_file = (
         expand_path(raw_state, base, environ, home)

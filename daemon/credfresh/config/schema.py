@@ -1,7 +1,5 @@
-"""The document's pydantic models: types and single-field rules, with the model's defaults.
-
-Errors come out as `path: expectation` lines that never quote the value (`validated`).
-"""
+"""The document's pydantic models: types and single-field rules, with the model's defaults;
+errors come out as `path: expectation` lines that never quote the value (`validated`)."""
 
 from __future__ import annotations
 
@@ -21,7 +19,7 @@ REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
 
-_M = TypeVar("_M", bound=BaseModel)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _matching(regex: re.Pattern[str], hint: str) -> AfterValidator:
@@ -167,13 +165,9 @@ _MESSAGES: Final = {
     "greater_than": "expected more than {gt}",
     "less_than_equal": "expected at most {le}",
     "less_than": "expected less than {lt}",
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
+    **dict.fromkeys(("int_parsing", "int_type", "int_from_float"), "expected a whole number"),
+    **dict.fromkeys(("float_parsing", "float_type"), "expected a number"),
+    **dict.fromkeys(("bool_parsing", "bool_type"), "expected true or false"),
     "string_type": "expected a string",
     "dict_type": "expected a mapping",
     "list_type": "expected a list",
@@ -210,7 +204,7 @@ def _is_type_tag(part: str) -> bool:
 _TYPE_TAGS: Final = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
 
 
-def validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, list[str]]:
+def validated(model: type[ModelT], data: object, prefix: str) -> tuple[ModelT | None, list[str]]:
     """Validate, then again without the keys that failed, so cross-checks still run."""
     data = {} if data is None else data
     try:
@@ -226,7 +220,7 @@ def validated(model: type[_M], data: object, prefix: str) -> tuple[_M | None, li
         return None, problems
 
 
-def section(model: type[_M], data: object, prefix: str) -> tuple[_M, list[str]]:
+def section(model: type[ModelT], data: object, prefix: str) -> tuple[ModelT, list[str]]:
     """`validated`, falling back to the section's defaults; the problems say why."""
     found, problems = validated(model, data, prefix)
     return found or model(), problems

@@ -1,6 +1,5 @@
-"""Full config validation into the model: every problem at once, each with its path, never a
-value. `schema.py` checks single fields; the rules relating fields each return their problems.
-"""
+"""Full config validation into the model: every problem at once, with its path, never a value
+(`schema.py` checks single fields; the rules relating fields each return their problems)."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from credfresh.config.schema import (
     ContainerCredentialsModel,
     HttpModel,
     MetricsModel,
+    ModelT,
     ProfileModel,
     RetryModel,
     StsModel,
@@ -102,19 +102,17 @@ class _Sections(NamedTuple):
 
 def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
     """Every settings section from its pydantic model, with the cross-field checks."""
-    sts, problems = section(StsModel, top.sts, "sts")
-    retry, found = section(RetryModel, top.retry, "retry")
-    problems += found
-    alerts, found = section(AlertsModel, top.alerts, "alerts")
-    problems += found
-    http, found = section(HttpModel, top.http, "http")
-    problems += found
-    metrics, found = section(MetricsModel, top.metrics, "metrics")
-    problems += found
-    container, found = section(
-        ContainerCredentialsModel, top.container_credentials, "container_credentials"
-    )
-    problems += found
+    problems: list[str] = []
+
+    def read(model: type[ModelT], key: str) -> ModelT:
+        found, more = section(model, getattr(top, key), key)
+        problems.extend(more)
+        return found
+
+    sts, retry = read(StsModel, "sts"), read(RetryModel, "retry")
+    alerts, http = read(AlertsModel, "alerts"), read(HttpModel, "http")
+    metrics = read(MetricsModel, "metrics")
+    container = read(ContainerCredentialsModel, "container_credentials")
     if retry.initial > retry.max:
         problems.append("retry.initial: expected a value no larger than retry.max")
     if container.listen and not container.token_file:
@@ -134,6 +132,14 @@ def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
 
 #: A profile's keys after `defaults` are merged in, and the keys its own body set.
 _Models = Mapping[str, tuple["ProfileModel", set[str]]]
+
+
+class _Scope(NamedTuple):
+    """What each profile is built against: every profile's model, the sts section, paths."""
+
+    models: _Models
+    sts: cfg.StsSettings
+    paths: _Expand
 
 
 class _Profiles(NamedTuple):
@@ -159,6 +165,7 @@ def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Expand) -> tuple[_Pro
         problems += more
         if merged is not None:
             models[name] = merged
+    scope = _Scope(models, sts, paths)
     for name, (model, explicit) in models.items():
         where = _Where(f"profiles.{name}", explicit)
         policy = _policy(model, where, paths)
@@ -168,9 +175,7 @@ def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Expand) -> tuple[_Pro
         more += _limit_problems(name, model, where, models)
         found.warnings.extend(_advice(model, where))
         if not more and model.role_arn:
-            found.profiles[name] = _profile(
-                name, model, policy.text, chained=_chained(model, models), sts=sts, paths=paths
-            )
+            found.profiles[name] = _profile(name, model, policy.text, scope)
         problems += more
     problems += _chain_problems(models)
     return found, problems
@@ -264,17 +269,10 @@ def _advice(model: ProfileModel, where: _Where) -> list[str]:
     return [] if advice is None else [f"{where(advice[0])}: {advice[1]}"]
 
 
-def _profile(
-    name: str,
-    model: ProfileModel,
-    policy: str | None,
-    *,
-    chained: bool,
-    sts: cfg.StsSettings,
-    paths: _Expand,
-) -> cfg.Profile:
+def _profile(name: str, model: ProfileModel, policy: str | None, scope: _Scope) -> cfg.Profile:
     """The model of a profile that passed every check, with its defaults applied."""
     assert model.role_arn is not None  # checked by _identity_problems
+    sts, paths = scope.sts, scope.paths
     return cfg.Profile(
         name=name,
         role_arn=model.role_arn,
@@ -286,7 +284,7 @@ def _profile(
         use_fips_endpoint=sts.use_fips_endpoint,
         use_dualstack_endpoint=sts.use_dualstack_endpoint,
         source_profile=model.source_profile,
-        chained=chained,
+        chained=_chained(model, scope.models),
         web_identity_token_file=(
             paths(model.web_identity_token_file) if model.web_identity_token_file else None
         ),
