@@ -45,8 +45,7 @@ def assume_role_params(profile: Profile) -> dict[str, Any]:
 class StsSource:
     """The `Source` for every profile credfresh knows today; thread-safe.
 
-    `credentials_file` is where AWS source profiles are looked up (the same file credfresh
-    writes, by default).
+    `credentials_file` is where AWS source profiles are looked up.
     """
 
     def __init__(
@@ -56,8 +55,8 @@ class StsSource:
         credentials_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.clients = StsClients(settings, credentials_file=credentials_file)
         self._clock: Clock = clock or SystemClock()
+        self.clients = StsClients(settings, credentials_file=credentials_file, clock=self._clock)
 
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         """Issue credentials for a profile; on a bad-key error, re-read the source keys once."""
