@@ -158,7 +158,7 @@ def make(project: Project) -> Iterator[Callable[..., Rig]]:
         for name, keys in profiles.items():
             project.profile(name, **keys)
         project.write_config()
-        rig = Rig(load_config(project.config_path, project.env))
+        rig = Rig(load_config(project.config_path, project.env, Path.home()))
         rigs.append(rig)
         return rig
 
@@ -254,7 +254,7 @@ def test_reload_reports_its_diff_and_removes_sections(make: Any, project: Projec
     project.profile("c", refresh_before="10m")
     project.profile("d")
     project.write_config()
-    changes = rig.engine.apply(load_config(project.config_path, project.env))
+    changes = rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
     assert changes == {"added": ["d"], "removed": ["a"], "changed": ["b"], "retimed": ["c"]}
     assert sorted(rig.step()) == ["b", "d"]
     assert "a" not in rig.store.sections

@@ -33,7 +33,7 @@ class BatchWriter:
     written again while everything else looks fine.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a constructor taking its injected parts
         self,
         write: WriteFn,
         *,

@@ -1,9 +1,7 @@
 """The refresh engine: one job per profile on an injected scheduler, one batching writer.
 
-Everything it touches from outside is handed in: the source that issues credentials, the
-scheduler, the clock, the store that reads and writes the credentials file, and the writer
-factory. A wake-up every 30 s re-checks due times, because the scheduler's monotonic wait
-stops during suspend, and reschedules a job the scheduler dropped.
+A wake-up every 30 s re-checks due times (the scheduler's monotonic wait stops during
+suspend) and reschedules a job the scheduler dropped.
 """
 
 from __future__ import annotations
@@ -30,12 +28,8 @@ SKEW_REPORT: Final = timedelta(minutes=5)
 
 
 class Engine(EngineCore):
-    """Keeps every profile of a config fresh; the daemon drives its life.
-
-    Public surface: `start`, `stop`, `apply` (reload), `wakeup`, and from `EngineCore`
-    `snapshot`, `take_dirty`, `flush`, `knows`, `on_disk`, `alert_facts`, `alert_grace` and
-    `config` (read only).
-    """
+    """Keeps every profile of a config fresh: `start`, `stop`, `apply` (reload), `wakeup`;
+    the views are `EngineCore`'s."""
 
     def __init__(
         self, config: Config, parts: Parts, *, wakeup_interval: float = WAKEUP_INTERVAL
@@ -48,10 +42,8 @@ class Engine(EngineCore):
     def start(
         self, saved: Mapping[str, ProfileState], on_first_pass: Callable[[], None] | None = None
     ) -> None:
-        """Keep what is fresh on disk (a restart costs no STS call), refresh the rest now.
-
-        `on_first_pass` is called once every profile that needed it has had its first try.
-        """
+        """Keep what is fresh on disk (a restart costs no STS call), refresh the rest now;
+        `on_first_pass()` once every profile that needed a refresh has had its first try."""
         self._on_first_pass = on_first_pass
         view = self._read_file()
         now = self.clock.now()
@@ -246,15 +238,15 @@ class Engine(EngineCore):
         self._schedule(profile.name, now + timedelta(seconds=delay))
 
     def _report_skew(self, skew: timedelta) -> None:
-        if abs(skew) > SKEW_REPORT and not self._skew_reported:
+        if abs(skew) <= SKEW_REPORT:
+            self._skew_reported = False
+        elif not self._skew_reported:
             self._skew_reported = True
             self.log.warning(
                 "clock_skew",
                 skew_seconds=round(skew.total_seconds(), 1),
                 hint="this machine's clock differs from STS's: check NTP; expiries are corrected",
             )
-        elif abs(skew) <= SKEW_REPORT:
-            self._skew_reported = False
 
     # ----- the writer -----------------------------------------------------------------
 
@@ -324,10 +316,8 @@ class Engine(EngineCore):
         self._scheduler.poke()
 
     def _heal(self, now: datetime) -> None:
-        """A managed section that differs from what credfresh last wrote is written again.
-
-        Only while no write is pending: until then the file rightly lags `current`.
-        """
+        """Write again a managed section that differs from what credfresh last wrote; not
+        while a write is pending (the file then rightly lags `current`)."""
         if self._writer.pending():
             return
         view = self._read_file()
@@ -342,12 +332,8 @@ class Engine(EngineCore):
                 if not same_on_disk(view.managed.get(name), wrote) and newest.expiration > now:
                     restore[name] = newest
         for name in sorted(restore):
-            found = view.managed.get(name)
-            self.log.warning(
-                "section_restored",
-                profile=name,
-                reason="missing" if found is None else "changed",
-            )
+            reason = "missing" if view.managed.get(name) is None else "changed"
+            self.log.warning("section_restored", profile=name, reason=reason)
         if restore:
             self._writer.submit(restore)
 
@@ -378,8 +364,7 @@ class Engine(EngineCore):
 
     def apply(self, new: Config) -> dict[str, list[str]]:
         """Switch to a validated config: fetch added and changed profiles now, remove the
-        sections of removed ones, and leave untouched ones with their credentials and jobs.
-        """
+        sections of removed ones, leave the others with their credentials and jobs."""
         now = self.clock.now()
         with self._lock:
             old = self._config

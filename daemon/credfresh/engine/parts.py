@@ -33,7 +33,7 @@ class Store(Protocol):
 
     def read_managed(self, path: Path, owner: str) -> FileView: ...
 
-    def write_profiles(
+    def write_profiles(  # noqa: PLR0913 - mirrors credfile.store.write_profiles
         self,
         path: Path,
         owner: str,

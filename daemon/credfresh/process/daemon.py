@@ -20,13 +20,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from credfresh import __version__
+from credfresh import __version__, trust
 from credfresh.config.model import Config
 from credfresh.context import Context
 from credfresh.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
     EXIT_OK,
+    AlreadyRunning,
     ConfigError,
     CredfileError,
     CredfreshError,
@@ -36,18 +37,12 @@ from credfresh.process.allocator import tune_malloc
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.context import Context
-    from credfresh.observe.logs import Logging
     from credfresh.process.watch import ConfigWatcher
     from credfresh.process.wiring import Wired
 
 STOP_GRACE: Final = 5.0
 TICK: Final = 0.5
 STATUS_EVERY: Final = 10.0
-
-
-class AlreadyRunning(CredfreshError):
-    code = "already_running"
 
 
 class InstanceLock:
@@ -104,16 +99,12 @@ def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
 def check_config_permissions(config: Config, euid: int, environ: Mapping[str, str]) -> list[str]:
     """Whoever can edit or swap a file the config steers root with decides what root does.
 
-    The config, its policy files, web-identity token files, the container endpoint's token
-    file and the alert command's program: each, and every directory above it, must belong
-    to root (or `euid`) and be writable by no one else (`credfresh.trust`); the token file
-    must not be readable by others nor a symlink out of its directory. As root the caller
-    refuses such a config (exit 2 at start, `config_unsafe` on reload); for other users the
-    same findings are warnings.
+    The config, policy and token files and the alert command, and every directory above
+    them, must be root's (or `euid`'s) and writable by no one else (`credfresh.trust`); the
+    endpoint's token file also unreadable by others and no symlink out of its directory.
+    Root refuses such a config (exit 2, or `config_unsafe` on reload); others get warnings.
     """
-    from credfresh import trust
-
-    problems = config_path_problems(config.path, euid)
+    problems = trust.path_problems(config.path, euid)
 
     def add(found: list[str]) -> None:
         problems.extend(p for p in found if p not in problems)
@@ -131,24 +122,15 @@ def check_config_permissions(config: Config, euid: int, environ: Mapping[str, st
     return problems
 
 
-def config_path_problems(path: Path, euid: int) -> list[str]:
-    """The config file itself and its directories: checked before it is even parsed."""
-    from credfresh import trust
-
-    return trust.path_problems(path, euid)
-
-
 class Daemon:
-    """Owns the process: lock, signals, logging, notifications, reloads and shutdown.
+    """Owns the process: signals, the main loop, notifications, reloads and shutdown.
 
-    The config in force is held here alone; the engine gets each new one through `apply`.
+    The config in force is the engine's alone; a reload hands it the new one (`apply`).
     """
 
-    def __init__(self, config: Config, *, ctx: Context, logging: Logging, parts: Wired) -> None:
-        self.config = config
+    def __init__(self, *, ctx: Context, log: BoundLogger, parts: Wired) -> None:
         self.ctx = ctx
-        self.logging = logging
-        self.log: BoundLogger = logging.get()
+        self.log = log
         self.engine = parts.engine
         self.alerts = parts.alerts
         self.metrics = parts.metrics
@@ -167,6 +149,10 @@ class Daemon:
         self._reload_reason = "SIGHUP"
         self._reload_lock = threading.Lock()
         self._rejected: str | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.engine.config
 
     # ----- signals --------------------------------------------------------------------
 
@@ -336,7 +322,7 @@ class Daemon:
         from credfresh.config.validate import load_config
 
         euid = self.ctx.euid
-        unsafe = config_path_problems(self.config.path, euid)
+        unsafe = trust.path_problems(self.config.path, euid)
         if unsafe and euid == 0:
             self._reject(reason, "config_unsafe", unsafe)
             return
@@ -361,10 +347,10 @@ class Daemon:
         explicit = reason == "SIGHUP"
         if not explicit:
             self.notifier.reloading()
+        old_alerts = self.config.alerts
         changes = self.engine.apply(new)
-        if new.alerts != self.config.alerts:
+        if new.alerts != old_alerts:
             self.alerts.reconfigure(new.alerts)
-        self.config = new
         self.metrics.config_reloaded("applied")
         self.log.info("config_reloaded", reason=reason, **changes)
         if not explicit:
@@ -420,7 +406,7 @@ def main(
             return EXIT_CONFIG
         try:
             parts = wiring.build(config, ctx, logging)
-            return Daemon(config, ctx=ctx, logging=logging, parts=parts).run()
+            return Daemon(ctx=ctx, log=log, parts=parts).run()
         finally:
             lock.release()
     finally:
@@ -431,7 +417,7 @@ def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config
     """The config, or None (said on stderr) when it is invalid or, as root, unsafe."""
     from credfresh.config.validate import load_config
 
-    if ctx.euid == 0 and (unsafe := config_path_problems(config_path, 0)):
+    if ctx.euid == 0 and (unsafe := trust.path_problems(config_path, 0)):
         log.error("config_unsafe", errors=unsafe, path=str(config_path))
         ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
         return None

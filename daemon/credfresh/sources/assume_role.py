@@ -117,16 +117,13 @@ def failure_of(exc: Exception, *, chained: bool) -> Failure | None:
         return dataclasses.replace(failure, permanent=False) if chained_expired else failure
     if isinstance(exc, ParamValidationError):
         return classify("ValidationError", "botocore refused a parameter", 400)
-    code = None
+    name = type(exc).__name__
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
-        code = "timeout"
-    elif isinstance(exc, EndpointConnectionError):
-        code = "connection_error"
-    elif isinstance(exc, BotoCoreError):
-        connection = "connection" in type(exc).__name__.lower()
-        code = "connection_error" if connection else "invalid_response"
-    elif isinstance(exc, (ResponseParserError, KeyError, ValueError, TypeError, AttributeError)):
-        # botocore's parsers raise these on bodies that are not STS XML (a captive
-        # portal's HTML page, truncated or invalid XML).
-        code = "invalid_response"
-    return classify(code, type(exc).__name__) if code else None
+        return classify("timeout", name)
+    if isinstance(exc, EndpointConnectionError) or (
+        isinstance(exc, BotoCoreError) and "connection" in name.lower()
+    ):
+        return classify("connection_error", name)
+    # botocore's parsers raise these on bodies that are not STS XML (a captive portal's page).
+    parsing = (BotoCoreError, ResponseParserError, KeyError, ValueError, TypeError, AttributeError)
+    return classify("invalid_response", name) if isinstance(exc, parsing) else None
