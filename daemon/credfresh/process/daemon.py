@@ -1,10 +1,6 @@
-"""`credfresh run`: the process life (lock, signals, loop, reload, shutdown) of parts that
-`process.wiring` built.
-
-Signals only set flags; the main thread does the work between short `Event.wait`s, so a
-signal ends any wait at once. A second SIGINT exits immediately: every write is atomic, so
-nothing is left half-done on disk.
-"""
+"""`credfresh run`: the process life (lock, signals, loop, reload, shutdown) of the parts
+`process.wiring` built. Signals only set flags for the main thread; a second SIGINT exits
+at once (every write is atomic)."""
 
 from __future__ import annotations
 
@@ -53,12 +49,8 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock; CredfileError `unsafe_path` when the pid file's tree is not safe.
-
-        The pid file is opened inside one checked directory handle (`open_lock_file`): as
-        root a user's symlinked or writable directory on the way is refused, and so is a
-        pid file another uid owns, before anything is truncated.
-        """
+        """Take the lock; CredfileError `unsafe_path` when the pid file's tree is not safe
+        (checked by `open_lock_file` before anything is truncated)."""
         from credfresh.credfile.handles import open_lock_file
 
         fd = open_lock_file(self.path, create_dirs=True)
@@ -232,12 +224,9 @@ class Daemon:
                 last_status = now
 
     def _first_pass_on_disk(self) -> bool:
-        """`ready` (READY=1) must not run ahead of the file: the first pass is written.
-
-        One hurried flush; after that, ready once every profile holding valid credentials in
-        memory has valid credentials on disk too (a restart's expired sections do not count).
-        Not "nothing pending": with short lifetimes refreshes keep joining the batch, and a
-        failing disk keeps its own backoff instead of being hurried.
+        """READY=1 must not run ahead of the file: after one hurried flush, ready once every
+        profile with valid credentials in memory has valid ones on disk. Not "nothing pending":
+        short lifetimes keep joining the batch, and a failing disk keeps its own backoff.
         """
         if not self.engine.snapshot().first_pass_done:
             return False
@@ -246,13 +235,11 @@ class Daemon:
             self.engine.flush(timeout=5.0)
         now = self.ctx.clock.now()
         snap = self.engine.snapshot()
-        for name, held in snap.in_memory.items():
-            if held is None or held <= now:
-                continue
-            expires = snap.on_disk.get(name)
-            if expires is None or expires <= now:
-                return False
-        return True
+        return all(
+            (expires := snap.on_disk.get(name)) is not None and expires > now
+            for name, held in snap.in_memory.items()
+            if held is not None and held > now
+        )
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")
@@ -304,9 +291,7 @@ class Daemon:
 
     def reload(self, reason: str) -> None:
         """Read, compare the hash, validate, and only then apply; keep the last good config.
-
-        An explicit reload (SIGHUP) is always bracketed by RELOADING=1 and READY=1 for
-        systemd, even when nothing changed; a watched change only when it applies.
+        SIGHUP is always bracketed by RELOADING=1 and READY=1, a watched change only if applied.
         """
         explicit = reason == "SIGHUP"
         with self._reload_lock:
@@ -357,10 +342,8 @@ class Daemon:
             self.notifier.ready()
 
     def _reject(self, reason: str, code: str, problems: list[str]) -> None:
-        """Keep the last good config; say why once per distinct cause for the slow poll.
-
-        Alerts go through the config in force, never through the one refused.
-        """
+        """Keep the last good config; for the slow poll, say why once per distinct cause.
+        Alerts go through the config in force, never through the one refused."""
         key = f"{code}:" + "\n".join(problems)
         if reason == "poll" and self._rejected == key:
             return

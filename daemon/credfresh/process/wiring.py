@@ -1,8 +1,5 @@
 """The composition root: every part of `credfresh run`, built once; `Daemon` runs them.
-
-Nothing else constructs a scheduler, a source, a writer or a server; tests build the same
-parts with fakes (see tests/unit/test_engine.py).
-"""
+Tests build the same parts with fakes (tests/unit/test_engine.py)."""
 
 from __future__ import annotations
 
@@ -41,9 +38,7 @@ class Wired:
 
 
 def build(config: Config, ctx: Context, logging: Logging) -> Wired:
-    """Alerts, metrics, the STS source, the engine (scheduler, store, writer), the probes,
-    the servers and the config watcher, all from one config and one context.
-    """
+    """Every part, from one config and one context."""
     from credfresh.alerts.manager import AlertManager
     from credfresh.credfile import store as credfile
     from credfresh.engine.batcher import BatchWriter
@@ -91,10 +86,8 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
 def start_servers(
     config: Config, engine: Engine, probes: Probes, metrics: Metrics, log: BoundLogger
 ) -> list[Any]:
-    """Health, readiness and metrics; the container credentials endpoint; both opt-in.
-
-    The listen addresses are the ones the daemon started with: a reload does not move them.
-    """
+    """Health and metrics, the container credentials endpoint (both opt-in), on the addresses
+    the daemon started with: a reload does not move them."""
     from credfresh.outputs.health import HttpServer
 
     servers: list[Any] = []

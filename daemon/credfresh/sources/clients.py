@@ -1,9 +1,6 @@
-"""Shared STS clients, and the connections a call's deadline can cut.
-
-Clients are expensive (aws-facts.md: a boto3 Session per refresh costs ~8 MB and 100 ms), so
-there is one per (source, region, endpoint, fips, dualstack), created from sessions that
-share one model loader. botocore's retries are off: credfresh's own backoff decides.
-"""
+"""Shared STS clients (a Session per refresh would cost ~8 MB and 100 ms: aws-facts.md),
+one per (source, region, endpoint, fips, dualstack), and the connections a deadline cuts.
+botocore's retries are off: credfresh's own backoff decides."""
 
 from __future__ import annotations
 
@@ -207,10 +204,8 @@ class StsClients:
             self._sessions.pop(profile.source_profile, None)
 
     def guarded(self, call: Callable[[], T], profile: str) -> T:
-        """Run one STS call under the overall deadline; past it, a transient `timeout`.
-
-        The abandoned call's result is dropped here, so it can never reach the state.
-        """
+        """Run one STS call under the overall deadline; past it, a transient `timeout` (the
+        abandoned call's result is dropped, never reaching the state)."""
         deadline = call_deadline(self._settings)
         try:
             return self._guard.run(call, deadline)

@@ -57,9 +57,7 @@ def accept_response(
     duration_seconds: int,
 ) -> tuple[Credentials, timedelta]:
     """Check an AssumeRole* response and turn it into local Credentials, or raise SourceError.
-
-    The local expiry is `Expiration + skew`; it must satisfy
-    `now < expiry <= now + duration_seconds + 5 min`, otherwise nothing is written.
+    The local expiry, `Expiration + skew`, must be in (now, now + duration_seconds + 5 min].
     """
     creds = response.get("Credentials")
     if not isinstance(creds, Mapping):
