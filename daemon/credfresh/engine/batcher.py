@@ -123,8 +123,7 @@ class BatchWriter:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                # Back off for the whole delay: new submissions join the pending batch
-                # instead of ending the wait (a lasting disk fault is not retried per refresh).
+                # Back off for the whole delay: new submissions join the batch, not end the wait.
                 deadline = self._clock.monotonic() + retry
                 while (
                     retry

@@ -68,8 +68,6 @@ class EngineCore:
     def config(self) -> Config:
         return self._config
 
-    # ----- scheduling -----------------------------------------------------------------
-
     def _schedule(self, name: str, when: datetime) -> None:
         self._scheduler.at(name, when, self._job)
         with self._lock:

@@ -37,8 +37,6 @@ class Engine(EngineCore):
         super().__init__(config, parts, wakeup_interval=wakeup_interval)
         self._writer = self._make_writer(config)
 
-    # ----- life -----------------------------------------------------------------------
-
     def start(
         self, saved: Mapping[str, ProfileState], on_first_pass: Callable[[], None] | None = None
     ) -> None:
@@ -66,8 +64,7 @@ class Engine(EngineCore):
         for name, profile in self._config.profiles.items():
             source = profile.source_profile
             if profile.chained and name in self._first_pass and source in self._first_pass:
-                # Waits for its source: `_wake_dependants` runs it once the source is fresh,
-                # and the wake-up catches it should the source fail for long.
+                # Waits for its source (`_wake_dependants`), or the wake-up if that fails long.
                 self._schedule(name, now + timedelta(seconds=self.wakeup_interval))
                 continue
             self._schedule_next(name, now)
@@ -87,8 +84,6 @@ class Engine(EngineCore):
             idle_now = not self._running
         self._writer.stop(timeout=max(1.0, deadline - self.clock.monotonic()))
         return idle_now
-
-    # ----- the refresh job ------------------------------------------------------------
 
     def _job(self, name: str) -> None:
         self._heartbeat = self.clock.monotonic()
@@ -248,8 +243,6 @@ class Engine(EngineCore):
                 hint="this machine's clock differs from STS's: check NTP; expiries are corrected",
             )
 
-    # ----- the writer -----------------------------------------------------------------
-
     def _make_writer(self, config: Config) -> BatchWriter:
         path, owner = config.credentials_file, config.owner
 
@@ -279,8 +272,6 @@ class Engine(EngineCore):
         with self._lock:
             self._current.pop(name, None)
         self._failed(profile, classify("section_conflict", str(error)), 0.0)
-
-    # ----- the wake-up ----------------------------------------------------------------
 
     def wakeup(self) -> None:
         """Every 30 s: beat, re-check due times, restore edited sections, report expiry."""
@@ -359,8 +350,6 @@ class Engine(EngineCore):
                     expired_at=format_time(creds.expiration),
                     error_code=state.last_error_code if state else None,
                 )
-
-    # ----- reload ---------------------------------------------------------------------
 
     def apply(self, new: Config) -> dict[str, list[str]]:
         """Switch to a validated config: fetch added and changed profiles now, remove the

@@ -128,8 +128,7 @@ class Daemon:
         self.metrics = parts.metrics
         self.notifier = parts.notifier
         self.probes = parts.probes
-        self._make_servers = parts.servers
-        self._make_watcher = parts.watcher
+        self._parts = parts
         self.wake = threading.Event()
         self.stopping = False
         self.reload_event = threading.Event()
@@ -146,8 +145,6 @@ class Daemon:
     def config(self) -> Config:
         return self.engine.config
 
-    # ----- signals --------------------------------------------------------------------
-
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             self._interrupts += 1
@@ -159,8 +156,6 @@ class Daemon:
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_event.set()
         self.wake.set()
-
-    # ----- life -----------------------------------------------------------------------
 
     def run(self) -> int:
         from credfresh.engine import state as state_file
@@ -182,8 +177,8 @@ class Daemon:
                 profiles=len(self.config.profiles),
             )
             self.engine.start(saved, on_first_pass=self.wake.set)
-            self._servers = self._make_servers()
-            self._watcher = self._make_watcher(self._watch_fired)
+            self._servers = self._parts.servers()
+            self._watcher = self._parts.watcher(self._watch_fired)
             self._watcher.start()
             try:
                 self._loop()
@@ -278,8 +273,6 @@ class Daemon:
         for stream in (self.ctx.out, self.ctx.err, sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-
-    # ----- reload ---------------------------------------------------------------------
 
     def _watch_fired(self, reason: str) -> None:
         if reason == "poll":

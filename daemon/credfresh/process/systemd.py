@@ -74,18 +74,16 @@ class Notifier:
                 return False
             try:
                 if self._socket is None:
-                    self._socket = self._open()
+                    self._socket = socket.socket(
+                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    )
+                    self._socket.settimeout(SEND_TIMEOUT_SECONDS)
                 self._socket.sendto(payload, self._address)
             except OSError as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
                 return False
         return True
-
-    def _open(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(SEND_TIMEOUT_SECONDS)
-        return sock
 
     def ready(self, status: str | None = None) -> bool:
         """Startup (or a reload) is complete; `systemctl start` returns now."""

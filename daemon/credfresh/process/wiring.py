@@ -8,19 +8,25 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from credfresh.alerts.manager import AlertManager
+from credfresh.credfile import store as credfile
+from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.core import WAKEUP_INTERVAL
+from credfresh.engine.engine import Engine
+from credfresh.engine.parts import Parts
+from credfresh.engine.scheduler import ApScheduler
+from credfresh.observe.metrics import Metrics
+from credfresh.outputs.health import HttpServer, liveness, readiness
+from credfresh.process.systemd import Notifier, should_ping, status_line
+from credfresh.process.watch import ConfigWatcher
+from credfresh.sources.assume_role import StsSource
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.alerts.manager import AlertManager
     from credfresh.config.model import Config
     from credfresh.context import Clock, Context
-    from credfresh.engine.engine import Engine
     from credfresh.observe.logs import Logging
-    from credfresh.observe.metrics import Metrics
-    from credfresh.process.systemd import Notifier
-    from credfresh.process.watch import ConfigWatcher
     from credfresh.sources.base import Source
 
 
@@ -39,23 +45,11 @@ class Wired:
 
 def build(config: Config, ctx: Context, logging: Logging) -> Wired:
     """Every part, from one config and one context."""
-    from credfresh.alerts.manager import AlertManager
-    from credfresh.credfile import store as credfile
-    from credfresh.engine.batcher import BatchWriter
-    from credfresh.engine.engine import Engine
-    from credfresh.engine.parts import Parts
-    from credfresh.engine.scheduler import ApScheduler
-    from credfresh.observe.metrics import Metrics
-    from credfresh.process.systemd import Notifier
-    from credfresh.process.watch import ConfigWatcher
-
     log = logging.get()
     alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
     metrics = Metrics()
 
     def source(cfg: Config) -> Source:
-        from credfresh.sources.assume_role import StsSource
-
         return StsSource(cfg.sts, credentials_file=str(cfg.credentials_file), clock=ctx.clock)
 
     parts = Parts(
@@ -88,8 +82,6 @@ def start_servers(
 ) -> list[Any]:
     """Health and metrics, the container credentials endpoint (both opt-in), on the addresses
     the daemon started with: a reload does not move them."""
-    from credfresh.outputs.health import HttpServer
-
     servers: list[Any] = []
     if config.http.listen:
         http = HttpServer.from_listen(
@@ -128,29 +120,21 @@ class Probes:
         self._interval = wakeup_interval
 
     def health(self) -> tuple[bool, Mapping[str, object]]:
-        from credfresh.outputs.health import liveness
-
         snap = self._engine.snapshot()
         return liveness(
             self._clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
         )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
-        from credfresh.outputs.health import readiness
-
         return readiness(self._clock.now(), self._engine.snapshot().on_disk, profile)
 
     def healthy(self) -> bool:
         """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
-        from credfresh.process.systemd import should_ping
-
         snap = self._engine.snapshot()
         age = self._clock.monotonic() - snap.heartbeat
         return should_ping(age, self._interval, writer_alive=snap.writer_alive)
 
     def status_line(self) -> str:
-        from credfresh.process.systemd import status_line
-
         now = self._clock.now()
         snap = self._engine.snapshot()
         fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)
