@@ -13,6 +13,7 @@ from credfresh.config.model import format_duration, parse_duration
 from credfresh.credentials import Credentials, format_time, parse_time
 from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
+from credfresh.engine import state as state_file
 from credfresh.errors import EXIT_FAILED, EXIT_OK, ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -43,16 +44,6 @@ def select(names: Sequence[str], known: Mapping[str, object], path: Path) -> lis
             [f"--profile {name}: not in the config" for name in unknown], path=str(path)
         )
     return list(dict.fromkeys(names))
-
-
-def _read_state(path: Path) -> Mapping[str, Any]:
-    """The daemon's state file, if any; a missing or broken one just means no history."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    profiles = data.get("profiles") if isinstance(data, dict) else None
-    return profiles if isinstance(profiles, dict) else {}
 
 
 def status_rows(
@@ -136,7 +127,8 @@ def status(
     view = credfile.read_managed(light.credentials_file, light.owner)
     now = ctx.clock.now()
     profiles = {n: (light.profiles[n].role_arn, light.profiles[n].refresh_before) for n in chosen}
-    rows = status_rows(now, profiles, view.managed, view.foreign, _read_state(light.state_file))
+    saved = {n: entry.to_json() for n, entry in state_file.load(light.state_file)[0].items()}
+    rows = status_rows(now, profiles, view.managed, view.foreign, saved)
     if as_json:
         ctx.out.write(json.dumps({"profiles": rows}, indent=2) + "\n")
     else:

@@ -1,8 +1,5 @@
-"""Batches credentials that finish close together into one write of the credentials file.
-
-Each credential reaches the disk at most `linger` plus one write after its STS answer; 200
-profiles finishing in the same second become a handful of writes, not 200.
-"""
+"""Batches credentials that finish close together into one write of the credentials file:
+each lands at most `linger` plus one write after its STS answer."""
 
 from __future__ import annotations
 
@@ -26,14 +23,11 @@ WriteFn = Callable[[Mapping[str, Credentials], Collection[str]], Mapping[str, Cr
 class BatchWriter:
     """A thread that owns every write of one credentials file.
 
-    `write` does the real work and returns per-profile conflicts; a raised CredfileError
-    keeps the batch pending and retries with backoff (the old file stays as it was). Any
-    other exception (a value that cannot be rendered, a bug in a callback) is handled the
-    same way, as a `write_failed`: one bad value must never end the thread, or nothing is
-    written again while everything else looks fine.
+    `write` returns per-profile conflicts; any exception keeps the batch pending, retried
+    with backoff, as a `write_failed`: one bad value must never end the thread.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a constructor taking its injected parts
         self,
         write: WriteFn,
         *,
@@ -64,10 +58,7 @@ class BatchWriter:
         self._thread.start()
 
     def alive(self) -> bool:
-        """False only when the thread ended without being stopped: nothing gets written.
-
-        Not started yet, or stopped, counts as alive (the daemon is starting or leaving).
-        """
+        """False only when the thread ended without being stopped: nothing gets written."""
         return not self._started or self._stopping or self._thread.is_alive()
 
     def submit(
@@ -132,8 +123,7 @@ class BatchWriter:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                # Back off for the whole delay: new submissions join the pending batch
-                # instead of ending the wait (a lasting disk fault is not retried per refresh).
+                # Back off for the whole delay: new submissions join the batch, not end the wait.
                 deadline = self._clock.monotonic() + retry
                 while (
                     retry
@@ -178,11 +168,8 @@ class BatchWriter:
 
 
 def unexpected(exc: Exception) -> CredfileError:
-    """An exception that is no CredfileError, as a `write_failed` naming its type.
-
-    Credfresh's own messages name profiles and keys, never values; the text is kept to
-    one bounded line, and the engine redacts it again before logging.
-    """
+    """Any other exception as a `write_failed` naming its type, in one bounded line (the
+    engine redacts it again before logging)."""
     detail = " ".join(str(exc).split())[:200]
     message = f"unexpected {type(exc).__name__} while writing"
     return CredfileError(f"{message}: {detail}" if detail else message, code="write_failed")

@@ -1,8 +1,5 @@
-"""The engine's tables and what it shows: profile state, scheduling, the file's side.
-
-`Engine` (engine.py) adds the refresh job, the wake-up and reloads on top; this half holds
-the data every one of them reads under the one lock.
-"""
+"""The engine's tables under its one lock, their scheduling, the file's side and the views;
+`Engine` (engine.py) adds the refresh job, the wake-up and reloads."""
 
 from __future__ import annotations
 
@@ -52,8 +49,7 @@ class EngineCore:
         self._states: dict[str, ProfileState] = {}
         self._current: dict[str, Credentials] = {}
         self._written: dict[str, Credentials] = {}
-        # A successful refresh's credentials until the writer confirms them on disk: only
-        # then do the profile's alerts resolve.
+        # Refreshed credentials until the writer confirms them on disk (then alerts resolve).
         self._landing: dict[str, Credentials] = {}
         self._retry_in: dict[str, float] = {}  # the retry delay a failing profile is in
         self._running: set[str] = set()
@@ -71,8 +67,6 @@ class EngineCore:
     @property
     def config(self) -> Config:
         return self._config
-
-    # ----- scheduling -----------------------------------------------------------------
 
     def _schedule(self, name: str, when: datetime) -> None:
         self._scheduler.at(name, when, self._job)
@@ -107,9 +101,8 @@ class EngineCore:
         return refresh.due_at(creds, profile.refresh_before)
 
     def _missed(self, name: str) -> None:
-        """The scheduler dropped a run: a dropped one-shot job is gone, so schedule it again
-        unless the profile is running or has a run handed out already.
-        """
+        """The scheduler dropped a run (a dropped one-shot job is gone): schedule it again
+        unless the profile is running or has a run handed out already."""
         with self._lock:
             self._pending.pop(name, None)
             busy = name in self._running
@@ -190,10 +183,8 @@ class EngineCore:
     # ----- what the daemon, the outputs and the alerts see -----------------------------
 
     def alert_facts(self) -> dict[str, Any]:
-        """What the alert rules judge: the credentials ON DISK, their refresh point, the grace.
-
-        Not `current`: credentials issued but not yet written help no consumer.
-        """
+        """What the alert rules judge: the credentials ON DISK (issued but unwritten ones help
+        no consumer), their refresh point, the grace."""
         from credfresh.alerts.rules import ProfileFacts
 
         with self._lock:
@@ -209,11 +200,8 @@ class EngineCore:
             }
 
     def alert_grace(self, name: str) -> timedelta:
-        """How late past its refresh point a healthy daemon may land a profile's refresh.
-
-        One wake-up interval (the wake-up catches a late or lost job), the retry delay the
-        profile is in, and one STS call's connect and read timeouts.
-        """
+        """How late past its refresh point a healthy daemon may land a profile's refresh: one
+        wake-up (it catches a lost job), the retry delay it is in, one STS call's timeouts."""
         with self._lock:
             retry = self._retry_in.get(name, 0.0)
         return timedelta(seconds=self.wakeup_interval + retry + 2 * self._config.sts.timeout)

@@ -1,9 +1,7 @@
 """The refresh engine: one job per profile on an injected scheduler, one batching writer.
 
-Everything it touches from outside is handed in: the source that issues credentials, the
-scheduler, the clock, the store that reads and writes the credentials file, and the writer
-factory. A wake-up every 30 s re-checks due times, because the scheduler's monotonic wait
-stops during suspend, and reschedules a job the scheduler dropped.
+A wake-up every 30 s re-checks due times (the scheduler's monotonic wait stops during
+suspend) and reschedules a job the scheduler dropped.
 """
 
 from __future__ import annotations
@@ -30,12 +28,8 @@ SKEW_REPORT: Final = timedelta(minutes=5)
 
 
 class Engine(EngineCore):
-    """Keeps every profile of a config fresh; the daemon drives its life.
-
-    Public surface: `start`, `stop`, `apply` (reload), `wakeup`, and from `EngineCore`
-    `snapshot`, `take_dirty`, `flush`, `knows`, `on_disk`, `alert_facts`, `alert_grace` and
-    `config` (read only).
-    """
+    """Keeps every profile of a config fresh: `start`, `stop`, `apply` (reload), `wakeup`;
+    the views are `EngineCore`'s."""
 
     def __init__(
         self, config: Config, parts: Parts, *, wakeup_interval: float = WAKEUP_INTERVAL
@@ -43,15 +37,11 @@ class Engine(EngineCore):
         super().__init__(config, parts, wakeup_interval=wakeup_interval)
         self._writer = self._make_writer(config)
 
-    # ----- life -----------------------------------------------------------------------
-
     def start(
         self, saved: Mapping[str, ProfileState], on_first_pass: Callable[[], None] | None = None
     ) -> None:
-        """Keep what is fresh on disk (a restart costs no STS call), refresh the rest now.
-
-        `on_first_pass` is called once every profile that needed it has had its first try.
-        """
+        """Keep what is fresh on disk (a restart costs no STS call), refresh the rest now;
+        `on_first_pass()` once every profile that needed a refresh has had its first try."""
         self._on_first_pass = on_first_pass
         view = self._read_file()
         now = self.clock.now()
@@ -74,8 +64,7 @@ class Engine(EngineCore):
         for name, profile in self._config.profiles.items():
             source = profile.source_profile
             if profile.chained and name in self._first_pass and source in self._first_pass:
-                # Waits for its source: `_wake_dependants` runs it once the source is fresh,
-                # and the wake-up catches it should the source fail for long.
+                # Waits for its source (`_wake_dependants`), or the wake-up if that fails long.
                 self._schedule(name, now + timedelta(seconds=self.wakeup_interval))
                 continue
             self._schedule_next(name, now)
@@ -95,8 +84,6 @@ class Engine(EngineCore):
             idle_now = not self._running
         self._writer.stop(timeout=max(1.0, deadline - self.clock.monotonic()))
         return idle_now
-
-    # ----- the refresh job ------------------------------------------------------------
 
     def _job(self, name: str) -> None:
         self._heartbeat = self.clock.monotonic()
@@ -246,17 +233,15 @@ class Engine(EngineCore):
         self._schedule(profile.name, now + timedelta(seconds=delay))
 
     def _report_skew(self, skew: timedelta) -> None:
-        if abs(skew) > SKEW_REPORT and not self._skew_reported:
+        if abs(skew) <= SKEW_REPORT:
+            self._skew_reported = False
+        elif not self._skew_reported:
             self._skew_reported = True
             self.log.warning(
                 "clock_skew",
                 skew_seconds=round(skew.total_seconds(), 1),
                 hint="this machine's clock differs from STS's: check NTP; expiries are corrected",
             )
-        elif abs(skew) <= SKEW_REPORT:
-            self._skew_reported = False
-
-    # ----- the writer -----------------------------------------------------------------
 
     def _make_writer(self, config: Config) -> BatchWriter:
         path, owner = config.credentials_file, config.owner
@@ -287,8 +272,6 @@ class Engine(EngineCore):
         with self._lock:
             self._current.pop(name, None)
         self._failed(profile, classify("section_conflict", str(error)), 0.0)
-
-    # ----- the wake-up ----------------------------------------------------------------
 
     def wakeup(self) -> None:
         """Every 30 s: beat, re-check due times, restore edited sections, report expiry."""
@@ -324,10 +307,8 @@ class Engine(EngineCore):
         self._scheduler.poke()
 
     def _heal(self, now: datetime) -> None:
-        """A managed section that differs from what credfresh last wrote is written again.
-
-        Only while no write is pending: until then the file rightly lags `current`.
-        """
+        """Write again a managed section that differs from what credfresh last wrote; not
+        while a write is pending (the file then rightly lags `current`)."""
         if self._writer.pending():
             return
         view = self._read_file()
@@ -342,12 +323,8 @@ class Engine(EngineCore):
                 if not same_on_disk(view.managed.get(name), wrote) and newest.expiration > now:
                     restore[name] = newest
         for name in sorted(restore):
-            found = view.managed.get(name)
-            self.log.warning(
-                "section_restored",
-                profile=name,
-                reason="missing" if found is None else "changed",
-            )
+            reason = "missing" if view.managed.get(name) is None else "changed"
+            self.log.warning("section_restored", profile=name, reason=reason)
         if restore:
             self._writer.submit(restore)
 
@@ -374,12 +351,9 @@ class Engine(EngineCore):
                     error_code=state.last_error_code if state else None,
                 )
 
-    # ----- reload ---------------------------------------------------------------------
-
     def apply(self, new: Config) -> dict[str, list[str]]:
         """Switch to a validated config: fetch added and changed profiles now, remove the
-        sections of removed ones, and leave untouched ones with their credentials and jobs.
-        """
+        sections of removed ones, leave the others with their credentials and jobs."""
         now = self.clock.now()
         with self._lock:
             old = self._config

@@ -33,7 +33,7 @@ class Store(Protocol):
 
     def read_managed(self, path: Path, owner: str) -> FileView: ...
 
-    def write_profiles(
+    def write_profiles(  # noqa: PLR0913 - mirrors credfile.store.write_profiles
         self,
         path: Path,
         owner: str,
@@ -87,21 +87,13 @@ class Snapshot:
 
 
 def same_on_disk(found: Credentials | None, wrote: Credentials) -> bool:
-    """Pure: does a section read back from the file hold what credfresh wrote?
+    """Does a section read back from the file hold what credfresh wrote? Times compare as
+    written (to the second), not as held."""
 
-    The file keeps times to the second, so times compare as written, not as held.
-    """
-    return found is not None and (
-        found.access_key_id,
-        found.secret_access_key,
-        found.session_token,
-        format_time(found.expiration),
-    ) == (
-        wrote.access_key_id,
-        wrote.secret_access_key,
-        wrote.session_token,
-        format_time(wrote.expiration),
-    )
+    def key(c: Credentials) -> tuple[str, ...]:
+        return (c.access_key_id, c.secret_access_key, c.session_token, format_time(c.expiration))
+
+    return found is not None and key(found) == key(wrote)
 
 
 def expiry(creds: Credentials | None) -> datetime | None:

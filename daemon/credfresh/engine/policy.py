@@ -13,8 +13,6 @@ if TYPE_CHECKING:
 State = Literal["fresh", "due", "expired", "missing", "conflict"]
 
 JITTER_FRACTION: Final = 0.10
-
-
 MINUTE: Final = 60.0
 DEFAULT_FLOOR: Final = 20 * MINUTE
 SDK_MARGIN: Final = 5 * MINUTE
@@ -25,11 +23,8 @@ JAVASCRIPT_V3_WINDOW: Final = 5 * MINUTE
 
 
 def botocore_window(lifetime: float) -> float:
-    """botocore's new-path advisory window for a credential lifetime: 5 / 15 / 60 minutes.
-
-    botocore picks it from `Expiration - now` when it obtains a set (PR #3760). A consumer
-    always sees at most the lifetime credfresh saw, and the window only grows with the
-    lifetime, so the window of credfresh's own lifetime is the largest one that applies.
+    """botocore's new-path advisory window (PR #3760), 5 / 15 / 60 minutes by lifetime: a
+    consumer sees at most credfresh's lifetime, so this is the largest window that applies.
     """
     if lifetime <= 20 * MINUTE:
         return 5 * MINUTE
@@ -51,11 +46,9 @@ def window_for_lifetime(lifetime: float, refresh_before: float | None) -> float:
     """THE refresh rule: seconds before expiry at which credentials of `lifetime` become due.
 
     Without `refresh_before`: min(lifetime / 2, max(20m, W(lifetime) + 5m)), W being
-    botocore's new-path window, so in-process consumers never ask for credentials credfresh
-    has not replaced yet. An explicit `refresh_before` means min(refresh_before, lifetime / 2).
-    Half the lifetime keeps short sessions from being refreshed constantly. A lifetime that
-    is not positive (an issue time at or after the expiry) is unknown: the widest default
-    window (65m) or the explicit `refresh_before` uncapped, refreshing early rather than late.
+    botocore's new-path window, so SDKs never ask for credentials not yet replaced; with it,
+    min(refresh_before, lifetime / 2). An unknown lifetime (not positive) refreshes early:
+    the widest default window (65m), or `refresh_before` uncapped.
     """
     if lifetime <= 0:
         return UNKNOWN_LIFETIME_WINDOW if refresh_before is None else max(0.0, refresh_before)
@@ -110,10 +103,8 @@ def retry_delay(
     permanent: bool = False,
     rng: random.Random | None = None,
 ) -> float:
-    """THE backoff, for refreshes and writes: min(max, initial * 2**n) before retry n (0-based).
-
-    With `rng` (refreshes) a U(0.5, 1) share of it, so failing profiles spread out. Permanent
-    errors need a human, so they are retried only every `maximum`.
+    """THE backoff, for refreshes and writes: min(max, initial * 2**n) before retry n (0-based);
+    with `rng` a U(0.5, 1) share of it (failing profiles spread out); `maximum` if permanent.
     """
     if permanent:
         return maximum

@@ -1,9 +1,7 @@
 """The engine's timer: named one-shot jobs and one interval job, behind a small protocol.
 
-Production uses APScheduler. Its defaults silently drop a late one-shot job
-(misfire_grace_time=1 s), and that profile would never be refreshed again: every job here
-runs however late, coalesced, one instance at a time. Unit tests use a manual scheduler
-that runs due jobs when told.
+APScheduler's defaults silently drop a one-shot job late by over 1 s, and that profile would
+never be refreshed again: here every job runs however late, coalesced, one at a time.
 """
 
 from __future__ import annotations
@@ -61,10 +59,8 @@ class ApScheduler:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 
         def skipped(event: Any) -> None:
-            """APScheduler dropped a run (max_instances=1: a retry came due while its own job
-            was still finishing). Told from another thread, a moment later: this listener
-            runs inside the scheduler's own loop.
-            """
+            """A dropped run (max_instances=1: a retry came due while its job was finishing),
+            told from another thread a moment later: this runs in the scheduler's loop."""
             name = str(getattr(event, "job_id", ""))
             if name and name != WAKEUP_JOB:
                 timer = threading.Timer(MISSED_RETRY, on_missed, args=(name,))

@@ -1,4 +1,5 @@
-"""The daemon's state file: what `credfresh status` shows and what survives a restart."""
+"""The daemon's state file (the one reader and writer): what `credfresh status` shows and
+what survives a restart."""
 
 from __future__ import annotations
 
@@ -72,11 +73,8 @@ def render(profiles: Mapping[str, ProfileState], alerts: Mapping[str, Any]) -> b
 
 
 def load(path: Path) -> tuple[dict[str, ProfileState], dict[str, Any]]:
-    """Read the state file; a missing, foreign-version, broken or unsafe one starts afresh.
-
-    Read through the same checks as the write (`read_file`): as root, a state file in a
-    tree another user controls could otherwise feed the daemon a planted history.
-    """
+    """Read the state file; a missing, foreign-version, broken or unsafe one starts afresh
+    (read with the write's checks: as root, another user's tree could plant a history)."""
     try:
         data = read_file(path)
         document = json.loads(data.decode("utf-8")) if data is not None else None

@@ -1,17 +1,10 @@
 """glibc allocator settings that keep a weeks-long daemon's RSS flat.
 
-The Python heap of `credfresh run` is flat, yet RSS used to climb for half an hour (7-8 MB
-in a 30-minute soak). The growth was glibc's per-thread cache (tcache): every worker thread
-keeps up to 7 freed chunks of each size up to 1 KiB, which is exactly where Python puts its
-objects larger than 512 bytes, and objects allocated by one thread and freed by another
-fill the freeing thread's cache while the allocating thread takes new memory. With 64
-workers the caches can hold 10-15 MB, and they fill slowly. `malloc_trim` cannot reach
-them and no `mallopt` turns them off; only the `GLIBC_TUNABLES` variable can, and glibc
-reads it at process start. So `credfresh run` re-executes itself once with
-`glibc.malloc.tcache_count=0` added (benchmarks/PROFILE.md, "tcache").
-
-Settings the user made win: `MALLOC_*` variables, or a `glibc.malloc.tcache_count` of
-their own in `GLIBC_TUNABLES`. Not glibc (musl): nothing to do.
+RSS used to climb 7-8 MB in a 30-minute soak with a flat Python heap: glibc's per-thread
+caches (tcache) fill with chunks freed by other threads. Only `GLIBC_TUNABLES`, read at
+process start, turns them off, so `credfresh run` re-executes itself once with
+`glibc.malloc.tcache_count=0` (benchmarks/PROFILE.md, "tcache"). The user's own `MALLOC_*`
+or tcache setting wins; on musl there is nothing to do.
 """
 
 from __future__ import annotations
@@ -53,9 +46,7 @@ def tunables_env(environ: Mapping[str, str]) -> dict[str, str] | None:
 
 def reexec_without_tcache(environ: Mapping[str, str], argv: Sequence[str]) -> None:
     """Replace this process with itself under `tunables_env`; return if that is not needed.
-
-    Call only from the real process entry, before any thread starts: the process image
-    (pid, open descriptors, the systemd notify socket) carries over, everything else is new.
+    Only from the process entry, before any thread starts (pid and descriptors carry over).
     """
     env = tunables_env(environ)
     if env is None or not is_glibc() or not argv:

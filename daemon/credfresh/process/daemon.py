@@ -1,10 +1,6 @@
-"""`credfresh run`: the process life (lock, signals, loop, reload, shutdown) of parts that
-`process.wiring` built.
-
-Signals only set flags; the main thread does the work between short `Event.wait`s, so a
-signal ends any wait at once. A second SIGINT exits immediately: every write is atomic, so
-nothing is left half-done on disk.
-"""
+"""`credfresh run`: the process life (lock, signals, loop, reload, shutdown) of the parts
+`process.wiring` built. Signals only set flags for the main thread; a second SIGINT exits
+at once (every write is atomic)."""
 
 from __future__ import annotations
 
@@ -20,13 +16,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from credfresh import __version__
+from credfresh import __version__, trust
 from credfresh.config.model import Config
 from credfresh.context import Context
 from credfresh.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
     EXIT_OK,
+    AlreadyRunning,
     ConfigError,
     CredfileError,
     CredfreshError,
@@ -36,18 +33,12 @@ from credfresh.process.allocator import tune_malloc
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.context import Context
-    from credfresh.observe.logs import Logging
     from credfresh.process.watch import ConfigWatcher
     from credfresh.process.wiring import Wired
 
 STOP_GRACE: Final = 5.0
 TICK: Final = 0.5
 STATUS_EVERY: Final = 10.0
-
-
-class AlreadyRunning(CredfreshError):
-    code = "already_running"
 
 
 class InstanceLock:
@@ -58,12 +49,8 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock; CredfileError `unsafe_path` when the pid file's tree is not safe.
-
-        The pid file is opened inside one checked directory handle (`open_lock_file`): as
-        root a user's symlinked or writable directory on the way is refused, and so is a
-        pid file another uid owns, before anything is truncated.
-        """
+        """Take the lock; CredfileError `unsafe_path` when the pid file's tree is not safe
+        (checked by `open_lock_file` before anything is truncated)."""
         from credfresh.credfile.handles import open_lock_file
 
         fd = open_lock_file(self.path, create_dirs=True)
@@ -104,16 +91,12 @@ def signal_handlers(handlers: Mapping[signal.Signals, Any]) -> Iterator[None]:
 def check_config_permissions(config: Config, euid: int, environ: Mapping[str, str]) -> list[str]:
     """Whoever can edit or swap a file the config steers root with decides what root does.
 
-    The config, its policy files, web-identity token files, the container endpoint's token
-    file and the alert command's program: each, and every directory above it, must belong
-    to root (or `euid`) and be writable by no one else (`credfresh.trust`); the token file
-    must not be readable by others nor a symlink out of its directory. As root the caller
-    refuses such a config (exit 2 at start, `config_unsafe` on reload); for other users the
-    same findings are warnings.
+    The config, policy and token files and the alert command, and every directory above
+    them, must be root's (or `euid`'s) and writable by no one else (`credfresh.trust`); the
+    endpoint's token file also unreadable by others and no symlink out of its directory.
+    Root refuses such a config (exit 2, or `config_unsafe` on reload); others get warnings.
     """
-    from credfresh import trust
-
-    problems = config_path_problems(config.path, euid)
+    problems = trust.path_problems(config.path, euid)
 
     def add(found: list[str]) -> None:
         problems.extend(p for p in found if p not in problems)
@@ -131,31 +114,21 @@ def check_config_permissions(config: Config, euid: int, environ: Mapping[str, st
     return problems
 
 
-def config_path_problems(path: Path, euid: int) -> list[str]:
-    """The config file itself and its directories: checked before it is even parsed."""
-    from credfresh import trust
-
-    return trust.path_problems(path, euid)
-
-
 class Daemon:
-    """Owns the process: lock, signals, logging, notifications, reloads and shutdown.
+    """Owns the process: signals, the main loop, notifications, reloads and shutdown.
 
-    The config in force is held here alone; the engine gets each new one through `apply`.
+    The config in force is the engine's alone; a reload hands it the new one (`apply`).
     """
 
-    def __init__(self, config: Config, *, ctx: Context, logging: Logging, parts: Wired) -> None:
-        self.config = config
+    def __init__(self, *, ctx: Context, log: BoundLogger, parts: Wired) -> None:
         self.ctx = ctx
-        self.logging = logging
-        self.log: BoundLogger = logging.get()
+        self.log = log
         self.engine = parts.engine
         self.alerts = parts.alerts
         self.metrics = parts.metrics
         self.notifier = parts.notifier
         self.probes = parts.probes
-        self._make_servers = parts.servers
-        self._make_watcher = parts.watcher
+        self._parts = parts
         self.wake = threading.Event()
         self.stopping = False
         self.reload_event = threading.Event()
@@ -168,7 +141,9 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._rejected: str | None = None
 
-    # ----- signals --------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.engine.config
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
@@ -181,8 +156,6 @@ class Daemon:
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_event.set()
         self.wake.set()
-
-    # ----- life -----------------------------------------------------------------------
 
     def run(self) -> int:
         from credfresh.engine import state as state_file
@@ -204,8 +177,8 @@ class Daemon:
                 profiles=len(self.config.profiles),
             )
             self.engine.start(saved, on_first_pass=self.wake.set)
-            self._servers = self._make_servers()
-            self._watcher = self._make_watcher(self._watch_fired)
+            self._servers = self._parts.servers()
+            self._watcher = self._parts.watcher(self._watch_fired)
             self._watcher.start()
             try:
                 self._loop()
@@ -246,12 +219,9 @@ class Daemon:
                 last_status = now
 
     def _first_pass_on_disk(self) -> bool:
-        """`ready` (READY=1) must not run ahead of the file: the first pass is written.
-
-        One hurried flush; after that, ready once every profile holding valid credentials in
-        memory has valid credentials on disk too (a restart's expired sections do not count).
-        Not "nothing pending": with short lifetimes refreshes keep joining the batch, and a
-        failing disk keeps its own backoff instead of being hurried.
+        """READY=1 must not run ahead of the file: after one hurried flush, ready once every
+        profile with valid credentials in memory has valid ones on disk. Not "nothing pending":
+        short lifetimes keep joining the batch, and a failing disk keeps its own backoff.
         """
         if not self.engine.snapshot().first_pass_done:
             return False
@@ -260,13 +230,11 @@ class Daemon:
             self.engine.flush(timeout=5.0)
         now = self.ctx.clock.now()
         snap = self.engine.snapshot()
-        for name, held in snap.in_memory.items():
-            if held is None or held <= now:
-                continue
-            expires = snap.on_disk.get(name)
-            if expires is None or expires <= now:
-                return False
-        return True
+        return all(
+            (expires := snap.on_disk.get(name)) is not None and expires > now
+            for name, held in snap.in_memory.items()
+            if held is not None and held > now
+        )
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")
@@ -306,8 +274,6 @@ class Daemon:
             with contextlib.suppress(Exception):
                 stream.flush()
 
-    # ----- reload ---------------------------------------------------------------------
-
     def _watch_fired(self, reason: str) -> None:
         if reason == "poll":
             self.reload(reason)
@@ -318,9 +284,7 @@ class Daemon:
 
     def reload(self, reason: str) -> None:
         """Read, compare the hash, validate, and only then apply; keep the last good config.
-
-        An explicit reload (SIGHUP) is always bracketed by RELOADING=1 and READY=1 for
-        systemd, even when nothing changed; a watched change only when it applies.
+        SIGHUP is always bracketed by RELOADING=1 and READY=1, a watched change only if applied.
         """
         explicit = reason == "SIGHUP"
         with self._reload_lock:
@@ -336,7 +300,7 @@ class Daemon:
         from credfresh.config.validate import load_config
 
         euid = self.ctx.euid
-        unsafe = config_path_problems(self.config.path, euid)
+        unsafe = trust.path_problems(self.config.path, euid)
         if unsafe and euid == 0:
             self._reject(reason, "config_unsafe", unsafe)
             return
@@ -361,20 +325,18 @@ class Daemon:
         explicit = reason == "SIGHUP"
         if not explicit:
             self.notifier.reloading()
+        old_alerts = self.config.alerts
         changes = self.engine.apply(new)
-        if new.alerts != self.config.alerts:
+        if new.alerts != old_alerts:
             self.alerts.reconfigure(new.alerts)
-        self.config = new
         self.metrics.config_reloaded("applied")
         self.log.info("config_reloaded", reason=reason, **changes)
         if not explicit:
             self.notifier.ready()
 
     def _reject(self, reason: str, code: str, problems: list[str]) -> None:
-        """Keep the last good config; say why once per distinct cause for the slow poll.
-
-        Alerts go through the config in force, never through the one refused.
-        """
+        """Keep the last good config; for the slow poll, say why once per distinct cause.
+        Alerts go through the config in force, never through the one refused."""
         key = f"{code}:" + "\n".join(problems)
         if reason == "poll" and self._rejected == key:
             return
@@ -420,7 +382,7 @@ def main(
             return EXIT_CONFIG
         try:
             parts = wiring.build(config, ctx, logging)
-            return Daemon(config, ctx=ctx, logging=logging, parts=parts).run()
+            return Daemon(ctx=ctx, log=log, parts=parts).run()
         finally:
             lock.release()
     finally:
@@ -431,7 +393,7 @@ def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config
     """The config, or None (said on stderr) when it is invalid or, as root, unsafe."""
     from credfresh.config.validate import load_config
 
-    if ctx.euid == 0 and (unsafe := config_path_problems(config_path, 0)):
+    if ctx.euid == 0 and (unsafe := trust.path_problems(config_path, 0)):
         log.error("config_unsafe", errors=unsafe, path=str(config_path))
         ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
         return None

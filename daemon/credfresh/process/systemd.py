@@ -33,18 +33,12 @@ def _one_line(text: str) -> str:
 class Notifier:
     """Sends sd_notify(3) messages to `$NOTIFY_SOCKET`; without it, every call does nothing.
 
-    Built from an injected environment so tests and the daemon decide what it sees; the
-    environment is only read, never changed (children such as alert commands may inherit
-    NOTIFY_SOCKET, which `NotifyAccess=main` makes systemd ignore). A failed send never
-    raises: the daemon must not die for a status message. Failures are counted in `errors`
-    and described in `last_error`, for the daemon to log and export. Thread-safe: the
-    socket is created on the first send, reused, and closed by `close()`, after which
-    every call is a no-op again.
+    A failed send never raises (the daemon must not die for a status message): it is counted
+    in `errors` and described in `last_error`. Thread-safe; after `close()` a no-op again.
     """
 
     def __init__(self, environ: Mapping[str, str], *, clock: Clock | None = None) -> None:
-        """`clock.monotonic()` must be CLOCK_MONOTONIC, as `time.monotonic` is on Linux:
-        systemd compares MONOTONIC_USEC with its own."""
+        """`clock.monotonic()` must be CLOCK_MONOTONIC: systemd compares MONOTONIC_USEC."""
         self._environ = environ
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
@@ -80,18 +74,16 @@ class Notifier:
                 return False
             try:
                 if self._socket is None:
-                    self._socket = self._open()
+                    self._socket = socket.socket(
+                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    )
+                    self._socket.settimeout(SEND_TIMEOUT_SECONDS)
                 self._socket.sendto(payload, self._address)
             except OSError as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
                 return False
         return True
-
-    def _open(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(SEND_TIMEOUT_SECONDS)
-        return sock
 
     def ready(self, status: str | None = None) -> bool:
         """Startup (or a reload) is complete; `systemctl start` returns now."""
@@ -118,11 +110,8 @@ class Notifier:
         return self.notify("WATCHDOG=1")
 
     def watchdog_interval(self) -> float | None:
-        """Seconds between pings (half of WATCHDOG_USEC), or None when no watchdog is asked.
-
-        WATCHDOG_PID, when set, names the process the watchdog is for; in any other process
-        (a child that inherited the environment) there is no watchdog to feed.
-        """
+        """Seconds between pings (half of WATCHDOG_USEC), or None when no watchdog is asked
+        of this process (WATCHDOG_PID, when set, names the one it is for)."""
         pid = self._environ.get("WATCHDOG_PID")
         if pid is not None and pid.strip() != str(os.getpid()):
             return None
@@ -161,12 +150,10 @@ def status_line(
     *,
     max_failing: int = STATUS_MAX_FAILING,
 ) -> str:
-    """The one-line STATUS summary, from plain data so it is tested without a daemon.
+    """`12 fresh, 1 failing (app-prod: AccessDenied), next refresh db-ro in 41m`.
 
-    `12 fresh, 1 failing (app-prod: AccessDenied), next refresh db-ro in 41m`. `failing` is
-    (profile, error code) in the order to show; `next_refresh` is (profile, seconds from
-    now), or None when nothing is scheduled. Only the first `max_failing` failures are
-    named, so the line stays readable in `systemctl status` when many fail.
+    `failing` is (profile, error code) in order, only the first `max_failing` named;
+    `next_refresh` is (profile, seconds from now), or None when nothing is scheduled.
     """
     parts = [f"{fresh} fresh"]
     if failing:
@@ -188,12 +175,9 @@ def status_line(
 
 
 def should_ping(heartbeat_age: float, wakeup_interval: float, *, writer_alive: bool = True) -> bool:
-    """Feed the watchdog only while the scheduler's heartbeat is recent and the writer lives.
-
-    The main loop pings from its own thread, which stays alive when the scheduler thread
-    hangs; tying the ping to the scheduler's last heartbeat lets systemd restart a daemon
-    that no longer refreshes. Recent means younger than HEARTBEAT_WAKEUPS wake-up intervals.
-    A dead writer thread is the same: refreshes would reach memory only, never the file.
+    """Feed the watchdog only while the scheduler's heartbeat is younger than
+    HEARTBEAT_WAKEUPS wake-ups and the writer lives: the main loop's own thread outlives a
+    hung scheduler, and without a writer refreshes never reach the file.
     """
     if not wakeup_interval > 0:
         raise ValueError(f"wakeup_interval must be positive (got {wakeup_interval!r})")

@@ -1,8 +1,5 @@
-"""Watching the config file: inotify through watchdog, a debounce, and a slow hash poll.
-
-A watch on a single file is really a watch on its parent directory, and a Kubernetes
-ConfigMap update never names the file (it swaps the `..data` symlink), so every event in the
-directory whose source or destination is the config's name or `..data` counts.
+"""Watching the config file: inotify on its directory through watchdog, a debounce, and a
+slow poll. A Kubernetes ConfigMap update swaps the `..data` symlink, so that name counts too.
 """
 
 from __future__ import annotations
@@ -25,11 +22,8 @@ def is_relevant(config_name: str, src: str, dest: str | None) -> bool:
 
 
 class ConfigWatcher:
-    """Calls `on_change` (from a timer thread) after the config may have changed.
-
-    The callback must itself compare a content hash and validate: this class only says
-    "look again", debounced, and also every `poll_interval` seconds.
-    """
+    """Calls `on_change` (from a timer thread) after the config may have changed, debounced,
+    and every `poll_interval` seconds; the callback compares the hash and validates."""
 
     def __init__(
         self,

@@ -1,8 +1,5 @@
 """The composition root: every part of `credfresh run`, built once; `Daemon` runs them.
-
-Nothing else constructs a scheduler, a source, a writer or a server; tests build the same
-parts with fakes (see tests/unit/test_engine.py).
-"""
+Tests build the same parts with fakes (tests/unit/test_engine.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +8,25 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from credfresh.alerts.manager import AlertManager
+from credfresh.credfile import store as credfile
+from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.core import WAKEUP_INTERVAL
+from credfresh.engine.engine import Engine
+from credfresh.engine.parts import Parts
+from credfresh.engine.scheduler import ApScheduler
+from credfresh.observe.metrics import Metrics
+from credfresh.outputs.health import HttpServer, liveness, readiness
+from credfresh.process.systemd import Notifier, should_ping, status_line
+from credfresh.process.watch import ConfigWatcher
+from credfresh.sources.assume_role import StsSource
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.alerts.manager import AlertManager
     from credfresh.config.model import Config
     from credfresh.context import Clock, Context
-    from credfresh.engine.engine import Engine
     from credfresh.observe.logs import Logging
-    from credfresh.observe.metrics import Metrics
-    from credfresh.process.systemd import Notifier
-    from credfresh.process.watch import ConfigWatcher
     from credfresh.sources.base import Source
 
 
@@ -41,26 +44,12 @@ class Wired:
 
 
 def build(config: Config, ctx: Context, logging: Logging) -> Wired:
-    """Alerts, metrics, the STS source, the engine (scheduler, store, writer), the probes,
-    the servers and the config watcher, all from one config and one context.
-    """
-    from credfresh.alerts.manager import AlertManager
-    from credfresh.credfile import store as credfile
-    from credfresh.engine.batcher import BatchWriter
-    from credfresh.engine.engine import Engine
-    from credfresh.engine.parts import Parts
-    from credfresh.engine.scheduler import ApScheduler
-    from credfresh.observe.metrics import Metrics
-    from credfresh.process.systemd import Notifier
-    from credfresh.process.watch import ConfigWatcher
-
+    """Every part, from one config and one context."""
     log = logging.get()
     alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
     metrics = Metrics()
 
     def source(cfg: Config) -> Source:
-        from credfresh.sources.assume_role import StsSource
-
         return StsSource(cfg.sts, credentials_file=str(cfg.credentials_file), clock=ctx.clock)
 
     parts = Parts(
@@ -91,12 +80,8 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
 def start_servers(
     config: Config, engine: Engine, probes: Probes, metrics: Metrics, log: BoundLogger
 ) -> list[Any]:
-    """Health, readiness and metrics; the container credentials endpoint; both opt-in.
-
-    The listen addresses are the ones the daemon started with: a reload does not move them.
-    """
-    from credfresh.outputs.health import HttpServer
-
+    """Health and metrics, the container credentials endpoint (both opt-in), on the addresses
+    the daemon started with: a reload does not move them."""
     servers: list[Any] = []
     if config.http.listen:
         http = HttpServer.from_listen(
@@ -135,29 +120,21 @@ class Probes:
         self._interval = wakeup_interval
 
     def health(self) -> tuple[bool, Mapping[str, object]]:
-        from credfresh.outputs.health import liveness
-
         snap = self._engine.snapshot()
         return liveness(
             self._clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
         )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
-        from credfresh.outputs.health import readiness
-
         return readiness(self._clock.now(), self._engine.snapshot().on_disk, profile)
 
     def healthy(self) -> bool:
         """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
-        from credfresh.process.systemd import should_ping
-
         snap = self._engine.snapshot()
         age = self._clock.monotonic() - snap.heartbeat
         return should_ping(age, self._interval, writer_alive=snap.writer_alive)
 
     def status_line(self) -> str:
-        from credfresh.process.systemd import status_line
-
         now = self._clock.now()
         snap = self._engine.snapshot()
         fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)

@@ -45,8 +45,7 @@ def assume_role_params(profile: Profile) -> dict[str, Any]:
 class StsSource:
     """The `Source` for every profile credfresh knows today; thread-safe.
 
-    `credentials_file` is where AWS source profiles are looked up (the same file credfresh
-    writes, by default).
+    `credentials_file` is where AWS source profiles are looked up.
     """
 
     def __init__(
@@ -56,8 +55,8 @@ class StsSource:
         credentials_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.clients = StsClients(settings, credentials_file=credentials_file)
         self._clock: Clock = clock or SystemClock()
+        self.clients = StsClients(settings, credentials_file=credentials_file, clock=self._clock)
 
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         """Issue credentials for a profile; on a bad-key error, re-read the source keys once."""
@@ -118,16 +117,13 @@ def failure_of(exc: Exception, *, chained: bool) -> Failure | None:
         return dataclasses.replace(failure, permanent=False) if chained_expired else failure
     if isinstance(exc, ParamValidationError):
         return classify("ValidationError", "botocore refused a parameter", 400)
-    code = None
+    name = type(exc).__name__
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
-        code = "timeout"
-    elif isinstance(exc, EndpointConnectionError):
-        code = "connection_error"
-    elif isinstance(exc, BotoCoreError):
-        connection = "connection" in type(exc).__name__.lower()
-        code = "connection_error" if connection else "invalid_response"
-    elif isinstance(exc, (ResponseParserError, KeyError, ValueError, TypeError, AttributeError)):
-        # botocore's parsers raise these on bodies that are not STS XML (a captive
-        # portal's HTML page, truncated or invalid XML).
-        code = "invalid_response"
-    return classify(code, type(exc).__name__) if code else None
+        return classify("timeout", name)
+    if isinstance(exc, EndpointConnectionError) or (
+        isinstance(exc, BotoCoreError) and "connection" in name.lower()
+    ):
+        return classify("connection_error", name)
+    # botocore's parsers raise these on bodies that are not STS XML (a captive portal's page).
+    parsing = (BotoCoreError, ResponseParserError, KeyError, ValueError, TypeError, AttributeError)
+    return classify("invalid_response", name) if isinstance(exc, parsing) else None

@@ -10,16 +10,13 @@ from credfresh.errors import CredfreshError
 
 ROTATION_CODES: Final = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"})
 
-PERMANENT_CODES: Final = frozenset(
+PERMANENT_CODES: Final = ROTATION_CODES | frozenset(
     {
         "AccessDenied",
         "MalformedPolicyDocument",
         "PackedPolicyTooLarge",
         "RegionDisabledException",
         "ValidationError",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
         "InvalidIdentityToken",
         "InvalidParameterValue",
         "no_source_credentials",
@@ -100,21 +97,12 @@ class SourceError(CredfreshError):
 
 def classify(code: str, message: str = "", status: int | None = None) -> Failure:
     """Permanent or transient, with a one-line hint for the common errors."""
-    if code in PERMANENT_CODES:
-        permanent = True
-    elif code in TRANSIENT_CODES:
-        permanent = False
-    else:
-        permanent = status is not None and 400 <= status < 500
+    permanent = code in PERMANENT_CODES or (
+        code not in TRANSIENT_CODES and status is not None and 400 <= status < 500
+    )
     hint = HINTS.get(code)
     if code == "SignatureDoesNotMatch" and "expired" in message.lower():
         hint = "'Signature expired': this machine's clock is off; check NTP"
-    return Failure(
-        code=code, message=_clean(message), permanent=permanent, hint=hint, status=status
-    )
-
-
-def _clean(message: str) -> str:
-    """One line, bounded: STS messages may be long, and may echo request text."""
-    line = " ".join(message.split())
-    return line[:300]
+    # One line, bounded: STS messages may be long, and may echo request text.
+    message = " ".join(message.split())[:300]
+    return Failure(code=code, message=message, permanent=permanent, hint=hint, status=status)

@@ -1,9 +1,6 @@
-"""Shared STS clients, and the connections a call's deadline can cut.
-
-Clients are expensive (aws-facts.md: a boto3 Session per refresh costs ~8 MB and 100 ms), so
-there is one per (source, region, endpoint, fips, dualstack), created from sessions that
-share one model loader. botocore's retries are off: credfresh's own backoff decides.
-"""
+"""Shared STS clients (a Session per refresh would cost ~8 MB and 100 ms: aws-facts.md),
+one per (source, region, endpoint, fips, dualstack), and the connections a deadline cuts.
+botocore's retries are off: credfresh's own backoff decides."""
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ if TYPE_CHECKING:
     import botocore.session
 
     from credfresh.config.model import Profile, StsSettings
+    from credfresh.context import Clock
     from credfresh.credentials import Credentials
 
 T = TypeVar("T")
@@ -26,9 +24,8 @@ ClientKey = tuple[str, str | None, str | None, bool, bool]
 
 
 def call_deadline(settings: StsSettings) -> float:
-    """The whole call's budget: the connect timeout plus `sts.timeout` for the answer."""
-    connect_timeout = settings.timeout
-    return connect_timeout + settings.timeout
+    """The whole call's budget: `sts.timeout` to connect plus `sts.timeout` for the answer."""
+    return 2 * settings.timeout
 
 
 def tracking_pools(guard: CallGuard) -> dict[str, type]:
@@ -65,12 +62,11 @@ def _pool(base: type[Any], connection: type[Any]) -> type[Any]:
 
 
 def track_connections(client: Any, pools: Mapping[str, type]) -> Any:
-    """Let the guard see the connections this client's calls use, to cut abandoned ones.
+    """Let the guard see (and cut) the connections this client's calls use.
 
-    botocore offers no hook for its sockets, so this swaps the connection classes in the
-    client's own pool map (shared by its pool and proxy managers, before any pool exists).
-    Should botocore's layout change, calls are still abandoned at the deadline; only the
-    abandoned helper then lives until the socket's own timeout.
+    botocore has no socket hook, so this swaps the classes in the client's own pool map.
+    Should its layout change, calls are still abandoned at the deadline; the helper then
+    lives until the socket's own timeout.
     """
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     by_scheme = getattr(session, "_pool_classes_by_scheme", None)
@@ -80,17 +76,13 @@ def track_connections(client: Any, pools: Mapping[str, type]) -> Any:
 
 
 class StsClients:
-    """One STS client per source and endpoint, shared by every profile that uses it.
+    """One STS client per source and endpoint, shared by every profile that uses it; thread-safe.
 
-    Thread-safe: refreshes run in a pool. `credentials_file` is where AWS source profiles
-    are looked up (the same file credfresh writes, by default).
+    `credentials_file` is where AWS source profiles are looked up.
     """
 
     def __init__(
-        self,
-        settings: StsSettings,
-        *,
-        credentials_file: str | None = None,
+        self, settings: StsSettings, *, credentials_file: str | None = None, clock: Clock
     ) -> None:
         import botocore.session
 
@@ -103,7 +95,9 @@ class StsClients:
         self._clients: dict[ClientKey, Any] = {}
         self._chained: dict[ClientKey, tuple[str, Any]] = {}
         # Room for every worker's call plus as many abandoned ones still winding down.
-        self._guard = CallGuard(2 * max(1, settings.max_concurrency), name="credfresh-sts")
+        self._guard = CallGuard(
+            2 * max(1, settings.max_concurrency), name="credfresh-sts", clock=clock
+        )
         self._pools = tracking_pools(self._guard)
 
     def _quiet(self, session: botocore.session.Session) -> None:
@@ -136,14 +130,15 @@ class StsClients:
             signature_version=UNSIGNED if unsigned else None,
         )
 
-    def _key(self, source: str, profile: Profile, region: str) -> ClientKey:
-        return (
-            source,
-            region,
-            profile.endpoint_url,
-            profile.use_fips_endpoint,
-            profile.use_dualstack_endpoint,
-        )
+    def _key(self, profile: Profile, region: str) -> ClientKey:
+        if profile.web_identity_token_file is not None:
+            source = "<web-identity>"
+        elif profile.chained:
+            source = f"chain:{profile.source_profile}"
+        else:
+            source = f"profile:{profile.source_profile or ''}"
+        endpoint = (profile.endpoint_url, profile.use_fips_endpoint, profile.use_dualstack_endpoint)
+        return (source, region, *endpoint)
 
     def _region(self, profile: Profile) -> str:
         return profile.region or self._base.get_config_variable("region") or "us-east-1"
@@ -151,39 +146,36 @@ class StsClients:
     def client_for(self, profile: Profile, source: Credentials | None) -> Any:
         """The shared client this profile's call goes through."""
         region = self._region(profile)
+        key = self._key(profile, region)
+        web = profile.web_identity_token_file is not None
         with self._lock:
-            if profile.web_identity_token_file is not None:
-                key = self._key("<web-identity>", profile, region)
-                client = self._clients.get(key)
-                if client is None:
-                    client = self._base.create_client(
+            if profile.chained and not web:
+                if source is None:
+                    raise SourceError(classify("source_unavailable", "source credentials missing"))
+                cached = self._chained.get(key)
+                if cached is None or cached[0] != source.access_key_id:
+                    chained = self._base.create_client(
+                        "sts",
+                        endpoint_url=profile.endpoint_url,
+                        config=self._config(region, profile),
+                        aws_access_key_id=source.access_key_id,
+                        aws_secret_access_key=source.secret_access_key,
+                        aws_session_token=source.session_token,
+                    )
+                    cached = (source.access_key_id, track_connections(chained, self._pools))
+                    self._chained[key] = cached
+                return cached[1]
+            client = self._clients.get(key)
+            if client is None:
+                client = (
+                    self._base.create_client(
                         "sts",
                         endpoint_url=profile.endpoint_url,
                         config=self._config(region, profile, unsigned=True),
                     )
-                    self._clients[key] = track_connections(client, self._pools)
-                return client
-            if profile.chained:
-                if source is None:
-                    raise SourceError(classify("source_unavailable", "source credentials missing"))
-                key = self._key(f"chain:{profile.source_profile}", profile, region)
-                cached = self._chained.get(key)
-                if cached is not None and cached[0] == source.access_key_id:
-                    return cached[1]
-                client = self._base.create_client(
-                    "sts",
-                    endpoint_url=profile.endpoint_url,
-                    config=self._config(region, profile),
-                    aws_access_key_id=source.access_key_id,
-                    aws_secret_access_key=source.secret_access_key,
-                    aws_session_token=source.session_token,
+                    if web
+                    else self._make_source_client(profile, region)
                 )
-                self._chained[key] = (source.access_key_id, track_connections(client, self._pools))
-                return client
-            key = self._key(f"profile:{profile.source_profile or ''}", profile, region)
-            client = self._clients.get(key)
-            if client is None:
-                client = self._make_source_client(profile, region)
                 self._clients[key] = track_connections(client, self._pools)
             return client
 
@@ -192,34 +184,28 @@ class StsClients:
 
         try:
             session = self._session(profile.source_profile)
-            if session.get_credentials() is None:
-                raise SourceError(classify("no_source_credentials", "no source credentials found"))
-            return session.create_client(
-                "sts", endpoint_url=profile.endpoint_url, config=self._config(region, profile)
-            )
+            if session.get_credentials() is not None:
+                return session.create_client(
+                    "sts", endpoint_url=profile.endpoint_url, config=self._config(region, profile)
+                )
         except ProfileNotFound as exc:
             raise SourceError(
                 classify("source_profile_not_found", "source profile not found")
             ) from exc
-        except NoCredentialsError as exc:
-            raise SourceError(
-                classify("no_source_credentials", "no source credentials found")
-            ) from exc
+        except NoCredentialsError:
+            pass
+        raise SourceError(classify("no_source_credentials", "no source credentials found"))
 
     def forget_source(self, profile: Profile) -> None:
         """Drop a source's session and client so rotated keys are read again."""
-        region = self._region(profile)
+        key = self._key(profile, self._region(profile))
         with self._lock:
-            self._clients.pop(
-                self._key(f"profile:{profile.source_profile or ''}", profile, region), None
-            )
+            self._clients.pop(key, None)
             self._sessions.pop(profile.source_profile, None)
 
     def guarded(self, call: Callable[[], T], profile: str) -> T:
-        """Run one STS call under the overall deadline; past it, a transient `timeout`.
-
-        The abandoned call's result is dropped here, so it can never reach the state.
-        """
+        """Run one STS call under the overall deadline; past it, a transient `timeout` (the
+        abandoned call's result is dropped, never reaching the state)."""
         deadline = call_deadline(self._settings)
         try:
             return self._guard.run(call, deadline)

@@ -1,10 +1,8 @@
-"""An overall deadline for blocking network calls: botocore's timeouts bound each read only.
+"""An overall deadline for blocking network calls: botocore's timeouts bound each read only,
+and an endpoint trickling one byte a second never trips a read timeout.
 
-An endpoint that trickles its answer one byte a second never trips a 3 s read timeout. Each
-call runs in a helper thread while the caller waits at most the deadline; a call past it is
-abandoned (the caller gets DeadlineExceeded and its result, if one ever comes, is dropped),
-and the sockets the helper is using are shut down so the helper ends too. Helpers are
-bounded: when all are busy, a new call waits for a free one within its own deadline.
+Each call runs in a bounded helper thread; past the deadline the caller gets DeadlineExceeded,
+the late result is dropped, and the helper's sockets are shut down so it ends too.
 """
 
 from __future__ import annotations
@@ -13,9 +11,10 @@ import contextlib
 import dataclasses
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from credfresh.context import Clock, SystemClock
 
 T = TypeVar("T")
 
@@ -32,18 +31,18 @@ class _Outcome(Generic[T]):
 
 
 class CallGuard:
-    """Runs calls under a deadline in at most `limit` helper threads (daemon threads).
-
-    `track(obj)` is called by connection code running in a helper: an object with a
-    `sock` attribute (an http.client / urllib3 connection) whose socket is shut down when
-    that helper's call is abandoned.
+    """Runs calls under a deadline in at most `limit` helper (daemon) threads; when all are
+    busy a call waits for one within its own deadline.
     """
 
-    def __init__(self, limit: int, *, name: str = "credfresh-call") -> None:
+    def __init__(
+        self, limit: int, *, name: str = "credfresh-call", clock: Clock | None = None
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         self._slots = threading.BoundedSemaphore(limit)
         self._name = name
+        self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._tracked: dict[int, list[Any]] = {}
         self._abandoned: set[int] = set()
@@ -51,7 +50,7 @@ class CallGuard:
 
     def run(self, call: Callable[[], T], timeout: float) -> T:
         """`call()`'s result or exception; DeadlineExceeded after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         if not self._slots.acquire(timeout=max(0.0, timeout)):
             raise DeadlineExceeded("no free call slot within the deadline")
         outcome: _Outcome[T] = _Outcome()
@@ -66,7 +65,7 @@ class CallGuard:
         with self._lock:
             if not outcome.done.is_set() and helper.ident is not None:
                 self._tracked.setdefault(helper.ident, [])
-        if not outcome.done.wait(max(0.0, deadline - time.monotonic())):
+        if not outcome.done.wait(max(0.0, deadline - self._clock.monotonic())):
             with self._lock:
                 self.abandoned += 1
             self._cut(helper.ident)
@@ -76,10 +75,8 @@ class CallGuard:
         return outcome.value  # type: ignore[return-value]
 
     def track(self, connection: Any) -> None:
-        """Remember a connection the current helper uses (a no-op outside a helper).
-
-        In a helper whose call was already abandoned it raises DeadlineExceeded, so the
-        helper opens or reuses no connection after its deadline.
+        """Remember a connection (its `sock` is cut on abandon) the current helper uses; a
+        no-op outside a helper. An abandoned helper gets DeadlineExceeded: no new connection.
         """
         ident = threading.get_ident()
         with self._lock:

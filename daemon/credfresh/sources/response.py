@@ -14,8 +14,7 @@ from credfresh.sources.classify import SourceError, classify
 MAX_EXPIRY_SLACK: Final = timedelta(minutes=5)
 SKEW_IGNORED_BELOW: Final = timedelta(seconds=2)
 
-# The AWS formats of what credfresh takes from an answer, checked whole (`fullmatch`): a
-# newline or any other stray character in a value would end up in the credentials file.
+# AWS formats, checked whole: a stray newline in a value would end up in the credentials file.
 ACCESS_KEY_ID: Final = re.compile(r"[A-Za-z0-9_]{16,128}")
 SECRET_ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9/+=]{1,256}")
 SESSION_TOKEN: Final = re.compile(r"[A-Za-z0-9/+=_-]{1,16384}")
@@ -57,9 +56,7 @@ def accept_response(
     duration_seconds: int,
 ) -> tuple[Credentials, timedelta]:
     """Check an AssumeRole* response and turn it into local Credentials, or raise SourceError.
-
-    The local expiry is `Expiration + skew`; it must satisfy
-    `now < expiry <= now + duration_seconds + 5 min`, otherwise nothing is written.
+    The local expiry, `Expiration + skew`, must be in (now, now + duration_seconds + 5 min].
     """
     creds = response.get("Credentials")
     if not isinstance(creds, Mapping):
