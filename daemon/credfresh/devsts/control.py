@@ -50,7 +50,7 @@ class Steered(Protocol):
 
     def counts(self) -> Counts: ...
 
-    def fail(
+    def fail(  # noqa: PLR0913  fault options mirror the proxy's
         self,
         code: str,
         *,
@@ -61,7 +61,7 @@ class Steered(Protocol):
         message: str | None = None,
     ) -> FaultRule: ...
 
-    def respond_raw(
+    def respond_raw(  # noqa: PLR0913  fault options mirror the proxy's
         self,
         status: int,
         body: bytes | str,
@@ -180,7 +180,7 @@ class ControlAPI:
     def add(self, name: str, handler: ControlHandler) -> None:
         self._extensions[name] = handler
 
-    def dispatch(
+    def dispatch(  # noqa: PLR0911  one answer per route
         self, method: str, target: str, body: bytes
     ) -> tuple[int, Any, ConnectionEffect | None]:
         """Answer a control-API call: (status, JSON payload, effect to apply before replying)."""
@@ -220,7 +220,7 @@ class ControlAPI:
             return [rule.to_dict() for rule in self._proxy.faults.rules()]
         raise BadRequest(f"unknown control endpoint GET {CONTROL_PREFIX}{name}")
 
-    def _post(self, name: str, data: Mapping[str, Any]) -> tuple[int, Any, ConnectionEffect | None]:
+    def _post(self, name: str, data: Mapping[str, Any]) -> tuple[int, Any, ConnectionEffect | None]:  # noqa: PLR0911  one answer per route
         rules = {
             "fail": self._fail,
             "raw": self._raw,

@@ -60,7 +60,7 @@ class Proxy:
     ExpiredToken check, then the upstream.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  every knob of a test STS is a keyword
         self,
         upstream: Upstream,
         *,
@@ -172,7 +172,7 @@ class Proxy:
 
     # -- fault injection ---------------------------------------------------------------
 
-    def fail(
+    def fail(  # noqa: PLR0913  a fault's keyword options
         self,
         code: str,
         *,
@@ -201,7 +201,7 @@ class Proxy:
             )
         )
 
-    def respond_raw(
+    def respond_raw(  # noqa: PLR0913  a fault's keyword options
         self,
         status: int,
         body: bytes | str,
@@ -375,7 +375,7 @@ class Proxy:
 
     # -- answering ----------------------------------------------------------------------
 
-    def answer(self, request: Incoming) -> Reply:
+    def answer(self, request: Incoming) -> Reply:  # noqa: PLR0911  one answer per fault kind
         """Decide and build the answer to one proxied request (runs in its handler thread)."""
         signer = request.signer
         record = RequestRecord(

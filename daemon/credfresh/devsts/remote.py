@@ -53,7 +53,7 @@ class RemoteDevSTS:
             raise ControlError(response.status, str(message))
         return data
 
-    def fail(
+    def fail(  # noqa: PLR0913  the control API's keyword options
         self,
         code: str,
         *,
@@ -74,7 +74,7 @@ class RemoteDevSTS:
         result: dict[str, Any] = self.call("POST", "fail", payload)
         return result
 
-    def respond_raw(
+    def respond_raw(  # noqa: PLR0913  the control API's keyword options
         self,
         status: int,
         body: str,

@@ -27,7 +27,7 @@ class DevSTS:
     Both sit behind the same Proxy (`.proxy`).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  every knob of a test STS is a keyword
         self,
         mode: Mode = "moto",
         *,

@@ -116,7 +116,7 @@ def _oidc_provider(iam: Any, account_id: str) -> str:
     return arn
 
 
-def _roles(
+def _roles(  # noqa: PLR0913  the names one walkthrough shares
     iam: Any,
     *,
     prefix: str,
