@@ -60,7 +60,7 @@ class Context:
         self.err = err
         self.environ = environ
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.euid = os.geteuid() if euid is None else euid
+        self.euid = process_euid() if euid is None else euid
         self._home = home
 
     @property
@@ -85,3 +85,8 @@ class Context:
         return cls(
             out or sys.stdout, err or sys.stderr, dict(os.environ) if environ is None else environ
         )
+
+
+def process_euid() -> int:
+    """The real effective uid: the default of the file checks when a caller passes none."""
+    return os.geteuid()

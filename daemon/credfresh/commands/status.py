@@ -138,7 +138,7 @@ def status(
         raise UsageError(f"--min-remaining: {exc}") from None
     light = read_light(config_path, ctx.environ, ctx.home)
     chosen = select(names, light.profiles, config_path)
-    view = credfile.read_managed(light.credentials_file, light.owner)
+    view = credfile.read_managed(light.credentials_file, light.owner, euid=ctx.euid)
     now = ctx.clock.now()
     profiles = {n: (light.profiles[n].role_arn, light.profiles[n].refresh_before) for n in chosen}
     rows = status_rows(now, profiles, view.managed, view.foreign, _read_state(light.state_file))

@@ -133,16 +133,14 @@ class Metrics(Collector):
         """The text exposition format 0.0.4 (`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
-    def write_textfile(self, path: Path) -> bool:
-        """Write `render()` for node_exporter's textfile collector, atomically, mode 0644.
+    def write_textfile(self, path: Path, *, euid: int | None = None) -> bool:
+        """`render()` for node_exporter's textfile collector, through the one atomic write.
 
-        Through credfresh's one atomic-write helper (temp file in the same directory, O_EXCL,
-        fsync, rename), so the collector never reads half a file. Returns False when the file
-        already held these bytes. Raises CredfileError when the file cannot be written.
+        False when the file already held these bytes; CredfileError when it cannot be written.
         """
         from credfresh.credfile.atomic import atomic_write
 
-        return atomic_write(path, self.render(), mode=TEXTFILE_MODE)
+        return atomic_write(path, self.render(), mode=TEXTFILE_MODE, euid=euid)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         with self._lock:

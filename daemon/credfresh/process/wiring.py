@@ -67,7 +67,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         source_factory=source,
         scheduler=ApScheduler(config.sts.max_concurrency),
         clock=ctx.clock,
-        store=credfile,
+        store=credfile.FileStore(ctx.euid),
         writer_factory=functools.partial(BatchWriter, clock=ctx.clock),
         log=log,
         redactor=logging.redactor,
