@@ -312,7 +312,7 @@ def atomic_write(  # noqa: PLR0913  the one write: the file, its bytes and docum
         return _write_at(target, data, mode, expected, before_rename, on_event)
 
 
-def _write_at(  # noqa: PLR0913  atomic_write's arguments, passed on
+def _write_at(  # noqa: PLR0913, PLR0917  atomic_write's arguments, passed on
     target: Target,
     data: bytes,
     mode: int,
