@@ -77,7 +77,7 @@ class AlertManager:
     read for the webhook's proxy settings only (none given: no proxy).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  a manager built from injected parts
         self,
         settings: AlertSettings,
         *,
@@ -140,7 +140,7 @@ class AlertManager:
 
     # Observations ----------------------------------------------------------------------------
 
-    def refresh_failed(
+    def refresh_failed(  # noqa: PLR0913  the facts of one failure, as rules.on_refresh_failed
         self,
         profile: str,
         *,

@@ -178,18 +178,16 @@ def _describe(reason: BaseException | None) -> str:
     Order matters: urllib3's NewConnectionError is a subclass of ConnectTimeoutError.
     """
     errors = urllib3.exceptions
-    if isinstance(reason, errors.ReadTimeoutError):
-        return "no answer within the timeout"
-    if isinstance(reason, errors.ProxyError):
-        return "the proxy refused or failed the request"
-    if isinstance(reason, errors.SSLError):
-        return "TLS handshake failed"
-    if isinstance(reason, errors.NewConnectionError | ConnectionError):
-        return "connection failed"
-    if isinstance(reason, errors.ConnectTimeoutError):
-        return "connect timed out"
-    if isinstance(reason, errors.ResponseError):
-        return "too many error responses"
+    for kinds, text in (
+        (errors.ReadTimeoutError, "no answer within the timeout"),
+        (errors.ProxyError, "the proxy refused or failed the request"),
+        (errors.SSLError, "TLS handshake failed"),
+        ((errors.NewConnectionError, ConnectionError), "connection failed"),
+        (errors.ConnectTimeoutError, "connect timed out"),
+        (errors.ResponseError, "too many error responses"),
+    ):
+        if isinstance(reason, kinds):
+            return text
     return f"request failed ({type(reason).__name__})"
 
 
@@ -293,8 +291,3 @@ def build_sinks(
             CommandSink(settings.command, timeout=settings.command_timeout, environ=environ)
         )
     return tuple(sinks)
-
-
-# --------------------------------------------------------------------------------------------
-# The manager: holds the state, turns observations into events, feeds the worker.
-# --------------------------------------------------------------------------------------------
