@@ -119,12 +119,11 @@ def write_profiles(  # noqa: PLR0913  the profiles to write, then named options 
 
     `open_target` (the checks for `euid`, missing directories 0700), flock `<file>.lock`
     (at most `lock_timeout` s), drop leftover temps (under the lock all are stale), read,
-    `merge`, `_check_result`, `atomic_write`. When another program changed the file after
-    our read, read and merge again, MAX_MERGE_ATTEMPTS in all. Nothing is written when the
-    bytes would not change. `section_conflict` profiles land in `.conflicts`, the rest is
-    written; `write_failed`, `unparseable_file` and `unsafe_path` are raised with the old
-    file untouched. `before_commit(attempt)` runs before the re-check and rename (a test
-    seam). `on_event(name, fields)` gets `rewritten_in_place`, `stale_temp_removed`,
+    `merge`, `_check_result`, `atomic_write`; after another program's change, merge again
+    (MAX_MERGE_ATTEMPTS in all). Unchanged bytes are not written. `section_conflict`
+    profiles land in `.conflicts`; other errors are raised with the old file untouched.
+    `before_commit(attempt)` runs before the re-check and rename (a test seam).
+    `on_event(name, fields)` gets `rewritten_in_place`, `stale_temp_removed`,
     `credfile_changed_during_write`, `owner_not_kept` and `dir_fsync_failed`.
     """
     merge("", owner, updates, removals, adopt)  # bad arguments fail before any disk access

@@ -74,11 +74,8 @@ def third_party_level(level: int, floor: int = logging.DEBUG) -> int:
 
 
 class Redactor:
-    """Scrubs known secrets and anything shaped like one from any text.
-
-    Known secrets (every key, token and web-identity token credfresh handled) are removed
-    exactly; shapes catch the ones it never saw (a source key in a botocore message).
-    """
+    """Scrubs known secrets (every one credfresh handled) exactly, and anything shaped like one
+    (a source key in a botocore message) from any text."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,11 +104,8 @@ class Redactor:
                         self._index.pop(secret[:_PREFIX], None)
 
     def _by_prefix(self, value: str) -> str:
-        """Many profiles: one dict lookup per position instead of one scan per secret.
-
-        The index is kept up to date by add/forget (a refresh changes two secrets; rebuilding
-        an index of thousands each time was a third of the daemon's CPU at 1,000 profiles).
-        """
+        """Many profiles: one lookup per position in the index add/forget keep (rebuilding it
+        per refresh was a third of the daemon's CPU at 1,000 profiles)."""
         index = self._index
         found = {
             secret

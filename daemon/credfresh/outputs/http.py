@@ -72,13 +72,8 @@ def raise_fd_limit() -> tuple[int, int]:
 
 
 def admission(live: int, dying: int, evictable: bool, limit: int) -> Admission:
-    """What to do with a new connection.
-
-    `live` connections are being served, `dying` were evicted and are being closed by their
-    threads. Below the limit: admit. At it: evict the oldest slow head if there is one (a
-    client that sends its request at once is answered in milliseconds, so only slow clients
-    are ever evicted), else refuse. Never more than twice the limit descriptors in all.
-    """
+    """Admit below the limit; at it evict the oldest slow head (only slow clients ever are),
+    else refuse. `dying` were evicted and are closing: never twice the limit descriptors."""
     if live + dying >= 2 * limit:
         return "refuse"
     if live < limit:
@@ -95,11 +90,10 @@ class _Slot:
 
 
 class ConnectionSlots:
-    """The open connections of one server, oldest first, and whether each still reads its head.
+    """One server's connections, oldest first, and whether each still reads its head.
 
-    Every state change happens under one lock, and a socket leaves the table before it is
-    closed: an eviction (a `shutdown`, which wakes the thread blocked in `recv`) can never hit
-    a descriptor number that was closed and reused meanwhile.
+    One lock, and a socket leaves the table before it is closed, so an eviction (a `shutdown`)
+    can never hit a descriptor number closed and reused meanwhile.
     """
 
     def __init__(self, limit: int) -> None:
@@ -175,12 +169,10 @@ class HeadTooLarge(http.client.HTTPException):
 
 
 class HeadReader(io.BufferedIOBase):
-    """Reads a request head straight from the socket, within a byte budget and a deadline.
+    """Reads a request head from the socket within one byte budget and one deadline.
 
-    http.server would read 64 KiB per line and 100 lines, and let a client that trickles a
-    byte every few seconds hold its thread indefinitely; here the whole head gets `budget`
-    bytes and one deadline. Over budget raises an HTTPException, which http.server's
-    parse_request answers with 431.
+    http.server reads 64 KiB per line and lets a trickling client hold its thread forever.
+    Over budget raises an HTTPException, which parse_request answers with 431.
     """
 
     def __init__(self, sock: socket.socket, budget: int, timeout: float, clock: Clock) -> None:
