@@ -63,12 +63,10 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProfileFacts:
-    """What `tick` needs to know of one configured profile: its role and what is on disk.
+    """What `tick` needs of one configured profile: its role and what is on disk.
 
-    `refresh_at` is the refresh point of the credentials on disk, as the refresh rule
-    computes it (None: unknown, then the warning window alone decides); `grace` is how late
-    a healthy daemon may land a refresh past that point (its wake-up interval, the retry
-    delay it is in, the STS call's timeouts).
+    `refresh_at`: the refresh point of those credentials (None: the warning window alone
+    decides); `grace`: how late past it a healthy daemon may land a refresh.
     """
 
     role_arn: str | None = None
@@ -234,11 +232,8 @@ def on_refresh_succeeded(
 def on_tick(
     state: AlertState, policy: Policy, *, now: datetime, profiles: Mapping[str, ProfileFacts]
 ) -> Step:
-    """The periodic check (every ~30 s): `after`, expiry, escalation and repeats.
-
-    `profiles` must hold every configured profile, with what is ON DISK; alerts of profiles
-    missing from it are left untouched (`on_profile_removed` drops them).
-    """
+    """The periodic check (every ~30 s): `after`, expiry, escalation and repeats; `profiles`
+    holds every configured one with what is ON DISK (others are `on_profile_removed`'s)."""
     draft = _Draft(state, policy, now)
     for name in sorted(profiles):
         facts = profiles[name]

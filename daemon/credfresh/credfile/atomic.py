@@ -169,12 +169,10 @@ def remove_stale_temps(
     directory: DirHandle | None = None,
     clock: Clock | None = None,
 ) -> int:
-    """Delete temp files a crashed writer of `path` left behind; returns how many.
+    """Delete temp files crashed writers of `path` left (our pattern, our uid); how many.
 
-    Only our pattern for this target and regular files of our own user, inside `directory`
-    (else `path`'s). `locked`: the caller holds the lock every writer takes before making a
-    temp, so all are leftovers. Otherwise a temp is stale past STALE_TEMP_SECONDS, or past
-    DEAD_PID_GRACE_SECONDS when the pid in its name is dead. Ages are on `clock`'s wall time.
+    `locked`: the caller holds the lock every writer takes first, so all are leftovers; else
+    stale past STALE_TEMP_SECONDS, or DEAD_PID_GRACE_SECONDS once the pid in the name is dead.
     """
     now = (clock or SystemClock()).now().timestamp()
     if directory is not None:

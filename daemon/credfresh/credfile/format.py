@@ -51,12 +51,8 @@ class _Section:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """The outcome of `merge`: the new text and what it changed.
-
-    `updated` holds profiles added or rewritten (bytes changed), `removed` the sections taken
-    out, `conflicts` the profiles refused with CredfileError `section_conflict`, `sections`
-    every section name (except DEFAULT) the new text holds.
-    """
+    """The outcome of `merge`: the new text, profiles whose bytes changed or were removed,
+    those refused (`section_conflict`) and every section (but DEFAULT) the text holds."""
 
     text: str
     changed: bool
@@ -70,9 +66,8 @@ class MergeResult:
 class FileView:
     """This owner's view of the file: its readable profiles, the rest by name only.
 
-    `foreign` lists sections that exist but are not this owner's (callers show `conflict`
-    when one is a configured profile); `damaged` lists this owner's sections that cannot be
-    read back (a key missing, a bad time, an unknown format): refreshing rewrites them.
+    `foreign`: sections not this owner's; `damaged`: this owner's that do not read back (a
+    key missing, a bad time, an unknown format), which a refresh rewrites.
     """
 
     managed: Mapping[str, Credentials]
@@ -241,17 +236,9 @@ def _conflict(profile: str, owner: str) -> CredfileError:
     )
 
 
-def _is_blank(line: str) -> bool:
-    return not line.strip()
-
-
 def _check_next_header(lines: list[str], section: _Section) -> None:
-    """Refuse to change a section followed by an indented header.
-
-    Such a header only reads as a header because of the indentation of the key before it;
-    after our rewrite (keys at column 0) or a removal it would become a continuation of the
-    previous key and that section would vanish into a value.
-    """
+    """Refuse to change a section followed by an indented header: after our rewrite (keys at
+    column 0) or a removal it would turn into a value of the key before it."""
     for index in range(section.end, len(lines)):
         stripped = lines[index].strip()
         if not stripped or stripped[0] in "#;":
@@ -346,9 +333,9 @@ class _Plan:
             return
         _check_next_header(lines, section)
         self.drop.update(range(section.header, section.end))
-        if section.header > 0 and _is_blank(lines[section.header - 1]):
+        if section.header > 0 and not lines[section.header - 1].strip():
             self.drop.add(section.header - 1)
-        elif section.end < len(lines) and _is_blank(lines[section.end]):
+        elif section.end < len(lines) and not lines[section.end].strip():
             self.drop.add(section.end)
         self.removed.append(name)
         self.names.discard(name)

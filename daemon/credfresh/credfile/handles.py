@@ -48,12 +48,9 @@ def absolute(path: Path) -> Path:
 
 
 class DirHandle:
-    """One directory, opened once per write: every later step names files relative to it.
-
-    So a directory swapped above it after the walk can make a step fail, never redirect it.
-    `path` is for messages; `readable` says `fd` can list and fsync the directory; `euid` is
-    the uid whose rules the walk applied (root's are stricter).
-    """
+    """One directory, opened once per write: a directory swapped above it after the walk can
+    make a later step fail, never redirect it. `readable`: `fd` can list and fsync it;
+    `euid`: whose rules the walk applied. `path` is for messages."""
 
     __slots__ = ("euid", "fd", "path", "readable", "st")
 
@@ -302,11 +299,8 @@ def resolve_target(path: Path, *, euid: int | None = None) -> Path:
 
 
 def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
-    """Open a file in `directory` (None when missing), checked on what was opened.
-
-    Raises OSError as is, CredfileError `unsafe_path` for a non-regular file or, as root,
-    one that is not root's.
-    """
+    """Open a file in `directory` (None when missing); OSError as is, `unsafe_path` for what
+    `_check_file` refuses."""
     try:
         fd = os.open(
             name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory.fd
@@ -322,10 +316,7 @@ def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
 
 
 def read_target(target: Target) -> bytes | None:
-    """The file's bytes through its directory handle, or None when it does not exist.
-
-    Raises OSError as is (callers choose the error code) and CredfileError `unsafe_path`.
-    """
+    """The file's bytes through its directory handle, or None; OSError is the caller's."""
     fd = open_regular(target.directory, target.name, os.O_RDONLY)
     if fd is None:
         return None
@@ -346,11 +337,8 @@ def read_file(path: Path, *, euid: int | None = None) -> bytes | None:
 
 
 def open_lock_at(directory: DirHandle, name: str) -> int:
-    """Open (creating it 0600) a lock file in `directory`; one another uid owns is refused.
-
-    Refused at once rather than waited on: another user's lock file is theirs to hold
-    forever, and opening it to write our pid would let them choose what we truncate.
-    """
+    """Open (creating it 0600) a lock file in `directory`; another uid's is refused at once:
+    they could hold it forever, and writing our pid to it would truncate what they chose."""
     where = directory.path / name
     try:
         fd = os.open(

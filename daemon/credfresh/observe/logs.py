@@ -43,19 +43,12 @@ _PREFIX: Final = 8
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 #: credfresh's own loggers (`credfresh`, `credfresh.*`) log at the chosen level.
 OWN_LOGGER: Final = "credfresh"
-#: Everyone else's (botocore, urllib3, APScheduler, watchdog...) at WARNING and above, so
-#: their INFO lines ("Found credentials in shared credentials file") never pass for
-#: credfresh events; with `--log-level debug` at these floors (botocore at DEBUG logs
-#: signed request headers, so it never goes below INFO) and any other library at DEBUG.
+#: Other libraries at WARNING, so their INFO lines never pass for credfresh events; with
+#: `--log-level debug` these at INFO (botocore's DEBUG logs signed headers), others at DEBUG.
 THIRD_PARTY_LEVEL: Final = logging.WARNING
-LIBRARY_FLOORS: Final = {
-    "botocore": logging.INFO,
-    "boto3": logging.INFO,
-    "urllib3": logging.INFO,
-    "s3transfer": logging.INFO,
-    "watchdog": logging.INFO,
-    "apscheduler": logging.INFO,
-}
+LIBRARY_FLOORS: Final = dict.fromkeys(
+    ("botocore", "boto3", "urllib3", "s3transfer", "watchdog", "apscheduler"), logging.INFO
+)
 
 
 class Logger(Protocol):

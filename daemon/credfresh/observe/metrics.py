@@ -35,10 +35,8 @@ CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 class Metrics(Collector):
     """Every credfresh metric, kept as plain numbers and rendered by a custom collector.
 
-    prometheus_client's Counter and Histogram add `_created` series unless the process-wide
-    `disable_created_metrics()` is called; a collector that builds its metric families at
-    scrape time never emits them, touches no global, and lets `remove_profile` drop a
-    profile's series from every family at once. All methods are thread-safe.
+    Families built at scrape time emit no `_created` series without the process-wide switch,
+    and `remove_profile` drops a profile from all at once. All methods are thread-safe.
     """
 
     def __init__(self, *, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
@@ -77,11 +75,8 @@ class Metrics(Collector):
             self._last_success[profile] = _unix(when)
 
     def refresh(self, profile: str, result: RefreshResult, duration: float) -> None:
-        """One refresh attempt by result, and its duration in seconds.
-
-        A profile's first attempt creates all three result series at 0, so `increase()` sees
-        the first failure instead of a series appearing out of nowhere.
-        """
+        """One refresh attempt by result, and its duration in seconds; the first creates all
+        three series at 0, so `increase()` sees the first failure."""
         if result not in REFRESH_RESULTS:
             raise ValueError(
                 f"result: expected one of {', '.join(REFRESH_RESULTS)} (got {result!r})"

@@ -111,9 +111,7 @@ class _Refusal(Exception):
 
     def __init__(self, status: int, message: str, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
-        self.message = message
-        self.reason = reason
+        self.status, self.message, self.reason = status, message, reason
 
 
 def profile_from_path(path: str) -> str:
@@ -300,10 +298,9 @@ class _Server(LoopbackHTTPServer):
 class CredentialsEndpoint:
     """Serves `GET /v1/credentials/<profile>` to holders of the token, on a loopback address.
 
-    `known(name)` says whether a profile is configured; `current(name)` gives what the daemon
-    last wrote for it (or None). Order of checks, so that nobody without the token learns
-    anything, not even which profiles exist: method (405), token (401, or 400 for a malformed
-    header), path and name (404/400), profile (404), credentials (503 unless unexpired).
+    `known(name)`: is it configured; `current(name)`: what the daemon last wrote. Checks in an
+    order that tells nobody without the token anything, not even which profiles exist: method
+    (405), token (401/400), path and name (404/400), profile (404), credentials (503).
     """
 
     def __init__(  # noqa: PLR0913  a server built from injected parts

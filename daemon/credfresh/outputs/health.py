@@ -57,10 +57,8 @@ def liveness(
 def readiness(
     now: datetime, expiries: Mapping[str, datetime | None], profile: str | None = None
 ) -> tuple[int, dict[str, object]]:
-    """200 when every profile (or the one asked for) has unexpired credentials on disk.
-
-    503 lists the failing profiles with `missing` or `expired`; 404 for an unknown profile.
-    """
+    """200 when every profile (or the one asked for) has unexpired credentials on disk; 503
+    lists the failing ones as `missing` or `expired`; 404 for an unknown profile."""
     if profile is not None:
         if profile not in expiries:
             return 404, {"error": "unknown profile", "profile": profile[:MAX_PROFILE_NAME_ECHO]}
@@ -168,12 +166,7 @@ class _Server(LoopbackHTTPServer):
 
 
 class HttpServer:
-    """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it.
-
-    Every connection gets its own daemon thread, up to MAX_CONNECTIONS at once, and its
-    request head one `request_timeout` deadline, so a slow or silent client delays nobody and
-    holds its thread and descriptor for a bounded time.
-    """
+    """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it."""
 
     def __init__(  # noqa: PLR0913  a server built from injected parts
         self,

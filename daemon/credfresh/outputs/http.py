@@ -184,9 +184,8 @@ class HeadReader(io.BufferedIOBase):
         self._buffer = bytearray()
         self._received = 0
         self._lines = 0
-        #: A bare CR or NUL in a line, or a folded header line: http.client would split or
-        #: join such lines, so what it parses is not what the client sent. Answered with 400.
-        self.malformed = False
+        #: A bare CR or NUL, or a folded header line, which http.client would split or join:
+        self.malformed = False  # answered with 400
 
     def readable(self) -> bool:
         return True
