@@ -62,11 +62,11 @@ def run_child(
 
 # A child that writes profiles given as JSON and prints the result and the events as JSON.
 WRITER_CHILD = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from credfresh.credentials import Credentials
-from credfresh.credfile.store import write_profiles
+from credfresh.credfile.store import FileStore
 from credfresh.errors import CredfileError
 
 path, owner, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -76,9 +76,10 @@ def creds(serial):
     return Credentials(f"ASIA{serial:016d}", f"secret{serial}", f"token{serial}",
                        now + timedelta(hours=1), now)
 out = []
+store = FileStore(os.geteuid())
 try:
     for batch in spec:
-        result = write_profiles(
+        result = store.write_profiles(
             Path(path), owner, {name: creds(serial) for name, serial in batch.items()},
             on_event=lambda name, fields: events.append([name, fields]),
         )

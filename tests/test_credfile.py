@@ -22,8 +22,8 @@ from credfresh.credentials import Credentials
 from credfresh.credfile import atomic as atomicfile
 from credfresh.credfile.atomic import atomic_write
 from credfresh.credfile.format import FileView, merge, render_section, view_of
-from credfresh.credfile.handles import ensure_private_dir, file_lock, resolve_target
-from credfresh.credfile.store import read_managed, write_profiles
+from credfresh.credfile.handles import file_lock, resolve_target
+from credfresh.credfile.store import FileStore, read_managed, write_profiles
 from credfresh.errors import CredfileError
 from helpers_credfile import (
     NOBODY,
@@ -590,8 +590,9 @@ class TestWriteProfiles:
 
         monkeypatch.setattr(atomicfile, "_rename", busy)
         seen, record = _events()
-        write_profiles(creds_path, OWNER, {"p": make_creds(1)}, on_event=record)
-        write_profiles(creds_path, OWNER, {"p": make_creds(2)}, on_event=record)
+        store = FileStore(os.geteuid())
+        store.write_profiles(creds_path, OWNER, {"p": make_creds(1)}, on_event=record)
+        store.write_profiles(creds_path, OWNER, {"p": make_creds(2)}, on_event=record)
         assert creds_path.stat().st_ino == inode
         assert creds_path.read_text() == FOREIGN + "\n" + _mine("p", 2)
         assert [name for name, _ in seen] == ["rewritten_in_place"]
@@ -838,10 +839,10 @@ class TestAtomicWrite:
         assert atomic_write(path, b"{1}", mode=0o644)
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
-    def test_ensure_private_dir_leaves_existing_modes(self, tmp_path: Path) -> None:
-        """Only directories it creates are forced to 0700."""
+    def test_created_directories_are_private(self, tmp_path: Path) -> None:
+        """Only directories a write creates are forced to 0700."""
         tmp_path.chmod(0o755)
-        ensure_private_dir(tmp_path / "x" / "y")
+        atomic_write(tmp_path / "x" / "y" / "f", b"")
         assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
         assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o700
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,7 +122,7 @@ def make_endpoint(
         known=profiles.known,
         current=profiles.current,
         log=log,
-        clock=lambda: profiles.now,
+        clock=types.SimpleNamespace(now=lambda: profiles.now, monotonic=time.monotonic),
         request_timeout=0.5,
         poll_interval=0.02,
     )

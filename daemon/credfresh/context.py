@@ -57,7 +57,7 @@ class Context:
         self.err = err
         self.environ = environ
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.euid = os.geteuid() if euid is None else euid
+        self.euid = process_euid() if euid is None else euid
         self._home = home
 
     @property
@@ -103,3 +103,8 @@ def expand_vars(value: str, environ: Mapping[str, str]) -> str:
         return environ.get(name, match.group(0))
 
     return _VARIABLE.sub(replace, value) if "$" in value else value
+
+
+def process_euid() -> int:
+    """The real effective uid: the default of the file checks when a caller passes none."""
+    return os.geteuid()

@@ -1,20 +1,14 @@
 """Who may steer a root daemon: the one rule for trusted files and the directories above them.
 
-A root process that reads instructions (a config, a policy, a command to run) or writes
-secrets must not let another user rename something into its path. So every directory on the
-way, and the file itself, must belong to root (or the daemon's own uid) and be writable by
-nobody else. The one exception is a sticky directory such as /tmp: others can create entries
-there but not rename or remove ours, so it is fine when the next component on the path is
-owned by root (or us). A world-writable directory is never accepted as a file's own directory.
-The rules are pure functions of `stat` results, so they can be tested without a real tree;
-`path_problems` walks a real path with them.
+Every directory on the way and the file itself must be root's (or the daemon's uid) and
+writable by nobody else; a sticky directory (/tmp) passes when the next component is ours,
+never as a file's own directory. Pure functions of `stat` results; `path_problems` walks a path.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -85,11 +79,9 @@ def secret_file_problem(path: str, st: os.stat_result) -> str | None:
 def path_problems(path: Path, euid: int) -> list[str]:
     """Every reason another user could change what `path` holds: the file and each ancestor.
 
-    The path is walked component by component as the kernel would, following symlinks: each
-    directory is judged with the entry below it (so the sticky exception sees who owns that
-    entry), each link must be trusted too, and so must the directories holding the links. A
-    missing file is not a problem here (the caller reports it where it reads it), but the
-    directory it would appear in still must be safe.
+    Walked as the kernel would, links followed: each directory judged with the entry below
+    it (for the sticky exception), each link and its directory trusted too. A missing file is
+    the caller's to report, but the directory it would appear in must still be safe.
     """
     problems: list[str] = []
 
@@ -188,14 +180,10 @@ def command_problems(argv0: str, search_path: str, euid: int) -> list[str]:
     if "/" in argv0:
         return path_problems(Path(argv0), euid)
     problems: list[str] = []
-    for entry in _path_entries(search_path):
+    for entry in (Path(os.path.abspath(each or ".")) for each in search_path.split(os.pathsep)):
         candidate = entry / argv0
         problems.extend(p for p in path_problems(entry, euid) if p not in problems)
         if candidate.is_file() and os.access(candidate, os.X_OK):
             problems.extend(p for p in path_problems(candidate, euid) if p not in problems)
             return problems
     return problems
-
-
-def _path_entries(search_path: str) -> Sequence[Path]:
-    return [Path(os.path.abspath(entry or ".")) for entry in search_path.split(os.pathsep)]

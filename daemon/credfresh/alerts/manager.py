@@ -67,17 +67,14 @@ class _Outbox:
 
 
 class AlertManager:
-    """Thread-safe holder of the alert state; observation methods only compute and enqueue.
+    """Thread-safe holder of the alert state; observations only compute, enqueue and return events.
 
-    Every string that enters (error messages, config errors) and every event that leaves goes
-    through the Redactor. Sinks run on one worker thread with a bounded queue, so a webhook
-    that never answers or a command that hangs delays no observation. The worker starts with
-    the first event to deliver. Each observation returns the events it produced (the daemon
-    saves `to_dict()` into its state file when there are any). `environ` is the daemon's,
-    read for the webhook's proxy settings only (none given: no proxy).
+    Every string in and every event out goes through the Redactor. Sinks run on one worker
+    thread (started by the first event) with a bounded queue, so a hung sink delays nothing.
+    `environ` is read for the webhook's proxy settings only.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  a manager built from injected parts
         self,
         settings: AlertSettings,
         *,
@@ -140,7 +137,7 @@ class AlertManager:
 
     # Observations ----------------------------------------------------------------------------
 
-    def refresh_failed(
+    def refresh_failed(  # noqa: PLR0913  the facts of one failure, as rules.on_refresh_failed
         self,
         profile: str,
         *,

@@ -31,10 +31,7 @@ STATE_VERSION: Final = 1
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Alert:
-    """One alert's state: pending (`firing` False) until its rule says fire, then firing.
-
-    Resolving removes the alert, so a record exists only while its condition lasts.
-    """
+    """One alert: pending until its rule says fire, then firing; resolving removes it."""
 
     kind: Kind
     profile: str | None

@@ -33,27 +33,13 @@ _ICONS: Final[Mapping[str, str]] = types.MappingProxyType(
 )
 
 
-# --------------------------------------------------------------------------------------------
-# The pure state machine: plain data in, plain data out, `now` always passed in.
-#
-# One alert per (kind, profile), id `host:kind:profile` (`-` for none). Lifecycle: pending ->
-# fired -> repeated every `repeat` (and for sts_error: escalated once, same id, to critical
-# when the credentials on disk expire) -> resolved once. Per profile:
-# - sts_error, the cause: from the first failed refresh until the next success. Fires on a
-#   permanent error, once a transient one has lasted `after`, or at once when the profile is
-#   overdue (see `alert_from`). Critical when the credentials on disk have expired.
-# - expiring (warning) / expired (critical), the symptom with no known cause: a refresh
-#   should have happened and has not (a stalled scheduler, a lost job, a write that does not
-#   land). `expiring` fires from `alert_from`, `expired` once the credentials on disk have
-#   expired. A healthy daemon never reaches `alert_from`, whatever the lifetime.
-# Every profile alert resolves only when new credentials are on disk (or the profile is
-# removed): a more severe alert of the profile (expired over expiring, sts_error over both)
-# COVERS a firing one, which then stays open but silent and resolves with it. So a
-# "resolved" always means the fix is in the credentials file. No credentials on disk (None)
-# starts nothing and resolves nothing.
-# Global: config_rejected (fires at once; resolved by a reload that leaves a valid config in
-# force) and write_failed (permanent at once, transient after `after`; resolved by a write).
-# --------------------------------------------------------------------------------------------
+# One alert per (kind, profile), id `host:kind:profile`: pending -> fired -> repeated every
+# `repeat` (sts_error escalates once, same id, to critical when the credentials on disk
+# expire) -> resolved once. Per profile: sts_error (the cause, until the next success) and
+# expiring/expired (the symptom: a refresh that should have happened has not). A profile's
+# alerts resolve only when new credentials are on disk (or it is removed); until then a more
+# severe one COVERS a firing one, which stays open and silent. So "resolved" always means the
+# fix is in the file. Global: config_rejected and write_failed.
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,12 +63,10 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProfileFacts:
-    """What `tick` needs to know of one configured profile: its role and what is on disk.
+    """What `tick` needs of one configured profile: its role and what is on disk.
 
-    `refresh_at` is the refresh point of the credentials on disk, as the refresh rule
-    computes it (None: unknown, then the warning window alone decides); `grace` is how late
-    a healthy daemon may land a refresh past that point (its wake-up interval, the retry
-    delay it is in, the STS call's timeouts).
+    `refresh_at`: the refresh point of those credentials (None: the warning window alone
+    decides); `grace`: how late past it a healthy daemon may land a refresh.
     """
 
     role_arn: str | None = None
@@ -178,35 +162,18 @@ def _critical(alert: Alert, now: datetime) -> bool:
     return alert.kind == "sts_error" and alert.expires_at is not None and alert.expires_at <= now
 
 
-def _failure(
-    draft: _Draft,
-    kind: Kind,
-    profile: str | None,
-    *,
-    permanent: bool,
-    role_arn: str | None,
-    code: str | None,
-    message: str,
-    hint: str | None,
-    expires_at: datetime | None,
-) -> Alert:
+def _failure(draft: _Draft, kind: Kind, profile: str | None, message: str, **details: Any) -> Alert:
+    """Start the alert, or update the open one in place (the next repeat carries it)."""
+    hint = details.pop("hint", None)
+    details = {key: value for key, value in details.items() if value is not None}
+    details |= {"message": _bounded(message), "hint": _bounded(hint) if hint else None}
     old = draft.get(kind, profile)
-    details: dict[str, Any] = {
-        "permanent": permanent,
-        "error_code": code,
-        "message": _bounded(message),
-        "hint": _bounded(hint) if hint else None,
-    }
-    if role_arn is not None:
-        details["role_arn"] = role_arn
-    if expires_at is not None:
-        details["expires_at"] = expires_at
     if old is None:
         return Alert(kind=kind, profile=profile, since=draft.now, **details)
     return dataclasses.replace(old, **details)
 
 
-def on_refresh_failed(
+def on_refresh_failed(  # noqa: PLR0913  the facts of one failure, each named by the caller
     state: AlertState,
     policy: Policy,
     *,
@@ -233,11 +200,11 @@ def on_refresh_failed(
         draft,
         "sts_error",
         profile,
-        permanent=permanent,
-        role_arn=role_arn,
-        code=code,
-        message=message,
+        message,
         hint=hint,
+        permanent=permanent,
+        error_code=code,
+        role_arn=role_arn,
         expires_at=expires_at,
     )
     if expires_at is not None:
@@ -265,11 +232,8 @@ def on_refresh_succeeded(
 def on_tick(
     state: AlertState, policy: Policy, *, now: datetime, profiles: Mapping[str, ProfileFacts]
 ) -> Step:
-    """The periodic check (every ~30 s): `after`, expiry, escalation and repeats.
-
-    `profiles` must hold every configured profile, with what is ON DISK; alerts of profiles
-    missing from it are left untouched (`on_profile_removed` drops them).
-    """
+    """The periodic check (every ~30 s): `after`, expiry, escalation and repeats; `profiles`
+    holds every configured one with what is ON DISK (others are `on_profile_removed`'s)."""
     draft = _Draft(state, policy, now)
     for name in sorted(profiles):
         facts = profiles[name]
@@ -299,14 +263,9 @@ def on_tick(
 
 
 def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
-    """`expiring` and `expired`: a refresh should have happened and has not.
-
-    They cover what sts_error cannot see (a stalled scheduler, a lost job, a write that
-    never lands). `expiring` fires from `alert_from`, `expired` once the credentials on disk
-    have expired; a firing sts_error carries the expiry itself (and escalates), so neither
-    starts then. A firing one resolves only when other credentials are on disk; until then
-    a more severe one covers it (it stays open and silent, no repeats).
-    """
+    """`expiring` (from `alert_from`) and `expired`: what sts_error cannot see (a stalled
+    scheduler, a lost job, a write that never lands). A firing sts_error carries the expiry
+    itself, so neither starts then; each resolves only when other credentials are on disk."""
     now, expires_at = draft.now, facts.expires_at
     if expires_at is None:
         return
@@ -347,7 +306,7 @@ def _expiry_message(kind: Kind, expires_at: datetime, now: datetime) -> str:
     return f"credentials expire in {left} and have not been refreshed"
 
 
-def on_write_failed(
+def on_write_failed(  # noqa: PLR0913  like on_refresh_failed
     state: AlertState,
     policy: Policy,
     *,
@@ -358,19 +317,8 @@ def on_write_failed(
 ) -> Step:
     """The credentials file could not be written; a transient failure (a lock) waits `after`."""
     draft = _Draft(state, policy, now)
-    draft.evaluate(
-        _failure(
-            draft,
-            "write_failed",
-            None,
-            permanent=permanent,
-            role_arn=None,
-            code=code,
-            message=message,
-            hint=None,
-            expires_at=None,
-        )
-    )
+    failure = _failure(draft, "write_failed", None, message, permanent=permanent, error_code=code)
+    draft.evaluate(failure)
     return draft.step()
 
 
@@ -391,12 +339,10 @@ def on_config_rejected(
             draft,
             "config_rejected",
             None,
-            permanent=True,
-            role_arn=None,
-            code="config_invalid",
-            message=f"{len(errors)} problem(s): {message}",
+            f"{len(errors)} problem(s): {message}",
             hint="run `credfresh validate` on the config file",
-            expires_at=None,
+            permanent=True,
+            error_code="config_invalid",
         )
     )
     return draft.step()

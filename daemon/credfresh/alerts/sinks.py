@@ -58,12 +58,8 @@ def environ_proxies(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
-    """The proxy boto3 would use for `url`, or None to connect directly.
-
-    Same rules as botocore: `<scheme>_proxy` (lowercase preferred over uppercase),
-    `no_proxy` by host or domain suffix with `*` for all (no CIDR ranges, like botocore),
-    and a proxy given without a scheme means `http://`.
-    """
+    """The proxy boto3 would use for `url`, or None: botocore's rules (`<scheme>_proxy`,
+    lowercase first; `no_proxy` by host or suffix, `*` for all, no CIDR; no scheme: http)."""
     proxies = environ_proxies(environ)
     parts = urllib.parse.urlsplit(url)
     hostport = parts.netloc.rpartition("@")[2]
@@ -89,11 +85,8 @@ def webhook_secrets(url: str) -> tuple[str, ...]:
 
 
 def default_retry() -> urllib3.Retry:
-    """3 retries with backoff on connection errors and 429/5xx; never on a read timeout.
-
-    A POST that timed out reading may have been delivered: retrying it would post twice.
-    Retry-After is ignored so a 503 cannot park the worker for an hour.
-    """
+    """3 retries with backoff on connection errors and 429/5xx; never on a read timeout (the
+    POST may have landed). Retry-After is ignored: a 503 must not park the worker for an hour."""
     return urllib3.Retry(
         total=3,
         connect=3,
@@ -178,26 +171,22 @@ def _describe(reason: BaseException | None) -> str:
     Order matters: urllib3's NewConnectionError is a subclass of ConnectTimeoutError.
     """
     errors = urllib3.exceptions
-    if isinstance(reason, errors.ReadTimeoutError):
-        return "no answer within the timeout"
-    if isinstance(reason, errors.ProxyError):
-        return "the proxy refused or failed the request"
-    if isinstance(reason, errors.SSLError):
-        return "TLS handshake failed"
-    if isinstance(reason, errors.NewConnectionError | ConnectionError):
-        return "connection failed"
-    if isinstance(reason, errors.ConnectTimeoutError):
-        return "connect timed out"
-    if isinstance(reason, errors.ResponseError):
-        return "too many error responses"
+    for kinds, text in (
+        (errors.ReadTimeoutError, "no answer within the timeout"),
+        (errors.ProxyError, "the proxy refused or failed the request"),
+        (errors.SSLError, "TLS handshake failed"),
+        ((errors.NewConnectionError, ConnectionError), "connection failed"),
+        (errors.ConnectTimeoutError, "connect timed out"),
+        (errors.ResponseError, "too many error responses"),
+    ):
+        if isinstance(reason, kinds):
+            return text
     return f"request failed ({type(reason).__name__})"
 
 
 class CommandSink:
-    """Run an argv list with the event JSON on stdin, without any AWS_* variable.
-
-    The command gets its own process group, so a timeout kills whatever it started too.
-    """
+    """Run an argv list with the event JSON on stdin, without any AWS_* variable, in its own
+    process group (a timeout kills whatever it started too)."""
 
     name = "command"
 
@@ -278,11 +267,8 @@ def _tail(stream: IO[bytes]) -> str:
 def build_sinks(
     settings: AlertSettings, environ: Mapping[str, str], redactor: Redactor | None = None
 ) -> tuple[Sink, ...]:
-    """The sinks the settings ask for; none is a valid choice (alerts are then only logged).
-
-    The webhook URL is a credential (Slack's path is its token) and urllib3 logs the request
-    path when it retries, so the URL and its path become known secrets of the redactor.
-    """
+    """The sinks the settings ask for (none: alerts are only logged). The webhook URL and
+    path become the redactor's secrets: Slack's path is a token, urllib3 logs it on retries."""
     sinks: list[Sink] = []
     if settings.webhook_url:
         if redactor is not None:
@@ -293,8 +279,3 @@ def build_sinks(
             CommandSink(settings.command, timeout=settings.command_timeout, environ=environ)
         )
     return tuple(sinks)
-
-
-# --------------------------------------------------------------------------------------------
-# The manager: holds the state, turns observations into events, feeds the worker.
-# --------------------------------------------------------------------------------------------

@@ -335,9 +335,9 @@ def credential_process_from_file(credentials_file: str, profile: str, ctx: Conte
     from credfresh.errors import EXIT_OK, NoCredentials
 
     path = Path(credentials_file)
-    store.read_managed(path, "")
+    store.read_managed(path, "", euid=ctx.euid)
     try:
-        data = resolve_target(path).read_bytes()
+        data = resolve_target(path, euid=ctx.euid).read_bytes()
     except OSError:
         data = b""  # replaced since the check: as if absent, the next call reads again
     found = _credentials_in(data, profile, None)

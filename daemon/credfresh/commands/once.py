@@ -103,7 +103,7 @@ def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> 
 
     config = load_config(config_path, ctx.environ, ctx.home)
     chosen = select(names, config.profiles, config_path)
-    view = credfile.read_managed(config.credentials_file, config.owner)
+    view = credfile.read_managed(config.credentials_file, config.owner, euid=ctx.euid)
     to_refresh, conflicts = plan_once(config, view, chosen, force=force, now=ctx.clock.now())
     clients = StsSource(config.sts, credentials_file=str(config.credentials_file))
     issued, failed = refresh_all(config, clients, to_refresh, view.managed, ctx.clock)

@@ -124,7 +124,7 @@ def status(
         raise UsageError(f"--min-remaining: {exc}") from None
     light = read_light(config_path, ctx.environ, ctx.home)
     chosen = select(names, light.profiles, config_path)
-    view = credfile.read_managed(light.credentials_file, light.owner)
+    view = credfile.read_managed(light.credentials_file, light.owner, euid=ctx.euid)
     now = ctx.clock.now()
     profiles = {n: (light.profiles[n].role_arn, light.profiles[n].refresh_before) for n in chosen}
     saved = {n: entry.to_json() for n, entry in state_file.load(light.state_file)[0].items()}

@@ -1,7 +1,6 @@
 """Crash-safe, ownership-checked file replacement: the one atomic-write helper credfresh uses.
 
-The path checks live in `handles`; a write runs them once (`open_target`) and every step
-after works inside the one directory handle they opened.
+A write runs the path checks of `handles` once and works inside the directory they opened.
 """
 
 from __future__ import annotations
@@ -41,17 +40,13 @@ _TEMP_TEMPLATE = ".{name}.credfresh-{pid}-{token}.tmp"
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.credfresh-(?P<pid>[0-9]+)-[0-9a-f]{12}\.tmp")
 _FALLBACK_ERRNOS = frozenset({errno.EBUSY, errno.EXDEV})
 
-# Paths whose in-place fallback was already reported: the notice is worth one log line per
-# process, not one per refresh. This is a report cache only; no behaviour depends on it.
-_IN_PLACE_REPORTED: set[str] = set()
-
 # Indirection so tests can inject a rename failure without a bind mount.
 _rename = os.rename
 
 
 @dataclass(frozen=True, slots=True)
 class FileSnapshot:
-    """What a file was when it was read, to notice another program replacing it before rename.
+    """A file as read, to notice another program replacing it before our rename.
 
     Size and mtime alone miss a same-size rewrite inside one timestamp tick, hence the hash.
     """
@@ -70,10 +65,7 @@ _MISSING = FileSnapshot(exists=False)
 
 
 class TargetChangedError(CredfileError):
-    """The target changed between the caller's read and our rename (code `write_failed`).
-
-    Callers that merge (the credentials file) catch it, read again and merge again.
-    """
+    """The target changed between the caller's read and our rename (`write_failed`): merge again."""
 
 
 def _emit(on_event: EventCallback | None, name: str, fields: dict[str, object]) -> None:
@@ -81,7 +73,8 @@ def _emit(on_event: EventCallback | None, name: str, fields: dict[str, object]) 
         on_event(name, fields)
 
 
-def _read_at(directory: DirHandle, name: str) -> tuple[bytes, FileSnapshot]:
+def read_at(directory: DirHandle, name: str) -> tuple[bytes, FileSnapshot]:
+    """Read a file in `directory` and describe it; a missing one is b"" with `exists=False`."""
     where = directory.path / name
     try:
         fd = open_regular(directory, name, os.O_RDONLY)
@@ -101,22 +94,6 @@ def _read_at(directory: DirHandle, name: str) -> tuple[bytes, FileSnapshot]:
     )
 
 
-def read_snapshot(path: Path, *, directory: DirHandle | None = None) -> tuple[bytes, FileSnapshot]:
-    """Read a file and describe it; a missing file reads as b"" with `exists=False`.
-
-    With `directory` the file is `path.name` inside that handle.
-    """
-    if directory is not None:
-        return _read_at(directory, path.name)
-    full = absolute(Path(path))
-    try:
-        handle = open_dir(full.parent, subject=path)
-    except FileNotFoundError:
-        return b"", _MISSING
-    with handle:
-        return _read_at(handle, full.name)
-
-
 def _unchanged_since(directory: DirHandle, name: str, expected: FileSnapshot) -> bool:
     try:
         st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
@@ -131,7 +108,7 @@ def _unchanged_since(directory: DirHandle, name: str, expected: FileSnapshot) ->
         expected.mtime_ns,
     ):
         return False
-    _, current = _read_at(directory, name)
+    _, current = read_at(directory, name)
     return current.sha256 == expected.sha256
 
 
@@ -155,7 +132,6 @@ def _remove_stale_at(
     if not directory.readable:
         return 0
     removed = 0
-    euid = os.geteuid()
     try:
         entries = os.listdir(directory.fd)
     except OSError:
@@ -168,7 +144,7 @@ def _remove_stale_at(
             st = os.stat(entry, dir_fd=directory.fd, follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != euid:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != directory.euid:
             continue
         age = now - st.st_mtime
         if (
@@ -193,15 +169,10 @@ def remove_stale_temps(
     directory: DirHandle | None = None,
     clock: Clock | None = None,
 ) -> int:
-    """Delete temp files a crashed writer of `path` left behind; returns how many.
+    """Delete temp files crashed writers of `path` left (our pattern, our uid); how many.
 
-    Only our own pattern for this target and only regular files of our own user, listed
-    and removed inside one directory handle (`directory`, else `path`'s directory). With
-    `locked` the caller holds the target's lock, which every credfresh writer of it takes
-    before creating a temp file, so all such temps are leftovers. Otherwise a temp is stale
-    when older than STALE_TEMP_SECONDS, or when its creator (the pid in its name) is dead
-    and it is past DEAD_PID_GRACE_SECONDS (the pid may be from another pid namespace).
-    Ages are measured on `clock` (the file times are wall times).
+    `locked`: the caller holds the lock every writer takes first, so all are leftovers; else
+    stale past STALE_TEMP_SECONDS, or DEAD_PID_GRACE_SECONDS once the pid in the name is dead.
     """
     now = (clock or SystemClock()).now().timestamp()
     if directory is not None:
@@ -247,9 +218,8 @@ def _prepare_temp(
 ) -> None:
     """Set mode and group on the still-empty temp file, so no secret is ever readable by others.
 
-    The owner is never changed: the temp is ours, and as root the file it replaces was
-    checked (through the same directory handle) to be root's too. Handing the temp to the
-    uid of whatever file was read is how a swapped directory once gave a user root's keys.
+    Never the owner: handing the temp to the uid of the file read is how a swapped directory
+    once gave a user root's keys (as root that file was checked to be root's anyway).
     """
     st = os.fstat(fd)
     if stat.S_IMODE(st.st_mode) != mode:
@@ -282,9 +252,8 @@ def _rewrite_in_place(
 ) -> None:
     """Overwrite the same inode: a bind-mounted single file cannot be renamed over.
 
-    Not atomic: a reader may see a mix for an instant, and a crash mid-write leaves a torn
-    file. It is still better than never refreshing a file the container can only reach this
-    way. Whatever lock the caller holds keeps other credfresh writers out.
+    Not atomic (a reader may see a mix, a crash leaves a torn file), but better than never
+    refreshing a file a container can only reach this way. The caller's lock keeps writers out.
     """
     real = target.path
     try:
@@ -311,7 +280,7 @@ def _rewrite_in_place(
         os.close(fd)
 
 
-def atomic_write(
+def atomic_write(  # noqa: PLR0913  the one write: the file, its bytes and documented seams
     path: Path | Target,
     data: bytes,
     *,
@@ -320,49 +289,30 @@ def atomic_write(
     before_rename: Callable[[], None] | None = None,
     on_event: EventCallback | None = None,
     clock: Clock | None = None,
+    euid: int | None = None,
 ) -> bool:
     """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
-    Returns False, writing nothing, when the file already holds exactly `data`.
-
-    Sequence: `open_target` (ownership and trust checks, missing directories made 0700,
-    one directory handle), remove stale temp files (`remove_stale_temps`, ages on `clock`),
-    create `.<name>.credfresh-<pid>-<random>.tmp` in that directory with
-    O_CREAT|O_EXCL and `mode` (fixed before any byte lands, so the umask cannot widen or
-    narrow it), keep the old file's group, write, fsync, run `before_rename` (a test seam),
-    check that the target still matches `expected` (raises TargetChangedError otherwise),
-    rename, fsync the directory. Every step names files relative to the one directory
-    handle, so a directory swapped meanwhile can make the write fail but never land
-    elsewhere. When the rename fails with EBUSY or EXDEV (a bind-mounted single file) the
-    same inode is rewritten in place instead, reported once per path through `on_event`
-    as `rewritten_in_place`. On any failure the temp file is removed and the target is
-    untouched; errors are CredfileError `write_failed` or `unsafe_path`.
-
-    A caller that holds a Target passes it instead of a path: it has run those checks and
-    cleared stale temps under its lock (`store.write_profiles`), so neither runs twice.
-
-    Only atomic on POSIX file systems with rename(2).
+    Returns False, writing nothing, when the file already holds exactly `data`. Sequence:
+    `open_target` (checks for `euid`, missing directories 0700), `remove_stale_temps`, an
+    O_EXCL temp file with `mode` fixed before any byte lands, the old group kept, write,
+    fsync, `before_rename` (a test seam), a check that the target still matches `expected`
+    (else TargetChangedError), rename, directory fsync; each step inside the one directory
+    handle. A rename failing with EBUSY or EXDEV (a bind-mounted file) rewrites the inode in
+    place and emits `rewritten_in_place`. On failure the temp is removed and the target
+    untouched (CredfileError `write_failed` or `unsafe_path`). A Target (checked and cleared
+    under the caller's lock) skips the first two steps. Only atomic on POSIX rename(2).
     """
     if isinstance(path, Target):
-        return _write_at(
-            path, data, mode=mode, expected=expected, before_rename=before_rename, on_event=on_event
-        )
-    with open_target(path, create=True) as target:
+        return _write_at(path, data, mode, expected, before_rename, on_event)
+    with open_target(path, create=True, euid=euid) as target:
         remove_stale_temps(target.path, on_event=on_event, directory=target.directory, clock=clock)
-        return _write_at(
-            target,
-            data,
-            mode=mode,
-            expected=expected,
-            before_rename=before_rename,
-            on_event=on_event,
-        )
+        return _write_at(target, data, mode, expected, before_rename, on_event)
 
 
-def _write_at(
+def _write_at(  # noqa: PLR0913, PLR0917  atomic_write's arguments, passed on
     target: Target,
     data: bytes,
-    *,
     mode: int,
     expected: FileSnapshot | None,
     before_rename: Callable[[], None] | None,
@@ -370,7 +320,7 @@ def _write_at(
 ) -> bool:
     directory, name, real = target.directory, target.name, target.path
     digest = hashlib.sha256(data).digest()
-    old = _read_at(directory, name)[1] if expected is None else expected
+    old = read_at(directory, name)[1] if expected is None else expected
     if old.exists and old.sha256 == digest:
         return False
     temp, fd = _create_temp(directory, name, mode)
@@ -395,9 +345,7 @@ def _write_at(
                 raise
             reason = errno.errorcode.get(exc.errno or 0, "rename failed")
             _rewrite_in_place(target, data, mode, expected, reason)
-            if str(real) not in _IN_PLACE_REPORTED:
-                _IN_PLACE_REPORTED.add(str(real))
-                _emit(on_event, "rewritten_in_place", {"path": str(real), "reason": reason})
+            _emit(on_event, "rewritten_in_place", {"path": str(real), "reason": reason})
             _discard(directory, temp)
     except OSError as exc:
         _discard(directory, temp)

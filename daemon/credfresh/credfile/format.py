@@ -51,12 +51,8 @@ class _Section:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """The outcome of `merge`: the new text and what it changed.
-
-    `updated` holds profiles added or rewritten (bytes changed), `removed` the sections taken
-    out, `conflicts` the profiles refused with CredfileError `section_conflict`, `sections`
-    every section name (except DEFAULT) the new text holds.
-    """
+    """The outcome of `merge`: the new text, profiles whose bytes changed or were removed,
+    those refused (`section_conflict`) and every section (but DEFAULT) the text holds."""
 
     text: str
     changed: bool
@@ -70,9 +66,8 @@ class MergeResult:
 class FileView:
     """This owner's view of the file: its readable profiles, the rest by name only.
 
-    `foreign` lists sections that exist but are not this owner's (callers show `conflict`
-    when one is a configured profile); `damaged` lists this owner's sections that cannot be
-    read back (a key missing, a bad time, an unknown format): refreshing rewrites them.
+    `foreign`: sections not this owner's; `damaged`: this owner's that do not read back (a
+    key missing, a bad time, an unknown format), which a refresh rewrites.
     """
 
     managed: Mapping[str, Credentials]
@@ -106,14 +101,11 @@ def _split_lines(text: str) -> list[str]:
 def _parse(lines: list[str]) -> list[_Section]:
     """Read sections exactly as RawConfigParser(strict=True) does, remembering line spans.
 
-    The rules mirrored: whole-line `#`/`;` comments (indented too) are skipped and do not end
-    a value; blank lines neither; a line indented deeper than the line that started the
-    current key continues its value, even one that looks like a header; `[x]` (after
-    stripping) starts section `x`, taken verbatim; a key is the text before the first `=` or
-    `:`, lower-cased. Any error a strict parser raises (a line before the first header, a
-    line that is no key, an empty key, a duplicate section or key) raises CredfileError
-    `unparseable_file` at the first such line. Written for speed (it runs on every write
-    and every `credential-process` call): one pass, a fast path for unindented lines.
+    Mirrored: whole-line `#`/`;` comments and blank lines neither count nor end a value; a
+    line indented deeper than its key's continues the value, even one that looks like a
+    header; `[x]` starts section `x`; a key is the text before the first `=` or `:`,
+    lower-cased. What a strict parser rejects raises CredfileError `unparseable_file` at the
+    first such line. One pass with a fast path: it runs on every write and `credential-process`.
     """
     sections: list[_Section] = []
     names: set[str] = set()
@@ -126,11 +118,9 @@ def _parse(lines: list[str]) -> list[_Section]:
     for index, line in enumerate(lines):
         if line[0].isspace():
             value = line.strip()
-            if not value:
-                if optname:
+            if not value or value[0] in "#;":
+                if not value and optname:
                     options[optname] += "\n"
-                continue
-            if value[0] in "#;":
                 continue
             indent = len(line) - len(line.lstrip())
             if optname and indent > indent_level:
@@ -143,38 +133,43 @@ def _parse(lines: list[str]) -> list[_Section]:
             if value[0] in "#;":
                 continue
             indent_level = 0
-        if value[0] == "[":
-            header = header_match(value)
-            if header is not None:
-                name = header.group("header")
-                if name in names:
-                    raise _unparseable(index + 1, "a section that appeared before")
-                if name == _DEFAULT_SECTION:
-                    options = defaults
-                else:
-                    names.add(name)
-                    options = {}
-                current = _Section(name, index, index + 1, options)
-                sections.append(current)
-                optname = ""
-                continue
+        header = header_match(value) if value[0] == "[" else None
+        if header is not None:
+            current = _section(header.group("header"), index, names, defaults)
+            sections.append(current)
+            options, optname = current.options, ""
+            continue
         if current is None:
             raise _unparseable(index + 1, "text before the first section header")
-        # configparser's OPTCRE: the key ends at the first `=` or `:`.
-        equals = value.find("=")
-        colon = value.find(":", 0, equals) if equals >= 0 else value.find(":")
-        split = colon if colon >= 0 else equals
-        if split < 0:
-            raise _unparseable(index + 1, "neither a section header, a key nor a comment")
-        if split == 0:
-            raise _unparseable(index + 1, "a key with an empty name")
-        key = value[:split].rstrip().lower()
-        if key in options:
-            raise _unparseable(index + 1, "a key that appeared before in its section")
-        options[key] = value[split + 1 :].strip()
+        optname = _option(value, index, options)
         current.end = index + 1
-        optname = key
     return sections
+
+
+def _section(name: str, index: int, names: set[str], defaults: dict[str, str]) -> _Section:
+    """A header's new section; every `[DEFAULT]` shares one options dict, as in configparser."""
+    if name in names:
+        raise _unparseable(index + 1, "a section that appeared before")
+    if name == _DEFAULT_SECTION:
+        return _Section(name, index, index + 1, defaults)
+    names.add(name)
+    return _Section(name, index, index + 1, {})
+
+
+def _option(value: str, index: int, options: dict[str, str]) -> str:
+    """Store a `key = value` line (configparser's OPTCRE: the key ends at `=` or `:`)."""
+    equals = value.find("=")
+    colon = value.find(":", 0, equals) if equals >= 0 else value.find(":")
+    split = colon if colon >= 0 else equals
+    if split < 0:
+        raise _unparseable(index + 1, "neither a section header, a key nor a comment")
+    if split == 0:
+        raise _unparseable(index + 1, "a key with an empty name")
+    key = value[:split].rstrip().lower()
+    if key in options:
+        raise _unparseable(index + 1, "a key that appeared before in its section")
+    options[key] = value[split + 1 :].strip()
+    return key
 
 
 def decode(data: bytes) -> str:
@@ -241,17 +236,9 @@ def _conflict(profile: str, owner: str) -> CredfileError:
     )
 
 
-def _is_blank(line: str) -> bool:
-    return not line.strip()
-
-
 def _check_next_header(lines: list[str], section: _Section) -> None:
-    """Refuse to change a section followed by an indented header.
-
-    Such a header only reads as a header because of the indentation of the key before it;
-    after our rewrite (keys at column 0) or a removal it would become a continuation of the
-    previous key and that section would vanish into a value.
-    """
+    """Refuse to change a section followed by an indented header: after our rewrite (keys at
+    column 0) or a removal it would turn into a value of the key before it."""
     for index in range(section.end, len(lines)):
         stripped = lines[index].strip()
         if not stripped or stripped[0] in "#;":
@@ -275,17 +262,15 @@ def merge(
 ) -> MergeResult:
     """Merge this owner's sections into `text` (pure: no I/O), keeping every other byte.
 
-    - An update of a section this owner manages (its `x_credfresh_owner` equals `owner`)
-      replaces it in place, header through its last value line; comments or keys someone
-      put inside a managed section go with it (credfresh owns those sections whole).
-    - A same-named section that is not this owner's is a `section_conflict` for that
-      profile (reported, the others still merge) unless the profile is in `adopt`, which
-      replaces its contents in place.
-    - New sections are appended, each after one blank line (none for an empty file); a
-      text without a final newline first gets one, the only change to existing bytes.
-    - A removal takes the section's lines and one blank line next to it: the one before
-      its header, else the one after its last line. Appending then removing a section so
-      gives back the original text. Sections not this owner's are never removed.
+    - An update of a section this owner manages (`x_credfresh_owner` equals `owner`)
+      replaces it whole, header through its last value line, in place.
+    - A same-named section not this owner's is a `section_conflict` for that profile (the
+      others still merge) unless the profile is in `adopt`, which replaces it in place.
+    - New sections are appended after one blank line (none for an empty file); a text
+      without a final newline first gets one, the only change to existing bytes.
+    - A removal takes the section's lines and one blank line next to it (before its header,
+      else after it), so appending then removing gives back the original text. Sections
+      not this owner's are never removed.
 
     Raises CredfileError `unparseable_file` for text a strict configparser rejects,
     `write_failed` when a change would alter another section, and ValueError for bad
@@ -299,69 +284,80 @@ def merge(
     for name in removals:
         _check_profile(name)
     lines = _split_lines(text)
-    sections = {s.name: s for s in _parse(lines) if s.name != _DEFAULT_SECTION}
-    names = set(sections)
-    replace: dict[int, tuple[int, str]] = {}
-    drop: set[int] = set()
-    appended: list[str] = []
-    updated: list[str] = []
-    removed: list[str] = []
-    conflicts: dict[str, CredfileError] = {}
+    plan = _Plan(lines, {s.name: s for s in _parse(lines) if s.name != _DEFAULT_SECTION})
     for name, section_text in rendered.items():
-        section = sections.get(name)
-        if section is None:
-            appended.append(section_text)
-            updated.append(name)
-            names.add(name)
-            continue
-        if section.value(OWNER_KEY) != owner and name not in adopt:
-            conflicts[name] = _conflict(name, owner)
-            continue
-        if "".join(lines[section.header : section.end]) == section_text:
-            continue
-        _check_next_header(lines, section)
-        replace[section.header] = (section.end, section_text)
-        updated.append(name)
+        plan.update(name, section_text, owner, adopt_it=name in adopt)
     for name in removals:
-        section = sections.get(name)
-        if section is None or section.value(OWNER_KEY) != owner:
-            continue
-        _check_next_header(lines, section)
-        drop.update(range(section.header, section.end))
-        if section.header > 0 and _is_blank(lines[section.header - 1]):
-            drop.add(section.header - 1)
-        elif section.end < len(lines) and _is_blank(lines[section.end]):
-            drop.add(section.end)
-        removed.append(name)
-        names.discard(name)
-    if not (replace or drop or appended):
-        new_text = text
-    else:
-        out: list[str] = []
-        index = 0
-        while index < len(lines):
-            if index in replace:
-                index, section_text = replace[index]
-                out.append(section_text)
-                continue
-            if index not in drop:
-                out.append(lines[index])
-            index += 1
-        if appended and out and not out[-1].endswith(("\n", "\r")):
-            out.append("\n")
-        for section_text in appended:
-            if out:
-                out.append("\n")
-            out.append(section_text)
-        new_text = "".join(out)
+        plan.remove(name, owner)
+    new_text = plan.render() if plan.replace or plan.drop or plan.appended else text
     return MergeResult(
         text=new_text,
         changed=new_text != text,
-        updated=tuple(updated),
-        removed=tuple(removed),
-        conflicts=conflicts,
-        sections=frozenset(names),
+        updated=tuple(plan.updated),
+        removed=tuple(plan.removed),
+        conflicts=plan.conflicts,
+        sections=frozenset(plan.names),
     )
+
+
+class _Plan:
+    """What `merge` changes: sections replaced (by header line), lines dropped, appended."""
+
+    def __init__(self, lines: list[str], sections: dict[str, _Section]) -> None:
+        self.lines = lines
+        self.sections = sections
+        self.names = set(sections)
+        self.replace: dict[int, tuple[int, str]] = {}
+        self.drop: set[int] = set()
+        self.appended: list[str] = []
+        self.updated: list[str] = []
+        self.removed: list[str] = []
+        self.conflicts: dict[str, CredfileError] = {}
+
+    def update(self, name: str, section_text: str, owner: str, *, adopt_it: bool) -> None:
+        section = self.sections.get(name)
+        if section is None:
+            self.appended.append(section_text)
+            self.updated.append(name)
+            self.names.add(name)
+        elif section.value(OWNER_KEY) != owner and not adopt_it:
+            self.conflicts[name] = _conflict(name, owner)
+        elif "".join(self.lines[section.header : section.end]) != section_text:
+            _check_next_header(self.lines, section)
+            self.replace[section.header] = (section.end, section_text)
+            self.updated.append(name)
+
+    def remove(self, name: str, owner: str) -> None:
+        section, lines = self.sections.get(name), self.lines
+        if section is None or section.value(OWNER_KEY) != owner:
+            return
+        _check_next_header(lines, section)
+        self.drop.update(range(section.header, section.end))
+        if section.header > 0 and not lines[section.header - 1].strip():
+            self.drop.add(section.header - 1)
+        elif section.end < len(lines) and not lines[section.end].strip():
+            self.drop.add(section.end)
+        self.removed.append(name)
+        self.names.discard(name)
+
+    def render(self) -> str:
+        out: list[str] = []
+        index = 0
+        while index < len(self.lines):
+            if index in self.replace:
+                index, section_text = self.replace[index]
+                out.append(section_text)
+                continue
+            if index not in self.drop:
+                out.append(self.lines[index])
+            index += 1
+        if self.appended and out and not out[-1].endswith(("\n", "\r")):
+            out.append("\n")
+        for section_text in self.appended:
+            if out:
+                out.append("\n")
+            out.append(section_text)
+        return "".join(out)
 
 
 def _credentials_of(section: _Section) -> Credentials | None:

@@ -1,8 +1,7 @@
 """Directory handles and the path checks: every file credfresh touches is reached through one.
 
-A path is walked from `/` once per write with O_NOFOLLOW (`open_dir`, `open_target`), the
-ownership and trust rules are applied on what was opened, and every later step (lock, read,
-temp file, rename) names files relative to that one handle.
+A path is walked from `/` once per write with O_NOFOLLOW and checked on what was opened;
+every later step (lock, read, temp file, rename) names files relative to that one handle.
 """
 
 from __future__ import annotations
@@ -17,12 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from credfresh.context import Clock, SystemClock
+from credfresh.context import Clock, SystemClock, process_euid
 from credfresh.errors import CredfileError
 from credfresh.trust import directory_problem
 
 #: Same limit as the kernel's (ELOOP), so a symlink loop fails instead of spinning.
 MAX_SYMLINKS = 40
+_LOCK_POLL = 0.02
 
 
 def unsafe(path: Path | str, why: str) -> CredfileError:
@@ -48,21 +48,20 @@ def absolute(path: Path) -> Path:
 
 
 class DirHandle:
-    """One directory, opened once per write: every later step names files relative to it.
+    """One directory, opened once per write: a directory swapped above it after the walk can
+    make a later step fail, never redirect it. `readable`: `fd` can list and fsync it;
+    `euid`: whose rules the walk applied. `path` is for messages."""
 
-    Files are opened, checked, renamed and removed with `dir_fd=fd`, so a directory renamed
-    or swapped above this one after the walk can only make a step fail, never send it into
-    another directory. `path` is how it was reached (for messages), `st` its fstat, and
-    `readable` says `fd` can list and fsync the directory (not only name files in it).
-    """
+    __slots__ = ("euid", "fd", "path", "readable", "st")
 
-    __slots__ = ("fd", "path", "readable", "st")
-
-    def __init__(self, path: Path, fd: int, st: os.stat_result, *, readable: bool) -> None:
+    def __init__(
+        self, path: Path, fd: int, st: os.stat_result, *, readable: bool, euid: int
+    ) -> None:
         self.path = path
         self.fd = fd
         self.st = st
         self.readable = readable
+        self.euid = euid
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -106,9 +105,10 @@ def _new_dir_stat(euid: int) -> os.stat_result:
 
 
 def _check_step(
-    directory: DirHandle, next_st: os.stat_result | None, euid: int, *, own: bool, subject: Path
+    directory: DirHandle, next_st: os.stat_result | None, *, own: bool, subject: Path
 ) -> None:
     """As root, refuse a directory on the way that another user could swap things in."""
+    euid = directory.euid
     if euid != 0:
         return
     problem = directory_problem(str(directory.path), directory.st, next_st, euid, own=own)
@@ -136,84 +136,41 @@ def _make_dir(parent: DirHandle, name: str) -> DirHandle:
     except BaseException:
         os.close(fd)
         raise
-    return DirHandle(parent.path / name, fd, st, readable=True)
+    return DirHandle(parent.path / name, fd, st, readable=True, euid=parent.euid)
 
 
-def open_dir(directory: Path, *, create: bool = False, subject: Path | None = None) -> DirHandle:
+def open_dir(
+    directory: Path, *, create: bool = False, subject: Path | None = None, euid: int | None = None
+) -> DirHandle:
     """Open `directory` by walking from `/` one component at a time with O_NOFOLLOW.
 
-    Each component is opened relative to the one before, so what was checked is what is
-    used. As root every directory on the way must pass `trust.directory_problem` (checked
-    on the fstat of the open directory) and a symlink is followed only when root owns it
-    (the walk restarts on its target, at most MAX_SYMLINKS times); other users follow links
-    as the kernel would and have no directory rule (a shared 0777 emptyDir is fine). With
-    `create` missing directories are made 0700, after checking the one they go in;
-    without it a missing one raises FileNotFoundError naming the path. The file's own
-    directory is not checked here (that needs the file: see `open_target`). Errors are
-    CredfileError `unsafe_path` naming `subject` (default `directory`) or `write_failed`.
+    As root (`euid`) every directory on the way must pass `trust.directory_problem` and only
+    root's symlinks are followed; other users follow links as the kernel would and have no
+    directory rule (a shared 0777 emptyDir is fine). With `create` missing directories are
+    made 0700, else FileNotFoundError names the missing path. The file's own directory is
+    `open_target`'s to check. Errors: CredfileError `unsafe_path` naming `subject`, `write_failed`.
     """
-    euid = os.geteuid()
     subject = directory if subject is None else subject
     stack: list[DirHandle] = []
     try:
         fd = os.open("/", _DIR_FLAGS)
-        stack.append(DirHandle(Path("/"), fd, os.fstat(fd), readable=False))
+        euid = process_euid() if euid is None else euid
+        stack.append(DirHandle(Path("/"), fd, os.fstat(fd), readable=False, euid=euid))
         pending = list(absolute(directory).parts[1:])
         hops = 0
         while pending:
             part = pending.pop(0)
-            top = stack[-1]
-            if part in ("", "."):
-                continue
             if part == "..":
                 if len(stack) > 1:
                     stack.pop().close()
-                continue
-            try:
-                st = os.stat(part, dir_fd=top.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not create:
-                    missing = Path(top.path / part, *pending)
-                    raise FileNotFoundError(
-                        errno.ENOENT, "No such directory", str(missing)
-                    ) from None
-                _check_step(top, _new_dir_stat(euid), euid, own=False, subject=subject)
-                stack.append(_make_dir(top, part))
-                _check_step(top, stack[-1].st, euid, own=False, subject=subject)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                if euid == 0 and st.st_uid != euid:
-                    raise unsafe(
-                        top.path / part, f"it is a symlink owned by uid {st.st_uid}, not root"
-                    )
-                _check_step(top, st, euid, own=False, subject=subject)
+            elif part not in ("", ".") and (link := _enter(stack, part, pending, create, subject)):
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise unsafe(subject, "too many levels of symbolic links")
-                target = Path(os.readlink(part, dir_fd=top.fd))
-                if target.is_absolute():
-                    while len(stack) > 1:
-                        stack.pop().close()
-                    pending = list(target.parts[1:]) + pending
-                else:
-                    pending = list(target.parts) + pending
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                raise CredfileError(
-                    f"could not use directory {top.path / part}: something else is in the way",
-                    code="write_failed",
-                )
-            fd = os.open(part, _DIR_FLAGS, dir_fd=top.fd)
-            stack.append(DirHandle(top.path / part, fd, os.fstat(fd), readable=False))
-            _check_step(top, stack[-1].st, euid, own=False, subject=subject)
-        found = stack.pop()
-        try:
-            fd = os.open(".", _READ_DIR_FLAGS, dir_fd=found.fd)
-        except OSError:
-            # Search permission only: files can still be named in it, just not listed.
-            return found
-        found.close()
-        return DirHandle(found.path, fd, os.fstat(fd), readable=True)
+                while link.is_absolute() and len(stack) > 1:
+                    stack.pop().close()
+                pending[:0] = link.parts[1:] if link.is_absolute() else link.parts
+        return _listable(stack.pop())
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not create:
             raise
@@ -221,6 +178,46 @@ def open_dir(directory: Path, *, create: bool = False, subject: Path | None = No
     finally:
         for handle in stack:
             handle.close()
+
+
+def _enter(
+    stack: list[DirHandle], part: str, pending: list[str], create: bool, subject: Path
+) -> Path | None:
+    """Push `part` of the directory on top (made if missing); a symlink's target is returned."""
+    top = stack[-1]
+    try:
+        st = os.stat(part, dir_fd=top.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        if not create:
+            missing = Path(top.path / part, *pending)
+            raise FileNotFoundError(errno.ENOENT, "No such directory", str(missing)) from None
+        _check_step(top, _new_dir_stat(top.euid), own=False, subject=subject)
+        stack.append(_make_dir(top, part))
+        _check_step(top, stack[-1].st, own=False, subject=subject)
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        if top.euid == 0 and st.st_uid != 0:
+            raise unsafe(top.path / part, f"it is a symlink owned by uid {st.st_uid}, not root")
+        _check_step(top, st, own=False, subject=subject)
+        return Path(os.readlink(part, dir_fd=top.fd))
+    if not stat.S_ISDIR(st.st_mode):
+        raise CredfileError(
+            f"could not use directory {top.path / part}: something else is in the way",
+            code="write_failed",
+        )
+    fd = os.open(part, _DIR_FLAGS, dir_fd=top.fd)
+    stack.append(DirHandle(top.path / part, fd, os.fstat(fd), readable=False, euid=top.euid))
+    _check_step(top, stack[-1].st, own=False, subject=subject)
+    return None
+
+
+def _listable(found: DirHandle) -> DirHandle:
+    try:
+        fd = os.open(".", _READ_DIR_FLAGS, dir_fd=found.fd)
+    except OSError:  # search permission only: files can still be named in it, not listed
+        return found
+    found.close()
+    return DirHandle(found.path, fd, os.fstat(fd), readable=True, euid=found.euid)
 
 
 def lstat_at(directory: DirHandle, name: str) -> os.stat_result | None:
@@ -232,42 +229,39 @@ def lstat_at(directory: DirHandle, name: str) -> os.stat_result | None:
         raise failed("inspect", directory.path / name, exc) from None
 
 
-def _check_entry(
-    directory: DirHandle, name: str, st: os.stat_result | None, euid: int, subject: Path
-) -> None:
+def _check_entry(directory: DirHandle, name: str, st: os.stat_result | None, subject: Path) -> None:
     """The file itself and, as root, its own directory (writable by root alone)."""
-    where = directory.path / name
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise unsafe(where, "it is not a regular file")
-    if euid != 0:
-        return
-    if st is not None and st.st_uid != euid:
-        raise unsafe(where, f"the file belongs to uid {st.st_uid}, not root")
-    _check_step(directory, st, euid, own=True, subject=subject)
+    if st is not None:
+        _check_file(directory, name, st)
+    if directory.euid == 0:
+        _check_step(directory, st, own=True, subject=subject)
 
 
-def open_target(path: Path, *, create: bool = False) -> Target:
+def _check_file(directory: DirHandle, name: str, st: os.stat_result) -> None:
+    """A regular file, and root's when we are root."""
+    if not stat.S_ISREG(st.st_mode):
+        raise unsafe(directory.path / name, "it is not a regular file")
+    if directory.euid == 0 and st.st_uid != 0:
+        raise unsafe(directory.path / name, f"the file belongs to uid {st.st_uid}, not root")
+
+
+def open_target(path: Path, *, create: bool = False, euid: int | None = None) -> Target:
     """Apply the ownership rules and open the directory of the real file to write.
 
-    A symlink owned by our own user is written through (the link is kept, its target is
-    replaced); a symlink owned by anyone else is refused, since following it would let that
-    user choose which file we overwrite. As root the file must be root's, every directory
-    above it must pass the trust rule (see `open_dir`) and its own directory must be
-    writable by root alone: a user who can rename a directory on the way could otherwise
-    swap where root's secrets land. Non-root needs no directory rule: a shared directory
-    (a Kubernetes emptyDir, root 0777) is fine because the temp file is O_EXCL and every
-    step works in the one directory opened here. With `create` missing directories are
-    made 0700; without it a missing directory raises FileNotFoundError naming the file.
-    Raises CredfileError `unsafe_path` naming the offending path, or `write_failed`.
+    Our own user's symlink is written through (the link is kept); anyone else's is refused,
+    or that user would choose which file we overwrite. As root the file must be root's, the
+    directories above pass `open_dir`'s rule and its own directory is writable by root
+    alone, so no user can swap where root's secrets land. Non-root needs no directory rule:
+    the temp file is O_EXCL inside the one directory opened here. `create` and
+    FileNotFoundError as in `open_dir`; errors are CredfileError `unsafe_path` or `write_failed`.
     """
-    euid = os.geteuid()
     subject = Path(path)
     current = absolute(subject)
     for _ in range(MAX_SYMLINKS + 1):
         if not current.name or current.name == "..":
             raise unsafe(path, "it names a directory, not a file")
         try:
-            directory = open_dir(current.parent, create=create, subject=subject)
+            directory = open_dir(current.parent, create=create, subject=subject, euid=euid)
         except FileNotFoundError as exc:
             missing = Path(str(exc.filename)) / current.name
             raise FileNotFoundError(errno.ENOENT, "No such directory", str(missing)) from None
@@ -275,13 +269,14 @@ def open_target(path: Path, *, create: bool = False) -> Target:
         try:
             st = lstat_at(directory, current.name)
             if st is None or not stat.S_ISLNK(st.st_mode):
-                _check_entry(directory, current.name, st, euid, subject)
+                _check_entry(directory, current.name, st, subject)
                 keep = True
                 return Target(directory, current.name, st)
-            if st.st_uid != euid:
+            if st.st_uid != directory.euid:
                 raise unsafe(
                     directory.path / current.name,
-                    f"it is a symlink owned by uid {st.st_uid}, not by credfresh's uid {euid}",
+                    f"it is a symlink owned by uid {st.st_uid},"
+                    f" not by credfresh's uid {directory.euid}",
                 )
             try:
                 link = os.readlink(current.name, dir_fd=directory.fd)
@@ -294,21 +289,18 @@ def open_target(path: Path, *, create: bool = False) -> Target:
     raise unsafe(path, "too many levels of symbolic links")
 
 
-def resolve_target(path: Path) -> Path:
+def resolve_target(path: Path, *, euid: int | None = None) -> Path:
     """The real path `open_target` would write (symlinks followed), after the same checks."""
     try:
-        with open_target(path) as target:
+        with open_target(path, euid=euid) as target:
             return target.path
     except FileNotFoundError as exc:
         return Path(str(exc.filename))
 
 
 def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
-    """Open a file in `directory` (None when missing), checked on what was opened.
-
-    Raises OSError as is, CredfileError `unsafe_path` for a non-regular file or, as root,
-    one that is not root's.
-    """
+    """Open a file in `directory` (None when missing); OSError as is, `unsafe_path` for what
+    `_check_file` refuses."""
     try:
         fd = os.open(
             name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory.fd
@@ -316,12 +308,7 @@ def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise unsafe(directory.path / name, "it is not a regular file")
-        euid = os.geteuid()
-        if euid == 0 and st.st_uid != euid:
-            raise unsafe(directory.path / name, f"the file belongs to uid {st.st_uid}, not root")
+        _check_file(directory, name, os.fstat(fd))
     except BaseException:
         os.close(fd)
         raise
@@ -329,10 +316,7 @@ def open_regular(directory: DirHandle, name: str, flags: int) -> int | None:
 
 
 def read_target(target: Target) -> bytes | None:
-    """The file's bytes through its directory handle, or None when it does not exist.
-
-    Raises OSError as is (callers choose the error code) and CredfileError `unsafe_path`.
-    """
+    """The file's bytes through its directory handle, or None; OSError is the caller's."""
     fd = open_regular(target.directory, target.name, os.O_RDONLY)
     if fd is None:
         return None
@@ -342,51 +326,19 @@ def read_target(target: Target) -> bytes | None:
         os.close(fd)
 
 
-def read_file(path: Path) -> bytes | None:
+def read_file(path: Path, *, euid: int | None = None) -> bytes | None:
     """Read `path` under the same rules as a write (`open_target`); None when missing."""
     try:
-        target = open_target(path)
+        target = open_target(path, euid=euid)
     except FileNotFoundError:
         return None
     with target:
         return read_target(target)
 
 
-def ensure_private_dir(path: Path) -> None:
-    """`mkdir -p` where every directory we create is 0700 whatever the umask.
-
-    Existing directories are left as they are: their modes are their owner's choice.
-    """
-    missing: list[Path] = []
-    current = Path(os.path.abspath(path))
-    while not current.is_dir():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if directory.is_dir():
-                continue
-            raise CredfileError(
-                f"could not create directory {directory}: a file is in the way",
-                code="write_failed",
-            ) from None
-        except OSError as exc:
-            raise failed("create directory", directory, exc) from None
-        # mkdir's mode is cut by the umask; the directory is still empty, so this exposes nothing.
-        if stat.S_IMODE(os.stat(directory).st_mode) != 0o700:
-            os.chmod(directory, 0o700)
-
-
 def open_lock_at(directory: DirHandle, name: str) -> int:
-    """Open (creating it 0600) a lock file in `directory`; one another uid owns is refused.
-
-    Refused at once rather than waited on: another user's lock file is theirs to hold
-    forever, and opening it to write our pid would let them choose what we truncate.
-    """
+    """Open (creating it 0600) a lock file in `directory`; another uid's is refused at once:
+    they could hold it forever, and writing our pid to it would truncate what they chose."""
     where = directory.path / name
     try:
         fd = os.open(
@@ -399,7 +351,7 @@ def open_lock_at(directory: DirHandle, name: str) -> int:
         raise failed("open lock file", where, exc) from None
     try:
         st = os.fstat(fd)
-        euid = os.geteuid()
+        euid = directory.euid
         if not stat.S_ISREG(st.st_mode):
             raise unsafe(where, "it is not a regular file")
         if st.st_uid != euid:
@@ -419,24 +371,24 @@ def open_lock_at(directory: DirHandle, name: str) -> int:
     return fd
 
 
-def _entry_dir(path: Path, *, create: bool) -> DirHandle:
+def _entry_dir(path: Path, *, create: bool, euid: int | None) -> DirHandle:
     """The directory handle of `path` itself (no symlink followed), with the entry's checks."""
     full = absolute(Path(path))
     try:
-        directory = open_dir(full.parent, create=create, subject=Path(path))
+        directory = open_dir(full.parent, create=create, subject=Path(path), euid=euid)
     except FileNotFoundError as exc:
         raise failed("open", path, exc) from None
     try:
-        _check_entry(directory, full.name, lstat_at(directory, full.name), os.geteuid(), path)
+        _check_entry(directory, full.name, lstat_at(directory, full.name), path)
     except BaseException:
         directory.close()
         raise
     return directory
 
 
-def open_lock_file(path: Path, *, create_dirs: bool = False) -> int:
+def open_lock_file(path: Path, *, create_dirs: bool = False, euid: int | None = None) -> int:
     """`open_lock_at` on `path`'s own directory, opened and checked as for a write."""
-    with _entry_dir(path, create=create_dirs) as directory:
+    with _entry_dir(path, create=create_dirs, euid=euid) as directory:
         return open_lock_at(directory, absolute(Path(path)).name)
 
 
@@ -445,19 +397,20 @@ def file_lock(
     lock_path: Path,
     timeout: float,
     *,
-    poll_interval: float = 0.02,
     directory: DirHandle | None = None,
     clock: Clock | None = None,
+    euid: int | None = None,
 ) -> Iterator[None]:
     """Hold an exclusive flock on `lock_path` (created 0600), waiting at most `timeout` s.
 
-    A separate lock file, not the target: the target is replaced by rename, so a lock on it
-    would guard an inode that stops being the file. Polling LOCK_NB keeps the wait bounded
-    without signals or threads. With `directory` the lock is `lock_path.name` inside that
-    handle; the wait is measured on `clock`. Raises CredfileError `write_failed` on timeout,
-    `unsafe_path` for a lock file of another uid.
+    A separate lock file: the target is replaced by rename, so a lock on it would guard an
+    inode that stops being the file. With `directory` the lock is `lock_path.name` in it.
+    Raises CredfileError `write_failed` on timeout, `unsafe_path` for another uid's lock file.
     """
-    fd = open_lock_file(lock_path) if directory is None else open_lock_at(directory, lock_path.name)
+    if directory is None:
+        fd = open_lock_file(lock_path, euid=euid)
+    else:
+        fd = open_lock_at(directory, lock_path.name)
     monotonic = (clock or SystemClock()).monotonic
     try:
         deadline = monotonic() + timeout
@@ -472,7 +425,7 @@ def file_lock(
                         f"{lock_path} is held by another writer; gave up after {timeout:g} s",
                         code="write_failed",
                     ) from None
-                time.sleep(min(poll_interval, remaining))
+                time.sleep(min(_LOCK_POLL, remaining))
         yield
     finally:
         os.close(fd)

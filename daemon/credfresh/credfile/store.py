@@ -1,8 +1,7 @@
 """The credentials file on disk: read this owner's profiles, write them under a lock.
 
-`format` decides what the file says (pure); this module reads and replaces it through one
-directory handle (`handles.open_target`) and one atomic write, merging again when another
-program changed the file meanwhile.
+`format` decides what the file says; this module reads and replaces it through one directory
+handle and one atomic write, merging again when another program changed the file meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from credfresh.credfile.atomic import (
     EventCallback,
     TargetChangedError,
     atomic_write,
-    read_snapshot,
+    read_at,
     remove_stale_temps,
 )
 from credfresh.credfile.format import (
@@ -51,17 +50,17 @@ class WriteResult:
     conflicts: Mapping[str, CredfileError]
 
 
-def read_managed(path: Path, owner: str, profiles: Collection[str] | None = None) -> FileView:
+def read_managed(
+    path: Path, owner: str, profiles: Collection[str] | None = None, *, euid: int | None = None
+) -> FileView:
     """Read this owner's profiles (all, or only `profiles`); a missing file is an empty view.
 
-    No lock: writers replace the file by rename, so a read sees one whole version. The same
-    ownership rules as writing apply (a symlink or tree of another user is `unsafe_path`),
-    so a planted file cannot feed credentials to credfresh. Only the stdlib is used: this is
-    on the path of `credfresh credential-process`, which must start fast. Raises
-    CredfileError `unparseable_file` (with `line`), `unsafe_path` or `read_failed`.
+    No lock: writers rename, so a read sees one whole version. The write's ownership rules
+    apply, so a planted file cannot feed credentials to credfresh. Stdlib only (on the fast
+    path of `credential-process`). CredfileError `unparseable_file`, `unsafe_path`, `read_failed`.
     """
     try:
-        target = open_target(path)
+        target = open_target(path, euid=euid)
     except FileNotFoundError:
         return FileView({}, frozenset(), frozenset())
     with target:
@@ -81,11 +80,9 @@ def read_managed(path: Path, owner: str, profiles: Collection[str] | None = None
 
 
 def _check_result(path: Path, result: MergeResult, owner: str) -> None:
-    """The final gate before writing: a strict stdlib parser must read what we made.
+    """The last gate: a strict parser must read the sections meant, each update as ours.
 
-    It also checks that the merge kept exactly the sections it meant to keep and that each
-    written profile reads back as ours; a failure here is a credfresh bug, so nothing is
-    written rather than risking other profiles.
+    A failure here is a credfresh bug, so nothing is written rather than risking other profiles.
     """
     parser = configparser.RawConfigParser(strict=True, interpolation=None)
     try:
@@ -106,7 +103,7 @@ def _check_result(path: Path, result: MergeResult, owner: str) -> None:
         )
 
 
-def write_profiles(
+def write_profiles(  # noqa: PLR0913  the profiles to write, then named options and test seams
     path: Path,
     owner: str,
     updates: Mapping[str, Credentials],
@@ -116,32 +113,26 @@ def write_profiles(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     on_event: EventCallback | None = None,
     before_commit: Callable[[int], None] | None = None,
+    euid: int | None = None,
 ) -> WriteResult:
     """Write and remove any number of this owner's profiles in one locked, atomic write.
 
-    Sequence: check ownership and trust, follow our own symlink and open the file's
-    directory once (`open_target`; every later step works inside that handle), create missing
-    directories 0700, flock `<file>.lock` (at most `lock_timeout` s), drop temp files that
-    crashed writers left (under the lock every one is stale), read, `merge`, check the
-    result with RawConfigParser(strict=True), then `atomic_write` (0600 temp, fsync,
-    rename, directory fsync; in-place rewrite for a bind-mounted file).
-    If another program changed the file after our read, read and merge again, up to
-    MAX_MERGE_ATTEMPTS in all. Nothing is written when the bytes would not change.
-
-    `section_conflict` profiles are in `.conflicts`, the rest is still written.
-    `write_failed`, `unparseable_file` and `unsafe_path` are raised as CredfileError; the
-    old file is then untouched. `before_commit(attempt)` runs after the temp file is synced
-    and before the re-check and rename: a seam for tests, None in production.
-    `on_event(name, fields)` receives notices (`rewritten_in_place`, `stale_temp_removed`,
-    `credfile_changed_during_write`, `owner_not_kept`, `dir_fsync_failed`).
+    `open_target` (the checks for `euid`, missing directories 0700), flock `<file>.lock`
+    (at most `lock_timeout` s), drop leftover temps (under the lock all are stale), read,
+    `merge`, `_check_result`, `atomic_write`; after another program's change, merge again
+    (MAX_MERGE_ATTEMPTS in all). Unchanged bytes are not written. `section_conflict`
+    profiles land in `.conflicts`; other errors are raised with the old file untouched.
+    `before_commit(attempt)` runs before the re-check and rename (a test seam).
+    `on_event(name, fields)` gets `rewritten_in_place`, `stale_temp_removed`,
+    `credfile_changed_during_write`, `owner_not_kept` and `dir_fsync_failed`.
     """
     merge("", owner, updates, removals, adopt)  # bad arguments fail before any disk access
-    with open_target(path, create=True) as target:
+    with open_target(path, create=True, euid=euid) as target:
         real, directory = target.path, target.directory
         with file_lock(real.with_name(real.name + ".lock"), lock_timeout, directory=directory):
             remove_stale_temps(real, locked=True, on_event=on_event, directory=directory)
             for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
-                data, snapshot = read_snapshot(real, directory=directory)
+                data, snapshot = read_at(directory, real.name)
                 try:
                     result = merge(decode(data), owner, updates, removals, adopt)
                 except CredfileError as exc:
@@ -172,3 +163,39 @@ def write_profiles(
         " nothing was written",
         code="write_failed",
     )
+
+
+class FileStore:
+    """The engine's Store: one process's credentials file access, as its `euid`.
+
+    It passes `rewritten_in_place` on once per path: worth one log line, not one per refresh.
+    """
+
+    def __init__(self, euid: int) -> None:
+        self.euid = euid
+        self._in_place_reported: set[str] = set()
+
+    def read_managed(self, path: Path, owner: str) -> FileView:
+        return read_managed(path, owner, euid=self.euid)
+
+    def write_profiles(  # noqa: PLR0913  the Store protocol's signature
+        self,
+        path: Path,
+        owner: str,
+        updates: Mapping[str, Credentials],
+        removals: Collection[str] = (),
+        *,
+        adopt: Collection[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> WriteResult:
+        def report(name: str, fields: dict[str, object]) -> None:
+            if name == "rewritten_in_place":
+                if fields["path"] in self._in_place_reported:
+                    return
+                self._in_place_reported.add(str(fields["path"]))
+            if on_event is not None:
+                on_event(name, fields)
+
+        return write_profiles(
+            path, owner, updates, removals, adopt=adopt, on_event=report, euid=self.euid
+        )

@@ -72,11 +72,11 @@ def render(profiles: Mapping[str, ProfileState], alerts: Mapping[str, Any]) -> b
     return (json.dumps(document, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 
-def load(path: Path) -> tuple[dict[str, ProfileState], dict[str, Any]]:
+def load(path: Path, *, euid: int | None = None) -> tuple[dict[str, ProfileState], dict[str, Any]]:
     """Read the state file; a missing, foreign-version, broken or unsafe one starts afresh
     (read with the write's checks: as root, another user's tree could plant a history)."""
     try:
-        data = read_file(path)
+        data = read_file(path, euid=euid)
         document = json.loads(data.decode("utf-8")) if data is not None else None
     except (OSError, ValueError, CredfileError):
         return {}, {}
@@ -92,6 +92,12 @@ def load(path: Path) -> tuple[dict[str, ProfileState], dict[str, Any]]:
     return profiles, alerts if isinstance(alerts, dict) else {}
 
 
-def save(path: Path, profiles: Mapping[str, ProfileState], alerts: Mapping[str, Any]) -> bool:
+def save(
+    path: Path,
+    profiles: Mapping[str, ProfileState],
+    alerts: Mapping[str, Any],
+    *,
+    euid: int | None = None,
+) -> bool:
     """Written with the same atomic helper as the credentials file, 0600."""
-    return atomic_write(path, render(profiles, alerts), mode=0o600)
+    return atomic_write(path, render(profiles, alerts), mode=0o600, euid=euid)

@@ -43,19 +43,12 @@ _PREFIX: Final = 8
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 #: credfresh's own loggers (`credfresh`, `credfresh.*`) log at the chosen level.
 OWN_LOGGER: Final = "credfresh"
-#: Everyone else's (botocore, urllib3, APScheduler, watchdog...) at WARNING and above, so
-#: their INFO lines ("Found credentials in shared credentials file") never pass for
-#: credfresh events; with `--log-level debug` at these floors (botocore at DEBUG logs
-#: signed request headers, so it never goes below INFO) and any other library at DEBUG.
+#: Other libraries at WARNING, so their INFO lines never pass for credfresh events; with
+#: `--log-level debug` these at INFO (botocore's DEBUG logs signed headers), others at DEBUG.
 THIRD_PARTY_LEVEL: Final = logging.WARNING
-LIBRARY_FLOORS: Final = {
-    "botocore": logging.INFO,
-    "boto3": logging.INFO,
-    "urllib3": logging.INFO,
-    "s3transfer": logging.INFO,
-    "watchdog": logging.INFO,
-    "apscheduler": logging.INFO,
-}
+LIBRARY_FLOORS: Final = dict.fromkeys(
+    ("botocore", "boto3", "urllib3", "s3transfer", "watchdog", "apscheduler"), logging.INFO
+)
 
 
 class Logger(Protocol):
@@ -74,11 +67,8 @@ def third_party_level(level: int, floor: int = logging.DEBUG) -> int:
 
 
 class Redactor:
-    """Scrubs known secrets and anything shaped like one from any text.
-
-    Known secrets (every key, token and web-identity token credfresh handled) are removed
-    exactly; shapes catch the ones it never saw (a source key in a botocore message).
-    """
+    """Scrubs known secrets (every one credfresh handled) exactly, and anything shaped like one
+    (a source key in a botocore message) from any text."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,11 +97,8 @@ class Redactor:
                         self._index.pop(secret[:_PREFIX], None)
 
     def _by_prefix(self, value: str) -> str:
-        """Many profiles: one dict lookup per position instead of one scan per secret.
-
-        The index is kept up to date by add/forget (a refresh changes two secrets; rebuilding
-        an index of thousands each time was a third of the daemon's CPU at 1,000 profiles).
-        """
+        """Many profiles: one lookup per position in the index add/forget keep (rebuilding it
+        per refresh was a third of the daemon's CPU at 1,000 profiles)."""
         index = self._index
         found = {
             secret

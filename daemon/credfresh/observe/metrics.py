@@ -5,10 +5,10 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -35,10 +35,8 @@ CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 class Metrics(Collector):
     """Every credfresh metric, kept as plain numbers and rendered by a custom collector.
 
-    prometheus_client's Counter and Histogram add `_created` series unless the process-wide
-    `disable_created_metrics()` is called; a collector that builds its metric families at
-    scrape time never emits them, touches no global, and lets `remove_profile` drop a
-    profile's series from every family at once. All methods are thread-safe.
+    Families built at scrape time emit no `_created` series without the process-wide switch,
+    and `remove_profile` drops a profile from all at once. All methods are thread-safe.
     """
 
     def __init__(self, *, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
@@ -77,11 +75,8 @@ class Metrics(Collector):
             self._last_success[profile] = _unix(when)
 
     def refresh(self, profile: str, result: RefreshResult, duration: float) -> None:
-        """One refresh attempt by result, and its duration in seconds.
-
-        A profile's first attempt creates all three result series at 0, so `increase()` sees
-        the first failure instead of a series appearing out of nowhere.
-        """
+        """One refresh attempt by result, and its duration in seconds; the first creates all
+        three series at 0, so `increase()` sees the first failure."""
         if result not in REFRESH_RESULTS:
             raise ValueError(
                 f"result: expected one of {', '.join(REFRESH_RESULTS)} (got {result!r})"
@@ -133,63 +128,31 @@ class Metrics(Collector):
         """The text exposition format 0.0.4 (`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
-    def write_textfile(self, path: Path) -> bool:
-        """Write `render()` for node_exporter's textfile collector, atomically, mode 0644.
+    def write_textfile(self, path: Path, *, euid: int | None = None) -> bool:
+        """`render()` for node_exporter's textfile collector, through the one atomic write.
 
-        Through credfresh's one atomic-write helper (temp file in the same directory, O_EXCL,
-        fsync, rename), so the collector never reads half a file. Returns False when the file
-        already held these bytes. Raises CredfileError when the file cannot be written.
+        False when the file already held these bytes; CredfileError when it cannot be written.
         """
         from credfresh.credfile.atomic import atomic_write
 
-        return atomic_write(path, self.render(), mode=TEXTFILE_MODE)
+        return atomic_write(path, self.render(), mode=TEXTFILE_MODE, euid=euid)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         with self._lock:
-            profiles = self._profiles
-            expiry = sorted(self._expiry.items())
-            last_success = sorted(self._last_success.items())
-            refreshes = sorted(self._refreshes.items())
-            sts_errors = sorted(self._sts_errors.items())
-            counts = list(self._bucket_counts)
-            duration_sum = self._duration_sum
-            file_writes = self._file_writes
+            profiles, file_writes, firing = self._profiles, self._file_writes, self._alerts_firing
+            tables: tuple[Mapping[Any, float], ...] = (
+                self._expiry,
+                self._last_success,
+                self._refreshes,
+                self._sts_errors,
+            )
+            samples = [sorted(table.items()) for table in tables]
+            histogram = self._histogram(list(self._bucket_counts), self._duration_sum)
             reloads = list(self._reloads.items())
-            alerts_firing = self._alerts_firing
         yield GaugeMetricFamily("credfresh_profiles", "Profiles in the config in force.", profiles)
-        yield _labelled(
-            GaugeMetricFamily(
-                "credfresh_credentials_expiry_timestamp_seconds",
-                "When the credentials on disk for the profile expire (Unix time).",
-                labels=["profile"],
-            ),
-            expiry,
-        )
-        yield _labelled(
-            GaugeMetricFamily(
-                "credfresh_last_success_timestamp_seconds",
-                "When the profile was last refreshed successfully (Unix time).",
-                labels=["profile"],
-            ),
-            last_success,
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "credfresh_refresh_total",
-                "Refresh attempts by result: success, transient_error, permanent_error.",
-                labels=["profile", "result"],
-            ),
-            refreshes,
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "credfresh_sts_errors_total",
-                "Failed refreshes by STS error code.",
-                labels=["profile", "code"],
-            ),
-            sts_errors,
-        )
-        yield self._histogram(counts, duration_sum)
+        for (family, name, doc, labels), rows in zip(_PER_PROFILE, samples, strict=True):
+            yield _labelled(family(name, doc, labels=labels), rows)
+        yield histogram
         yield CounterMetricFamily(
             "credfresh_file_writes_total",
             "Times the credentials file was rewritten.",
@@ -203,9 +166,7 @@ class Metrics(Collector):
             ),
             reloads,
         )
-        yield GaugeMetricFamily(
-            "credfresh_alerts_firing", "Alerts firing now.", value=alerts_firing
-        )
+        yield GaugeMetricFamily("credfresh_alerts_firing", "Alerts firing now.", value=firing)
 
     def _histogram(self, counts: list[int], duration_sum: float) -> HistogramMetricFamily:
         histogram = HistogramMetricFamily(
@@ -221,6 +182,33 @@ class Metrics(Collector):
 
 
 _Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+#: The per-profile families, in exposition order: (type, name, help, labels).
+_PER_PROFILE: Final = (
+    (
+        GaugeMetricFamily,
+        "credfresh_credentials_expiry_timestamp_seconds",
+        "When the credentials on disk for the profile expire (Unix time).",
+        ["profile"],
+    ),
+    (
+        GaugeMetricFamily,
+        "credfresh_last_success_timestamp_seconds",
+        "When the profile was last refreshed successfully (Unix time).",
+        ["profile"],
+    ),
+    (
+        CounterMetricFamily,
+        "credfresh_refresh_total",
+        "Refresh attempts by result: success, transient_error, permanent_error.",
+        ["profile", "result"],
+    ),
+    (
+        CounterMetricFamily,
+        "credfresh_sts_errors_total",
+        "Failed refreshes by STS error code.",
+        ["profile", "code"],
+    ),
+)
 
 
 def _labelled(family: _Family, samples: Iterable[tuple[str | tuple[str, ...], float]]) -> _Family:

@@ -1,14 +1,10 @@
 """The container credentials endpoint: botocore's `AWS_CONTAINER_CREDENTIALS_FULL_URI` server.
 
-A long-running SDK process reads the shared credentials file once and keeps the old keys; this
-endpoint hands it the daemon's current credentials instead, and botocore refreshes them by
-itself (advisory 15 min, mandatory 10 min before expiry). Every request must carry the token
-of `token_file` in its `Authorization` header, exactly as botocore sends it.
-
-Hardening, since anything on the host (or in the pod) can connect: the request head is read
-with a byte budget and one deadline (no unbounded reads, no slowloris), each connection has
-its own daemon thread, tokens are compared in constant time, profile names are checked
-against the config's name rule before any lookup, and nothing secret is ever logged.
+A long-running SDK process reads the credentials file once and keeps the old keys; from here
+botocore refreshes them itself (15 min before expiry). Every request must carry the token of
+`token_file` in `Authorization`. Anything on the host can connect, so heads are bounded
+(`outputs.http`), tokens compared in constant time, names checked before any lookup, and
+nothing secret is logged.
 """
 
 from __future__ import annotations
@@ -22,16 +18,15 @@ import os
 import re
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from credfresh.config.model import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.config.model import parse_listen as parse_host_port
+from credfresh.context import Clock, SystemClock
 from credfresh.credentials import Credentials, format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
@@ -58,16 +53,11 @@ ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINE
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """`127.0.0.1:9911` or `[::1]:9911` into (host, port); raise ValueError for anything else.
 
-    Checked again here, not only in the schema: an address botocore refuses over http would
-    be useless, and any other one would offer credentials beyond the host. Port 0 (any free
-    port) is allowed for tests; host names are not (they resolve at someone else's will).
+    Only the addresses botocore accepts over http: any other would offer credentials beyond
+    the host. Port 0 is allowed (tests); host names are not (they resolve at another's will).
     """
     try:
         text, port = parse_host_port(listen)
@@ -121,17 +111,14 @@ class _Refusal(Exception):
 
     def __init__(self, status: int, message: str, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
-        self.message = message
-        self.reason = reason
+        self.status, self.message, self.reason = status, message, reason
 
 
 def profile_from_path(path: str) -> str:
-    """The profile name of `/v1/credentials/<name>`; raise _Refusal otherwise.
+    """The profile name of `/v1/credentials/<name>`; raise _Refusal otherwise (404, or 400).
 
-    The name is percent-decoded (strict UTF-8) and must then be a valid config profile name
-    with no empty, `.` or `..` segment: it is only ever a dictionary key, but nothing odd
-    should reach even that. Unknown paths are 404, impossible names 400.
+    Percent-decoded (strict UTF-8), then a valid config profile name with no empty, `.` or
+    `..` segment: only ever a dictionary key, but nothing odd should reach even that.
     """
     raw = path.partition("?")[0]
     if not raw.startswith(PATH_PREFIX):
@@ -157,14 +144,11 @@ _SWAPPED: Final = "replaced while it was opened: read again at the next request"
 class TokenFile:
     """The expected `Authorization` value, re-read whenever the file changes.
 
-    Each request costs one stat; the content is read again only when the inode, size, mtime
-    or ctime moved (a Kubernetes Secret update swaps a symlink, which changes the inode). An
-    unreadable, empty, oversized or malformed file leaves no usable token: every request is
-    then refused, and the log says why once per change, never with the content. Surrounding
-    whitespace is stripped (`echo token > file` works for us), but a trailing newline earns a
-    warning: botocore refuses to send a token file that ends with one. A symlink is followed
-    only to a file inside the token file's own directory (a Secret's `..data/token`), never
-    out of it: whoever could plant such a link would choose the token.
+    One stat per request; a read only when inode, size, mtime or ctime moved (a Secret
+    update swaps a symlink). A file that gives no usable token refuses every request, and
+    the log says why once per change, never with the content. Surrounding whitespace is
+    stripped, but a trailing newline is warned about (botocore refuses such a file). A
+    symlink is followed only inside the file's own directory (a Secret's `..data/token`).
     """
 
     def __init__(self, path: Path, log: Logger) -> None:
@@ -241,30 +225,8 @@ class TokenFile:
             )
 
 
-class _Server(LoopbackHTTPServer):
-    def __init__(self, host: str, port: int, app: CredentialsEndpoint) -> None:
-        self.app = app
-        super().__init__(host, port, _Handler, on_error=self._failed, on_shed=self._shed)
-
-    def _failed(self, error: BaseException | None) -> None:
-        """A client that vanished mid-answer is routine: a rate-limited line, no traceback."""
-        name = type(error).__name__ if error else None
-        self.app.limited.warning(f"failed:{name}", "container_connection_failed", error=name)
-
-    def _shed(self, reason: str) -> None:
-        self.app.limited.warning(
-            f"shed:{reason}",
-            "container_connection_shed",
-            reason=reason,
-            limit=self.slots.limit,
-        )
-
-
 class _Handler(BoundedRequestHandler):
     server: _Server
-
-    def head_timeout(self) -> float:
-        return self.server.app.request_timeout
 
     def respond(self) -> None:
         if self.request_version == "HTTP/0.9" or self.head.malformed:
@@ -309,13 +271,13 @@ class _Handler(BoundedRequestHandler):
     def _linger(self) -> None:
         """Half-close, then drain a bounded amount: closing with unread input sends a reset,
         which can make the client lose the answer (a 431 for an oversized head)."""
-        sock = self.connection
+        sock, monotonic = self.connection, self.server.app.clock.monotonic
         try:
             sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_SECONDS
+            deadline = monotonic() + LINGER_SECONDS
             drained = 0
             while drained < LINGER_BYTES:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - monotonic()
                 if remaining <= 0:
                     return
                 sock.settimeout(remaining)
@@ -327,16 +289,21 @@ class _Handler(BoundedRequestHandler):
             return
 
 
+class _Server(LoopbackHTTPServer):
+    app: CredentialsEndpoint
+    handler = _Handler
+    prefix = "container"
+
+
 class CredentialsEndpoint:
     """Serves `GET /v1/credentials/<profile>` to holders of the token, on a loopback address.
 
-    `known(name)` says whether a profile is configured; `current(name)` gives what the daemon
-    last wrote for it (or None). Order of checks, so that nobody without the token learns
-    anything, not even which profiles exist: method (405), token (401, or 400 for a malformed
-    header), path and name (404/400), profile (404), credentials (503 unless unexpired).
+    `known(name)`: is it configured; `current(name)`: what the daemon last wrote. Checks in an
+    order that tells nobody without the token anything, not even which profiles exist: method
+    (405), token (401/400), path and name (404/400), profile (404), credentials (503).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  a server built from injected parts
         self,
         listen: str,
         token_file: Path,
@@ -344,10 +311,9 @@ class CredentialsEndpoint:
         known: Callable[[str], bool],
         current: Callable[[str], Credentials | None],
         log: Logger | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
         poll_interval: float = 0.5,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if log is None:
             import structlog
@@ -358,10 +324,10 @@ class CredentialsEndpoint:
         self.token = TokenFile(Path(token_file), log)
         self.known = known
         self.current = current
-        self.clock = clock
+        self.clock: Clock = clock or SystemClock()
         self.request_timeout = request_timeout
         #: Refusals and connection failures: one line per reason and LOG_INTERVAL.
-        self.limited = RateLimitedLog(log, LOG_INTERVAL, monotonic)
+        self.limited = RateLimitedLog(log, LOG_INTERVAL, self.clock.monotonic)
         self._runner = ServerThread(
             lambda bound: _Server(self.host, bound, self),
             port,
@@ -401,7 +367,7 @@ class CredentialsEndpoint:
             if not self.known(name):
                 raise _Refusal(404, "unknown profile", "unknown_profile")
             creds = self.current(name)
-            now = self.clock()
+            now = self.clock.now()
             if creds is None or creds.expiration <= now:
                 reason = "missing" if creds is None else "expired"
                 self.limited.warning(

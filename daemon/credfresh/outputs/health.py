@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from credfresh.context import Clock, SystemClock
 from credfresh.credentials import format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
@@ -32,6 +32,7 @@ ReadyCheck = Callable[[str | None], tuple[int, Mapping[str, object]]]
 MetricsRender = Callable[[], bytes]
 
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_NOT_ALLOWED: Final = frozenset({"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 MAX_PROFILE_NAME_ECHO: Final = 128
 
 
@@ -56,10 +57,8 @@ def liveness(
 def readiness(
     now: datetime, expiries: Mapping[str, datetime | None], profile: str | None = None
 ) -> tuple[int, dict[str, object]]:
-    """200 when every profile (or the one asked for) has unexpired credentials on disk.
-
-    503 lists the failing profiles with `missing` or `expired`; 404 for an unknown profile.
-    """
+    """200 when every profile (or the one asked for) has unexpired credentials on disk; 503
+    lists the failing ones as `missing` or `expired`; 404 for an unknown profile."""
     if profile is not None:
         if profile not in expiries:
             return 404, {"error": "unknown profile", "profile": profile[:MAX_PROFILE_NAME_ECHO]}
@@ -88,76 +87,27 @@ def _problem(now: datetime, expires_at: datetime | None) -> str | None:
     return "expired" if expires_at <= now else None
 
 
-class _Server(LoopbackHTTPServer):
-    def __init__(self, host: str, port: int, app: HttpServer) -> None:
-        self.app = app
-        super().__init__(host, port, _Handler, on_error=self._failed, on_shed=self._shed)
-
-    def _failed(self, error: BaseException | None) -> None:
-        """A client that vanished mid-answer is routine and silent; others a rate-limited line."""
-        if not isinstance(error, ConnectionError | TimeoutError):
-            name = type(error).__name__
-            self.app.limited.warning(f"failed:{name}", "http_connection_failed", error=name)
-
-    def _shed(self, reason: str) -> None:
-        self.app.limited.warning(
-            f"shed:{reason}", "http_connection_shed", reason=reason, limit=self.slots.limit
-        )
-
-
 class _Handler(BoundedRequestHandler):
     server: _Server
 
-    def head_timeout(self) -> float:
-        return self.server.app.request_timeout
-
     def respond(self) -> None:
-        method = getattr(self, f"do_{self.command}", None)
-        if method is None:
+        if self.command in ("GET", "HEAD"):
+            self._route(head=self.command == "HEAD")
+        elif self.command in _NOT_ALLOWED:
+            self._send(
+                405,
+                _json({"error": "method not allowed"}),
+                JSON_CONTENT_TYPE,
+                head=False,
+                extra={"Allow": "GET, HEAD"},
+            )
+        else:
             self.send_error(HTTPStatus.NOT_IMPLEMENTED)
-            return
-        method()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         self.close_connection = True
         if not self.shed():
             super().send_error(code, message, explain)
-
-    def do_GET(self) -> None:
-        self._route(head=False)
-
-    def do_HEAD(self) -> None:
-        self._route(head=True)
-
-    def do_POST(self) -> None:
-        self._not_allowed()
-
-    def do_PUT(self) -> None:
-        self._not_allowed()
-
-    def do_DELETE(self) -> None:
-        self._not_allowed()
-
-    def do_PATCH(self) -> None:
-        self._not_allowed()
-
-    def do_OPTIONS(self) -> None:
-        self._not_allowed()
-
-    def do_TRACE(self) -> None:
-        self._not_allowed()
-
-    def do_CONNECT(self) -> None:
-        self._not_allowed()
-
-    def _not_allowed(self) -> None:
-        self._send(
-            405,
-            _json({"error": "method not allowed"}),
-            JSON_CONTENT_TYPE,
-            head=False,
-            extra={"Allow": "GET, HEAD"},
-        )
 
     def _route(self, *, head: bool) -> None:
         app = self.server.app
@@ -206,15 +156,19 @@ def _json(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
+class _Server(LoopbackHTTPServer):
+    """A client that vanished mid-answer is routine and silent; other failures are logged."""
+
+    app: HttpServer
+    handler = _Handler
+    prefix = "http"
+    routine = (ConnectionError, TimeoutError)
+
+
 class HttpServer:
-    """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it.
+    """The health and metrics endpoint; `start()` binds and serves, `stop()` ends it."""
 
-    Every connection gets its own daemon thread, up to MAX_CONNECTIONS at once, and its
-    request head one `request_timeout` deadline, so a slow or silent client delays nobody and
-    holds its thread and descriptor for a bounded time.
-    """
-
-    def __init__(
+    def __init__(  # noqa: PLR0913  a server built from injected parts
         self,
         host: str,
         port: int,
@@ -225,6 +179,7 @@ class HttpServer:
         request_timeout: float = REQUEST_TIMEOUT,
         logger: Logger | None = None,
         poll_interval: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
         if logger is None:
             import structlog
@@ -236,8 +191,9 @@ class HttpServer:
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.log: Logger = logger
+        self.clock: Clock = clock or SystemClock()
         #: Per-connection failures: one line per kind and LOG_INTERVAL, however many clients.
-        self.limited = RateLimitedLog(logger, LOG_INTERVAL, time.monotonic)
+        self.limited = RateLimitedLog(logger, LOG_INTERVAL, self.clock.monotonic)
         self._runner = ServerThread(
             lambda bound: _Server(self.host, bound, self),
             port,
@@ -246,29 +202,11 @@ class HttpServer:
         )
 
     @classmethod
-    def from_listen(
-        cls,
-        listen: str,
-        *,
-        health: HealthCheck,
-        ready: ReadyCheck,
-        metrics: MetricsRender,
-        request_timeout: float = REQUEST_TIMEOUT,
-        logger: Logger | None = None,
-    ) -> HttpServer:
-        """From the config's `http.listen` (`127.0.0.1:9464`, `[::]:9464`)."""
+    def from_listen(cls, listen: str, **options: Any) -> HttpServer:
+        """From the config's `http.listen` (`127.0.0.1:9464`, `[::]:9464`); `options` as above."""
         from credfresh.config.model import parse_listen
 
-        host, port = parse_listen(listen)
-        return cls(
-            host,
-            port,
-            health=health,
-            ready=ready,
-            metrics=metrics,
-            request_timeout=request_timeout,
-            logger=logger,
-        )
+        return cls(*parse_listen(listen), **options)
 
     @property
     def port(self) -> int:

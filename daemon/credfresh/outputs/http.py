@@ -1,10 +1,8 @@
 """The small HTTP servers credfresh runs (health, container credentials): shared plumbing.
 
-Both face clients the daemon does not control (the health port may be open to a pod
-network), so both bound what a client can hold: at most MAX_CONNECTIONS connections at once,
-one deadline and a byte budget for each request head, and at most one log line per reason
-and interval. A client can thus never take the file descriptors the daemon needs for its
-lock, state and credentials files.
+Their clients are not the daemon's to control, so each is bounded: MAX_CONNECTIONS at once,
+one deadline and byte budget per request head, one log line per reason and interval. No
+client can take the descriptors the daemon needs for its lock, state and credentials files.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol
 
 #: Connections one server serves at once. A newcomer at the limit takes the place of the
 #: oldest connection still sending its request head (a slow client), or is closed at once.
@@ -45,6 +43,7 @@ LOG_INTERVAL: Final = 60.0
 JSON_CONTENT_TYPE: Final = "application/json"
 
 if TYPE_CHECKING:
+    from credfresh.context import Clock
     from credfresh.observe.logs import Logger
 
 Admission = Literal["admit", "evict", "refuse"]
@@ -73,13 +72,8 @@ def raise_fd_limit() -> tuple[int, int]:
 
 
 def admission(live: int, dying: int, evictable: bool, limit: int) -> Admission:
-    """What to do with a new connection.
-
-    `live` connections are being served, `dying` were evicted and are being closed by their
-    threads. Below the limit: admit. At it: evict the oldest slow head if there is one (a
-    client that sends its request at once is answered in milliseconds, so only slow clients
-    are ever evicted), else refuse. Never more than twice the limit descriptors in all.
-    """
+    """Admit below the limit; at it evict the oldest slow head (only slow clients ever are),
+    else refuse. `dying` were evicted and are closing: never twice the limit descriptors."""
     if live + dying >= 2 * limit:
         return "refuse"
     if live < limit:
@@ -96,11 +90,10 @@ class _Slot:
 
 
 class ConnectionSlots:
-    """The open connections of one server, oldest first, and whether each still reads its head.
+    """One server's connections, oldest first, and whether each still reads its head.
 
-    Every state change happens under one lock, and a socket leaves the table before it is
-    closed: an eviction (a `shutdown`, which wakes the thread blocked in `recv`) can never hit
-    a descriptor number that was closed and reused meanwhile.
+    One lock, and a socket leaves the table before it is closed, so an eviction (a `shutdown`)
+    can never hit a descriptor number closed and reused meanwhile.
     """
 
     def __init__(self, limit: int) -> None:
@@ -149,8 +142,7 @@ class ConnectionSlots:
 
 
 class RateLimitedLog:
-    """One warning per key per interval, with how many were held back, so a client retrying
-    in a loop (or a thousand of them) cannot flood the log."""
+    """One warning per key per interval, with how many were held back: no client floods the log."""
 
     def __init__(self, log: Logger, interval: float, clock: Callable[[], float]) -> None:
         self._log = log
@@ -177,25 +169,23 @@ class HeadTooLarge(http.client.HTTPException):
 
 
 class HeadReader(io.BufferedIOBase):
-    """Reads a request head straight from the socket, within a byte budget and a deadline.
+    """Reads a request head from the socket within one byte budget and one deadline.
 
-    http.server would read 64 KiB per line and 100 lines, and let a client that trickles a
-    byte every few seconds hold its thread indefinitely; here the whole head gets `budget`
-    bytes and one deadline. Over budget raises an HTTPException, which http.server's
-    parse_request answers with 431.
+    http.server reads 64 KiB per line and lets a trickling client hold its thread forever.
+    Over budget raises an HTTPException, which parse_request answers with 431.
     """
 
-    def __init__(self, sock: socket.socket, budget: int, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, budget: int, timeout: float, clock: Clock) -> None:
         super().__init__()
         self._sock = sock
         self._budget = budget
-        self._deadline = time.monotonic() + timeout
+        self._monotonic = clock.monotonic
+        self._deadline = clock.monotonic() + timeout
         self._buffer = bytearray()
         self._received = 0
         self._lines = 0
-        #: A bare CR or NUL in a line, or a folded header line: http.client would split or
-        #: join such lines, so what it parses is not what the client sent. Answered with 400.
-        self.malformed = False
+        #: A bare CR or NUL, or a folded header line, which http.client would split or join:
+        self.malformed = False  # answered with 400
 
     def readable(self) -> bool:
         return True
@@ -212,7 +202,7 @@ class HeadReader(io.BufferedIOBase):
                 break
             if self._received >= self._budget:
                 raise HeadTooLarge(f"request head larger than {self._budget} bytes")
-            remaining = self._deadline - time.monotonic()
+            remaining = self._deadline - self._monotonic()
             if remaining <= 0:
                 raise TimeoutError("request head not received in time")
             self._sock.settimeout(remaining)
@@ -231,9 +221,17 @@ class HeadReader(io.BufferedIOBase):
         return line
 
 
+class ServedApp(Protocol):
+    """What a server's requests need from the app it serves."""
+
+    limited: RateLimitedLog
+    request_timeout: float
+    clock: Clock
+
+
 class LoopbackHTTPServer(ThreadingHTTPServer):
-    """A thread per connection up to `max_connections`, IPv4 or IPv6 (dual-stack for `::`),
-    no reverse DNS lookup."""
+    """A thread per connection up to MAX_CONNECTIONS, IPv4 or IPv6 (dual-stack for `::`), no
+    reverse DNS lookup; failures and sheds are `<prefix>_connection_*` lines, rate-limited."""
 
     daemon_threads = True
     block_on_close = False
@@ -241,22 +239,31 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     # Queued connections cost the kernel, not our descriptors: under a flood a newcomer waits
     # its turn (milliseconds) instead of a SYN retry. Linux caps it at net.core.somaxconn.
     request_queue_size = 1024
+    handler: ClassVar[type[BaseHTTPRequestHandler]]
+    prefix: ClassVar[str]
+    #: Connection failures too routine to log.
+    routine: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        handler: type[BaseHTTPRequestHandler],
-        on_error: Callable[[BaseException | None], None],
-        *,
-        on_shed: Callable[[str], None] | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-    ) -> None:
+    def __init__(self, host: str, port: int, app: ServedApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._on_error = on_error
-        self._on_shed = on_shed
-        self.slots = ConnectionSlots(max_connections)
-        super().__init__((host, port), handler)
+        self.app = app
+        self.slots = ConnectionSlots(MAX_CONNECTIONS)
+        super().__init__((host, port), self.handler)
+
+    def _failed(self, error: BaseException | None) -> None:
+        if not isinstance(error, self.routine):
+            name = type(error).__name__ if error else None
+            self.app.limited.warning(
+                f"failed:{name}", f"{self.prefix}_connection_failed", error=name
+            )
+
+    def _shed(self, reason: str) -> None:
+        self.app.limited.warning(
+            f"shed:{reason}",
+            f"{self.prefix}_connection_shed",
+            reason=reason,
+            limit=self.slots.limit,
+        )
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -272,22 +279,22 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
             return super().get_request()
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._on_error(exc)
+                self._failed(exc)
                 time.sleep(ACCEPT_BACKOFF)
             raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Admit, evict the oldest slow head for, or close at once, each new connection."""
         decision = self.slots.admit(request)
-        if decision != "admit" and self._on_shed is not None:
-            self._on_shed("slow_head_evicted" if decision == "evict" else "connection_limit")
+        if decision != "admit":
+            self._shed("slow_head_evicted" if decision == "evict" else "connection_limit")
         if decision == "refuse":
             self._close(request)
             return
         try:
             super().process_request(request, client_address)
         except RuntimeError as exc:  # no thread to be had: the connection cannot be served
-            self._on_error(exc)
+            self._failed(exc)
             self.shutdown_request(request)
 
     def shutdown_request(self, request: Any) -> None:
@@ -300,12 +307,12 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """No traceback on stderr: the owner decides what a failed connection is worth."""
-        self._on_error(sys.exc_info()[1])
+        self._failed(sys.exc_info()[1])
 
 
 class BoundedRequestHandler(BaseHTTPRequestHandler):
     """One request per connection (HTTP/1.0), its head read by a HeadReader; `respond()`
-    answers it. Subclasses say how long a head may take (`head_timeout`)."""
+    answers it."""
 
     server: LoopbackHTTPServer
     protocol_version = "HTTP/1.0"
@@ -314,7 +321,7 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def head_timeout(self) -> float:
-        raise NotImplementedError
+        return self.server.app.request_timeout
 
     def respond(self) -> None:
         raise NotImplementedError
@@ -324,7 +331,7 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
         timeout = self.head_timeout()
         self.connection.settimeout(timeout)
         self.rfile.close()
-        self.head = HeadReader(self.connection, MAX_HEAD_BYTES, timeout)
+        self.head = HeadReader(self.connection, MAX_HEAD_BYTES, timeout, self.server.app.clock)
         self.rfile = self.head
 
     def log_message(self, format: str, *args: Any) -> None:

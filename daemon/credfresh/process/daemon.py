@@ -44,8 +44,9 @@ STATUS_EVERY: Final = 10.0
 class InstanceLock:
     """One daemon per credentials file: an flock on `<file>.credfresh.pid` held for life."""
 
-    def __init__(self, credentials_file: Path) -> None:
+    def __init__(self, credentials_file: Path, euid: int | None = None) -> None:
         self.path = credentials_file.with_name(credentials_file.name + ".credfresh.pid")
+        self.euid = euid
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -53,7 +54,7 @@ class InstanceLock:
         (checked by `open_lock_file` before anything is truncated)."""
         from credfresh.credfile.handles import open_lock_file
 
-        fd = open_lock_file(self.path, create_dirs=True)
+        fd = open_lock_file(self.path, create_dirs=True, euid=self.euid)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -160,7 +161,7 @@ class Daemon:
     def run(self) -> int:
         from credfresh.engine import state as state_file
 
-        saved, saved_alerts = state_file.load(self.config.state_file)
+        saved, saved_alerts = state_file.load(self.config.state_file, euid=self.ctx.euid)
         self.alerts.load(saved_alerts)
         handlers = {
             signal.SIGTERM: self._on_stop,
@@ -256,7 +257,9 @@ class Daemon:
         self.engine.take_dirty()
         profiles = self.engine.snapshot().states
         try:
-            state_file.save(self.config.state_file, profiles, self.alerts.to_dict())
+            state_file.save(
+                self.config.state_file, profiles, self.alerts.to_dict(), euid=self.ctx.euid
+            )
         except CredfreshError as exc:
             self.log.error("state_write_failed", error_code=exc.code, message=str(exc))
 
@@ -265,7 +268,7 @@ class Daemon:
         if path is None:
             return
         try:
-            self.metrics.write_textfile(path)
+            self.metrics.write_textfile(path, euid=self.ctx.euid)
         except CredfreshError as exc:
             self.log.error("textfile_write_failed", error_code=exc.code, message=str(exc))
 
@@ -367,7 +370,7 @@ def main(
         config = _checked_config(config_path, ctx, log)
         if config is None:
             return EXIT_CONFIG
-        lock = InstanceLock(config.credentials_file)
+        lock = InstanceLock(config.credentials_file, ctx.euid)
         try:
             lock.acquire()
         except AlreadyRunning as exc:

@@ -56,7 +56,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         source_factory=source,
         scheduler=ApScheduler(config.sts.max_concurrency),
         clock=ctx.clock,
-        store=credfile,
+        store=credfile.FileStore(ctx.euid),
         writer_factory=functools.partial(BatchWriter, clock=ctx.clock),
         log=log,
         redactor=logging.redactor,
@@ -90,6 +90,7 @@ def start_servers(
             ready=probes.ready,
             metrics=metrics.render,
             logger=log,
+            clock=probes.clock,
         )
         http.start()
         servers.append(http)
@@ -104,6 +105,7 @@ def start_servers(
             known=engine.knows,
             current=engine.on_disk,
             log=log,
+            clock=probes.clock,
         )
         endpoint.start()
         servers.append(endpoint)
@@ -116,26 +118,26 @@ class Probes:
 
     def __init__(self, engine: Engine, clock: Clock, wakeup_interval: float) -> None:
         self._engine = engine
-        self._clock = clock
+        self.clock = clock
         self._interval = wakeup_interval
 
     def health(self) -> tuple[bool, Mapping[str, object]]:
         snap = self._engine.snapshot()
         return liveness(
-            self._clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
+            self.clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
         )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
-        return readiness(self._clock.now(), self._engine.snapshot().on_disk, profile)
+        return readiness(self.clock.now(), self._engine.snapshot().on_disk, profile)
 
     def healthy(self) -> bool:
         """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
         snap = self._engine.snapshot()
-        age = self._clock.monotonic() - snap.heartbeat
+        age = self.clock.monotonic() - snap.heartbeat
         return should_ping(age, self._interval, writer_alive=snap.writer_alive)
 
     def status_line(self) -> str:
-        now = self._clock.now()
+        now = self.clock.now()
         snap = self._engine.snapshot()
         fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)
         failing = [(n, e.last_error_code) for n, e in snap.states.items() if e.last_error_code]
