@@ -365,6 +365,7 @@ class TestReadManaged:
             "credfresh.credfile.store",
             "credfresh.credentials",
             "credfresh.errors",
+            "credfresh.isotime",
             "credfresh.trust",
         }
 
@@ -382,6 +383,7 @@ class TestReadManaged:
             "credfresh.credfile",
             "credfresh.credfile.format",
             "credfresh.errors",
+            "credfresh.isotime",
         }
 
 
