@@ -377,6 +377,7 @@ class TestOverallDeadline:
             asked = project.sts.proxy.requests(action="AssumeRole")[0].time
             assert event_time(failed) - asked <= 4.0 + 2.0
             proc.wait_event("refreshed", 20)
+            proc.wait_event("file_written", 20)  # the batch lingers after the refresh
             assert on_disk(project, "p") is not None
 
 
