@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 SECRETS: dict[str, str] = {}
 WATCHED: list[Path] = []
 TEXTS: list[str] = []
-SEEN: list[str] = []  # every captured output of the session, for tests/test_zz_secrets.py
+SEEN: list[str] = []  # every captured output of the session, for the `whole_run` tests
 
 
 def remember_secrets(sts: DevSTS) -> None:
@@ -40,6 +40,11 @@ def remember_secrets(sts: DevSTS) -> None:
 
 def leaks_in(text: str) -> list[str]:
     return sorted({label for secret, label in SECRETS.items() if secret and secret in text})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the `whole_run` tests to the end, wherever they live: they scan all other output."""
+    items.sort(key=lambda item: item.get_closest_marker("whole_run") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +77,13 @@ def leak_watch() -> Any:
     return watch
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when != "teardown":
-        return
+        return report
     texts = [content for _, content in report.sections]
     texts.extend(TEXTS)
     for path in WATCHED:
@@ -92,6 +98,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if found and report.passed:
         report.outcome = "failed"
         report.longrepr = f"secrets guard: {', '.join(found)} appeared in the test's output"
+    return report
 
 
 @dataclass

@@ -37,11 +37,11 @@ from credfresh.alerts.manager import (
     on_write_failed,
     on_write_succeeded,
 )
-from credfresh.alerts.sinks import CommandSink, SinkError, WebhookSink, proxy_for
+from credfresh.alerts.sinks import CommandSink, Sink, SinkError, WebhookSink, proxy_for
 from credfresh.config.model import AlertSettings
 from credfresh.observe.logs import Redactor
-from daemon_runner import DaemonProcess, env_with
-from waiting import patience
+from support.daemon_runner import DaemonProcess, env_with
+from support.waiting import patience
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(host="web-1")
@@ -240,7 +240,7 @@ class TestStateMachine:
         credentials are on disk, never before.
         """
         run = Run()
-        expiry = {"app": at(15)}
+        expiry: dict[str, datetime | None] = {"app": at(15)}
         assert run.tick(4.5, expiry) == ()
         assert kinds(run.tick(5, expiry)) == [("expiring", "fired", "warning")]
         assert run.tick(10, expiry) == ()
@@ -663,7 +663,7 @@ class TestAlertManager:
     def test_observations_never_wait_for_stuck_sinks(self, silent: str) -> None:
         """With a webhook that never answers and a command that sleeps, calls return at once."""
         log = Recorder()
-        sinks = [
+        sinks: list[Sink] = [
             WebhookSink(silent, environ={}, timeout=1.0),
             CommandSink(
                 [sys.executable, "-c", "import time; time.sleep(60)"],

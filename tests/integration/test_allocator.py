@@ -8,7 +8,7 @@ import pytest
 
 from conftest import Project
 from credfresh.process.allocator import TCACHE_TUNABLE, TUNABLES, is_glibc, tunables_env
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 
 class TestTunablesEnv:

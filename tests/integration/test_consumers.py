@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from conftest import Project
-from daemon_runner import DaemonProcess, env_with
+from support import TESTS_DIR
+from support.daemon_runner import DaemonProcess, env_with
 
-CONSUMER = str(Path(__file__).with_name("consumer.py"))
+CONSUMER = str(TESTS_DIR / "support" / "consumer.py")
 LIFETIME = 5
 RUN_FOR = 16
 

@@ -15,9 +15,9 @@ import pytest
 from botocore.configloader import raw_config_parse
 
 from conftest import Project
-from credfresh.credentials import parse_time
+from credfresh.credentials import Credentials, parse_time
 from credfresh.credfile import format as credfile
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 SCALE = float(os.environ.get("CREDFRESH_TEST_SCALE", "1"))
 
@@ -30,7 +30,7 @@ def daemon(project: Project, tmp_path: Path, **env: str) -> DaemonProcess:
     )
 
 
-def sections(project: Project) -> dict[str, credfile.Credentials]:
+def sections(project: Project) -> dict[str, Credentials]:
     return dict(credfile.read_managed(project.credentials_file, "test").managed)
 
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,8 +29,8 @@ from botocore.parsers import ResponseParserError
 from credfresh.devsts import STS_ERRORS, ControlError, DevSTS, RemoteDevSTS, Walkthrough
 from credfresh.devsts.records import Recorder, RequestRecord
 from credfresh.devsts.wire import find_credentials, parse_expiration, rewrite_expiration
+from support import DAEMON_DIR
 
-DAEMON_DIR = Path(__file__).resolve().parent.parent / "daemon"
 FAKE_KEY = "AKIAIOSFODNN7EXAMPLE"
 FAKE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 ROLE = "arn:aws:iam::123456789012:role/bench"
@@ -93,7 +92,9 @@ def client(
     service: str = "sts",
     config: Config = NO_RETRIES,
 ) -> Any:
-    return session.client(
+    # The stubs type only the services installed with them (sts); iam here is used untyped.
+    factory: Any = session.client
+    return factory(
         service,
         endpoint_url=url,
         region_name="us-east-1",

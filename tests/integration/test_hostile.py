@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import Project
 from credfresh.cli import main
 from credfresh.credfile import format as credfile
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 NOBODY = 65534
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from credfresh.config.validate import build_config, split_listen
+from support import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "Containerfile"
 MANIFESTS = ROOT / "config" / "kubernetes"
 WORKLOADS = ("deployment.yaml", "job.yaml")

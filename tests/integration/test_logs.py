@@ -13,7 +13,7 @@ import pytest
 
 from conftest import Project
 from credfresh.observe.logs import Logging, third_party_level
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 FOUND = "Found credentials in shared credentials file"
 

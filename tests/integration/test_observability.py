@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Project
 from credfresh.observe.logs import Logging, Redactor
-from daemon_runner import DaemonProcess, env_with
-from waiting import wait_until
+from support.daemon_runner import DaemonProcess, env_with
+from support.waiting import wait_until
 
 README = Path("README.md").read_text()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import Project
 from credfresh.cli import main
 from credfresh.credentials import parse_time
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 TWELVE_HOURS = 43200
 WINDOW = timedelta(minutes=65)

@@ -12,13 +12,14 @@ import yaml
 
 from conftest import Project
 from credfresh.cli import main
+from credfresh.credentials import Credentials
 from credfresh.credfile import format as credfile
-from daemon_runner import DaemonProcess, env_with
-from notify_listener import NotifyListener
-from waiting import wait_until
+from support.daemon_runner import DaemonProcess, env_with
+from support.notify_listener import NotifyListener
+from support.waiting import wait_until
 
 
-def managed(path: Path) -> dict[str, credfile.Credentials]:
+def managed(path: Path) -> dict[str, Credentials]:
     return dict(credfile.read_managed(path, "test").managed)
 
 

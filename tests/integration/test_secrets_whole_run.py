@@ -1,14 +1,12 @@
 """The secrets rule over the whole run: no issued secret in anything credfresh printed.
 
-Runs last (file order): it scans every output the session captured (logs, status output,
-error messages, exceptions) and every daemon log, state file, alert body and metrics file
-left under the session's temp directory, against every secret the development STS issued
-and the walkthrough user's source secret.
+Runs last (the `whole_run` marker; conftest moves it to the end): it scans every output the
+session captured (logs, status output, error messages, exceptions) and every daemon log, state
+file, alert body and metrics file left under the session's temp directory, against every
+secret the development STS issued and the walkthrough user's source secret.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +14,8 @@ import conftest
 from credfresh.devsts import DevSTS
 
 SCANNED_SUFFIXES = (".log", ".json", ".jsonl", ".prom")
+
+pytestmark = pytest.mark.whole_run
 
 
 def test_guard_catches_a_planted_secret(sts: DevSTS) -> None:
@@ -46,6 +46,3 @@ def test_no_secret_in_any_output(sts: DevSTS, tmp_path_factory: pytest.TempPathF
             leaks.setdefault(label, []).append(str(path.relative_to(root)))
     assert scanned > 0
     assert not leaks, f"secrets appeared: { {k: v[:5] for k, v in leaks.items()} }"
-
-
-_ = Path

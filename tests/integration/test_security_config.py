@@ -24,7 +24,7 @@ import yaml
 from conftest import Project
 from credfresh.credfile import format as credfile
 from credfresh.outputs.container import TokenFile
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 NOBODY = 65534
 AS_NOBODY = ("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups")
@@ -226,7 +226,7 @@ class TestAlertCommand:
             ]:
                 document = {**project.document, key: value}
                 outcome = after_next_reload(
-                    proc, lambda document=document: signal_after(proc, project, document)
+                    proc, functools.partial(signal_after, proc, project, document)
                 )
                 assert outcome["event"] == "config_rejected", outcome
                 assert outcome["error_code"] == "config_unsafe"

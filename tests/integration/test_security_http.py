@@ -29,7 +29,7 @@ from credfresh.outputs.http import (
     admission,
     nofile_target,
 )
-from daemon_runner import DaemonProcess, env_with
+from support.daemon_runner import DaemonProcess, env_with
 
 ATTACKERS = 1100
 TRICKLE_EVERY = 2.0

@@ -31,8 +31,8 @@ from credfresh.outputs.health import liveness
 from credfresh.process.systemd import should_ping
 from credfresh.sources.deadline import CallGuard, DeadlineExceeded
 from credfresh.sources.sts import StsClients, StsError, accept_response, call_deadline
-from daemon_runner import DaemonProcess, env_with
-from notify_listener import NotifyListener
+from support.daemon_runner import DaemonProcess, env_with
+from support.notify_listener import NotifyListener
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -22,8 +22,9 @@ from credfresh.credfile.format import write_profiles
 from credfresh.engine import state
 from credfresh.errors import CredfileError
 from credfresh.process.daemon import InstanceLock
-from daemon_runner import DaemonProcess, env_with
-from helpers_credfile import NOBODY, OWNER, SECRET_MARK, child_env, make_creds
+from support import TESTS_DIR
+from support.daemon_runner import DaemonProcess, env_with
+from support.helpers_credfile import NOBODY, OWNER, SECRET_MARK, child_env, make_creds
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the rules under test are root's"),
@@ -291,7 +292,7 @@ NON_ROOT_SWAP = """
 import os, sys
 from pathlib import Path
 from credfresh.credfile.format import write_profiles
-from helpers_credfile import OWNER, make_creds
+from support.helpers_credfile import OWNER, make_creds
 base = Path(sys.argv[1])
 keep = os.open(base / "cur", os.O_RDONLY | os.O_DIRECTORY)
 def swap(attempt):
@@ -314,7 +315,7 @@ class TestOneHandleNonRoot:
             (base / name / "credentials").write_text(text)
             os.chown(base / name / "credentials", NOBODY, NOBODY)
         env = child_env()
-        env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+        env["PYTHONPATH"] += os.pathsep + str(TESTS_DIR)
         done = subprocess.run(
             [*AS_NOBODY, sys.executable, "-c", NON_ROOT_SWAP, str(base)],
             env=env,

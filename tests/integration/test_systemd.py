@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from credfresh.process.systemd import Notifier, should_ping, status_line
-from notify_listener import NotifyListener
+from support import REPO
+from support.notify_listener import NotifyListener
 
-UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"
+UNITS_DIR = REPO / "systemd"
 UNITS = ("credfresh.service", "credfresh@.service")
 #: The ExecStart line as shipped; tests point it at an executable that exists here.
 SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/credfresh run"

@@ -26,7 +26,9 @@ def main() -> int:
         return session.client("sts", region_name="us-east-1", endpoint_url=endpoint, config=config)
 
     client = None if mode == "session" else make_client()
-    calls, failures, arns = 0, {}, set()
+    calls = 0
+    failures: dict[str, int] = {}
+    arns: set[str] = set()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         current = make_client() if client is None else client

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from waiting import patience
+from support.waiting import patience
 
 
 class DaemonProcess:
@@ -25,7 +25,7 @@ class DaemonProcess:
         log_path: Path,
         *,
         extra_args: tuple[str, ...] = (),
-        preexec: Callable[[], None] | None = None,
+        preexec: Callable[[], object] | None = None,
         argv_prefix: tuple[str, ...] = (),
     ) -> None:
         self.log_path = log_path

@@ -15,11 +15,11 @@ from typing import Any
 from hypothesis import strategies as st
 
 from credfresh.credentials import Credentials
+from support import DAEMON_DIR
 
 OWNER = "test-owner"
 OTHER_OWNER = "someone-else"
 NOBODY = 65534
-DAEMON_DIR = Path(__file__).resolve().parents[1] / "daemon"
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
 SECRET_MARK = "SECRETzzSECRET"
 

@@ -25,12 +25,11 @@ from botocore.configloader import raw_config_parse
 from conftest import Project, remember_secrets
 from credfresh.credentials import format_time
 from credfresh.devsts import DevSTS, IssuedCredentials
-from daemon_runner import DaemonProcess, env_with
+from support import DAEMON_DIR
+from support.daemon_runner import DaemonProcess, env_with
 
 ROOT = os.geteuid() == 0
 NOBODY = 65534
-REPO = Path(__file__).resolve().parents[1]
-DAEMON_DIR = REPO / "daemon"
 OWNER = "test"
 TEMP_GLOB = ".credentials.credfresh-*.tmp"
 SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")

@@ -15,7 +15,7 @@ from botocore.configloader import raw_config_parse
 
 from credfresh.credfile.format import merge, read_managed, view_of, write_profiles
 from credfresh.errors import CredfileError
-from helpers_credfile import OWNER, child_env, make_creds
+from support.helpers_credfile import OWNER, child_env, make_creds
 
 # Unmanaged content the writers must never disturb: comments, odd spacing, another owner.
 BASE = (

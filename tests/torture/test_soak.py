@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ConfigParseError
 
 from credfresh.devsts import DevSTS
-from torture_helpers import (
+from support.torture_helpers import (
     LOST_RETRY,
     expired_sections,
     figure,

@@ -33,12 +33,12 @@ from botocore.exceptions import ConfigParseError
 from credfresh.credentials import Credentials, format_time
 from credfresh.credfile.format import render_section
 from credfresh.devsts import DevSTS
-from daemon_runner import DaemonProcess
-from torture_helpers import (
+from support import REPO
+from support.daemon_runner import DaemonProcess
+from support.torture_helpers import (
     LOST_RETRY,
     NOBODY,
     OWNER,
-    REPO,
     ROOT,
     TEMP_GLOB,
     check_sections,

@@ -30,7 +30,7 @@ from credfresh.credfile.format import (
     write_profiles,
 )
 from credfresh.errors import CredfileError
-from helpers_credfile import (
+from support.helpers_credfile import (
     NOBODY,
     OWNER,
     SECRET_MARK,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from credfresh.credfile.format import _parse, _split_lines, merge, render_section, view_of
 from credfresh.errors import CredfileError
-from helpers_credfile import (
+from support.helpers_credfile import (
     OTHER_OWNER,
     OWNER,
     PARSER_FRAGMENTS,

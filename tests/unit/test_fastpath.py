@@ -21,7 +21,7 @@ from credfresh.commands import fastpath
 from credfresh.config import model as config
 from credfresh.credfile import format as credfile
 from credfresh.errors import CredfileError
-from helpers_credfile import (
+from support.helpers_credfile import (
     NOBODY,
     OWNER,
     PARSER_FRAGMENTS,

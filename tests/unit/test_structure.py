@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "credfresh"
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "credfresh"
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 500
 LONG_FUNCTION_MARK = "# noqa: CFL001"
