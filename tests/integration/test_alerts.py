@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,7 +41,7 @@ from credfresh.alerts.sinks import CommandSink, Sink, SinkError, WebhookSink, pr
 from credfresh.config.model import AlertSettings
 from credfresh.observe.logs import Redactor
 from support.daemon_runner import DaemonProcess, env_with
-from support.waiting import patience
+from support.waiting import wait_until
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(host="web-1")
@@ -519,14 +519,6 @@ class Recorder:
             return [kw for _, name, kw in self.lines if name == event]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + patience(timeout)
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 class Receiver:
     """A loopback HTTP server that records requests and answers with queued statuses."""
 
@@ -787,7 +779,7 @@ class TestAlertManager:
         for index in range(5):
             manager.config_rejected([f"e{index}"], at(index))
             manager.config_applied(at(index + 0.5))
-        wait_for(lambda: len(log.named("alert_dropped")) >= 1)
+        wait_until(lambda: len(log.named("alert_dropped")) >= 1, 5, "alert_dropped", interval=0.01)
         release.set()
         manager.close(timeout=5)
         assert len(delivered) + len(log.named("alert_dropped")) == 10
@@ -1040,15 +1032,20 @@ class TestDaemonAlerts:
             project.sts.proxy.fail(
                 "AccessDenied", when=lambda r: r.params.get("RoleSessionName") == "credfresh-app"
             )
-            wait_for(lambda: any(b["alert"] == "sts_error" for b, _ in disk_hook.bodies), 20)
+            wait_until(
+                lambda: any(b["alert"] == "sts_error" for b, _ in disk_hook.bodies),
+                20,
+                "the sts_error alert",
+            )
             cleared = time.time()
             project.sts.proxy.clear_faults()
-            wait_for(
+            wait_until(
                 lambda: any(
                     b["status"] == "resolved" and b["alert"] == "sts_error"
                     for b, _ in disk_hook.bodies
                 ),
                 20,
+                "the sts_error alert resolved",
             )
         resolved = [
             found

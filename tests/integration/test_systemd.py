@@ -353,4 +353,4 @@ class TestNotifyListener:
             notifier.status("only this")
             listener.wait_for_count(1)
             with pytest.raises(AssertionError, match="only this"):
-                listener.wait_for(lambda m: "READY" in m.fields, timeout=0.1)
+                listener.wait_for(lambda m: "READY" in m.fields, timeout=0.1, patient=False)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from support.waiting import patience
+
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _RECV_BYTES = 64 * 1024
 
@@ -119,13 +121,19 @@ class NotifyListener:
                 self._cond.notify_all()
 
     def wait_for(
-        self, predicate: Callable[[NotifyMessage], bool], timeout: float = 5.0
+        self,
+        predicate: Callable[[NotifyMessage], bool],
+        timeout: float = 5.0,
+        *,
+        patient: bool = True,
     ) -> NotifyMessage:
-        """The first message (already received or arriving within `timeout` s) that matches.
+        """The first message (already received or arriving in time) that matches.
 
-        Raises AssertionError listing what did arrive, so a failing test shows the sequence.
+        Waits at most `patience(timeout)`, or exactly `timeout` with `patient=False` (for a
+        test that expects nothing); raises AssertionError listing what did arrive, so a
+        failing test shows the sequence.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (patience(timeout) if patient else timeout)
         with self._cond:
             while True:
                 for message in self.messages:
@@ -134,20 +142,18 @@ class NotifyListener:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [m.raw for m in self.messages]
-                    raise AssertionError(f"no matching notify message in {timeout:g} s: {seen}")
+                    raise AssertionError(f"no matching notify message in time: {seen}")
                 self._cond.wait(remaining)
 
     def wait_for_count(self, count: int, timeout: float = 5.0) -> list[NotifyMessage]:
-        """The first `count` messages, waiting at most `timeout` s for them to arrive."""
-        deadline = time.monotonic() + timeout
+        """The first `count` messages, waiting at most `patience(timeout)` for them."""
+        deadline = time.monotonic() + patience(timeout)
         with self._cond:
             while len(self.messages) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [m.raw for m in self.messages]
-                    raise AssertionError(
-                        f"{len(seen)} of {count} messages in {timeout:g} s: {seen}"
-                    )
+                    raise AssertionError(f"{len(seen)} of {count} messages in time: {seen}")
                 self._cond.wait(remaining)
             return list(self.messages[:count])
 

@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -287,14 +286,3 @@ def lost_retries(events: list[dict[str, Any]]) -> int:
         and "maximum number of running instances" in str(e.get("event", ""))
         for e in events
     )
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> float | None:
-    """Seconds until `predicate()` held, or None when `timeout` passed first."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(interval)

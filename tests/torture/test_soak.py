@@ -28,9 +28,9 @@ from support.torture_helpers import (
     proc_stats,
     start_daemon,
     stub_sts,
-    wait_until,
     write_config,
 )
+from support.waiting import wait_until
 
 SOAK_MINUTES = float(os.environ.get("CREDFRESH_SOAK_MINUTES", "30"))
 PROFILES = 200
@@ -106,9 +106,11 @@ def _soak(root: Path, sts: DevSTS, plan: Plan) -> Result:
     with start_daemon(project, root / "daemon.log") as proc:
         pid = proc.proc.pid
         proc.wait_event("ready", 60)
-        assert wait_until(
-            lambda: len(expired_sections(parse(project.credentials_file), names)) == 0, 30
-        ), "not every profile got credentials"
+        wait_until(
+            lambda: len(expired_sections(parse(project.credentials_file), names)) == 0,
+            30,
+            "every profile has credentials",
+        )
         spiker = threading.Thread(target=_spikes, args=(sts, plan, stop, spikes), daemon=True)
         spiker.start()
         calls_before = sts.proxy.calls

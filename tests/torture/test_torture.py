@@ -53,9 +53,9 @@ from support.torture_helpers import (
     strip_managed,
     stub_sts,
     unmanaged_block,
-    wait_until,
     write_config,
 )
+from support.waiting import patience, poll_until, wait_until
 
 
 def variants(reduced: Any, full: Any) -> pytest.MarkDecorator:
@@ -190,8 +190,12 @@ def crash_lane(root: Path, sts: DevSTS, plan: CrashPlan, kills: int, seed: int) 
             # once (within 4 ms), or at a random instant of the rewriting that follows.
             aimed = kill % 2 == 1
             depth, seen = (rng.randint(1, plan.aim_depth) if aimed else 1), set[str]()
-            found = wait_until(partial(rewrite_reached, aws, before, seen, depth, proc), 20, 0.001)
-            assert found is not None, f"kill {kill}: no rewrite #{depth} within 20 s"
+            wait_until(
+                partial(rewrite_reached, aws, before, seen, depth, proc),
+                20,
+                f"kill {kill}: rewrite #{depth}",
+                interval=0.001,
+            )
             counts["aimed"] += aimed
             time.sleep(rng.uniform(0, 0.004) if aimed else rng.uniform(0, plan.window))
             assert proc.proc.poll() is None, f"kill {kill}: exited by itself: {proc.proc.poll()}"
@@ -544,12 +548,15 @@ def test_aws_configure_set_while_rewriting(stub: DevSTS, tmp_path: Path, plan: F
                 # The CLI read one version, credfresh replaced it, the CLI wrote the old
                 # managed sections back in place: the next wake-up must restore them.
                 reverted += 1
-                took = wait_until(partial(not_older, credentials, stub, seen["clobbered"]), 15)
-                assert took is not None, f"interleaving {index}: the revert was never healed"
+                took = wait_until(
+                    partial(not_older, credentials, stub, seen["clobbered"]),
+                    15,
+                    f"interleaving {index}: the revert healed",
+                )
                 restore_seconds.append(took)
         # Calm down: once every section holds a long-lived set, nothing rewrites it again.
         stub.proxy.lifetime = 900
-        assert wait_until(lambda: long_lived(credentials, wanted), 30), "never settled"
+        wait_until(lambda: long_lived(credentials, wanted), 30, "every section long-lived")
         events = proc.events()
         assert proc.stop() == 0
     seconds = time.monotonic() - began
@@ -810,7 +817,7 @@ class DiskCase:
 
     def _observe(self, proc: DaemonProcess) -> dict[str, Any]:
         proc.wait_event("ready", 60)
-        assert wait_until(self._complete, 15), f"{self.kind}: not ready on disk"
+        wait_until(self._complete, 15, f"{self.kind}: ready on disk")
         unmanaged = strip_managed(self.file.read_text(), set(self.names))
         if ROOT:
             owner = os.stat(self.file)
@@ -821,8 +828,9 @@ class DiskCase:
         figures: dict[str, Any] = {"fault": self.kind}
         if self.kind == "file_deleted":
             # Not an error: the file is written anew at the next wake-up, without an alert.
-            took = wait_until(lambda: self.file.exists() and self._complete(), 10)
-            assert took is not None, "file_deleted: the file was not written again"
+            took = wait_until(
+                lambda: self.file.exists() and self._complete(), 10, "file_deleted: written again"
+            )
             restored = proc.wait_event("section_restored", 5)
             assert {e["reason"] for e in restored} == {"missing"}
             figures.update(rewritten_after_s=round(took, 2), write_failed_logged=0, alerts=0)
@@ -840,7 +848,7 @@ class DiskCase:
             assert intact(), f"{self.kind}: the file changed during the fault"
             logged = len(proc.named("write_failed")) - failed_before
             # The alert command runs on the sink worker: give it a moment on a busy machine.
-            wait_until(lambda: self.write_alerts("fired") >= 1, 10)
+            wait_until(lambda: self.write_alerts("fired") >= 1, 10, f"{self.kind}: an alert")
             fired = self.write_alerts("fired")
             assert fired == 1, f"{self.kind}: {fired} write_failed alerts instead of one"
             self.clear()
@@ -848,7 +856,7 @@ class DiskCase:
             written_before = len(proc.named("file_written"))
             proc.wait_event("file_written", 35, count=written_before + 1)
             resumed = time.monotonic() - cleared
-            assert wait_until(lambda: self.write_alerts("resolved") == 1, 10), "never resolved"
+            wait_until(lambda: self.write_alerts("resolved") == 1, 10, "the alert resolved")
             assert self.write_alerts("fired") == 1
             figures.update(
                 error_code=first["error_code"],
@@ -859,7 +867,7 @@ class DiskCase:
                 resumed_after_s=round(resumed, 2),
                 intact_checks=checks,
             )
-        assert wait_until(self._complete, 10), f"{self.kind}: not whole again"
+        wait_until(self._complete, 10, f"{self.kind}: whole again")
         if self.kind not in ("file_deleted", "dir_deleted"):
             text = self.file.read_text()
             expect_same_unmanaged(text, set(self.names), unmanaged, self.kind)
@@ -989,7 +997,7 @@ def test_sts_outage_and_slowness(stub: DevSTS, tmp_path: Path, plan: OutagePlan)
     with start_daemon(project, tmp_path / "daemon.log") as proc:
         proc.wait_event("ready", 30)
         for kinds in plan.phases:
-            if wait_until(partial(_all_fresh, credentials, names), 10) is None:
+            if poll_until(partial(_all_fresh, credentials, names), patience(10)) is None:
                 if lost_retries(proc.events()):
                     pytest.xfail(LOST_RETRY)
                 pytest.fail(f"{kinds}: not fresh before the outage")
@@ -1009,7 +1017,8 @@ def test_sts_outage_and_slowness(stub: DevSTS, tmp_path: Path, plan: OutagePlan)
                 end()
             outage = time.monotonic() - began
             expired_during = expired_sections(read_ok(credentials, "end of outage"), names)
-            recovered = wait_until(partial(_all_fresh, credentials, names, kept), 10, 0.02)
+            # A timing claim (fresh within 5 s), so the exact bound, not the patience rule.
+            recovered = poll_until(partial(_all_fresh, credentials, names, kept), 10, interval=0.02)
             if recovered is None and lost_retries(proc.events()):
                 pytest.xfail(LOST_RETRY)
             assert recovered is not None, f"{kinds}: not fresh 10 s after the outage"
