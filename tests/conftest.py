@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from credfresh.devsts import DevSTS, Walkthrough
+from support import coverage_environ
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -157,6 +158,7 @@ def project(
         "AWS_CONFIG_FILE": str(aws_config),
         "AWS_EC2_METADATA_DISABLED": "true",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **coverage_environ(),
     }
     for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "HOME"):
         monkeypatch.setenv(key, env[key])

@@ -7,10 +7,18 @@ knows where the repository's parts are, for tests that start child interpreters.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON_DIR = REPO / "daemon"
 TESTS_DIR = REPO / "tests"
 
-__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR"]
+
+
+def coverage_environ() -> dict[str, str]:
+    """This process's COVERAGE_* variables: a child given a clean environment is measured too."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
+
+
+__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR", "coverage_environ"]

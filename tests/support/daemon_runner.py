@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
+from support import coverage_environ
 from support.waiting import patience, poll_until
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -176,4 +177,6 @@ def env_with(base: dict[str, str], **extra: str) -> dict[str, str]:
     env.update(extra)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("PATH", os.environ.get("PATH", ""))
+    for key, value in coverage_environ().items():
+        env.setdefault(key, value)
     return env
