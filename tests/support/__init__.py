@@ -15,7 +15,6 @@ DAEMON_DIR = REPO / "daemon"
 TESTS_DIR = REPO / "tests"
 
 
-
 def coverage_environ() -> dict[str, str]:
     """This process's COVERAGE_* variables: a child given a clean environment is measured too."""
     return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
