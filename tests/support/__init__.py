@@ -20,4 +20,10 @@ def coverage_environ() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
 
 
-__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR", "coverage_environ"]
+def unmeasured_environ() -> dict[str, str]:
+    """This process's environment without COVERAGE_*: for a child whose imports or timing are
+    the thing tested, or that is SIGKILLed (it would save no data anyway)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+
+
+__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR", "coverage_environ", "unmeasured_environ"]

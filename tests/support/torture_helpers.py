@@ -24,7 +24,7 @@ from botocore.configloader import raw_config_parse
 from conftest import Project, remember_secrets
 from credfresh.credentials import format_time
 from credfresh.devsts import DevSTS, IssuedCredentials
-from support import DAEMON_DIR
+from support import DAEMON_DIR, coverage_environ
 from support.daemon_runner import DaemonProcess, env_with
 
 ROOT = os.geteuid() == 0
@@ -113,6 +113,9 @@ def make_project(
         },
         CREDFRESH_WAKEUP_INTERVAL=wakeup,
     )
+    # Unmeasured: SIGKILLed daemons save no coverage data, and tracing would slow every start.
+    for name in coverage_environ():
+        env.pop(name, None)
     # Passed through so a run can compare allocator settings (RSS figures of the soak).
     for name in ("MALLOC_ARENA_MAX", "PYTHONMALLOC", "GLIBC_TUNABLES"):
         if name in os.environ:

@@ -21,6 +21,7 @@ from credfresh.commands import fastpath
 from credfresh.config import model as config
 from credfresh.credfile import format as credfile
 from credfresh.errors import CredfileError
+from support import unmeasured_environ
 from support.helpers_credfile import (
     NOBODY,
     OWNER,
@@ -334,6 +335,10 @@ class TestAnswers:
             f"sys.stderr.write(repr((rc, [m for m in {heavy!r} if m in sys.modules])))"
         )
         result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=unmeasured_environ(),  # coverage's own imports would count as the answer's
         )
         assert result.stderr.strip().endswith("(0, [])"), result.stderr
