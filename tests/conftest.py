@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import coverage
 import pytest
 import yaml
 
@@ -44,8 +45,33 @@ def leaks_in(text: str) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the `whole_run` tests to the end, wherever they live: they scan all other output."""
+    """Move the `whole_run` tests to the end, wherever they live: they scan all other output.
+
+    The torture tests are `unmeasured`: they time real processes and SIGKILL them.
+    """
+    for item in items:
+        if "torture" in item.path.parts:
+            item.add_marker(pytest.mark.unmeasured)
     items.sort(key=lambda item: item.get_closest_marker("whole_run") is not None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Run an `unmeasured` test (setup to teardown) with coverage paused, children included.
+
+    Tracing slows Python two-fold; a test whose promise is a timing keeps its real speed.
+    """
+    cov = coverage.Coverage.current()
+    if cov is None or item.get_closest_marker("unmeasured") is None:
+        return (yield)
+    saved = os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
+    cov.stop()
+    try:
+        return (yield)
+    finally:
+        cov.start()
+        if saved is not None:
+            os.environ["COVERAGE_PROCESS_CONFIG"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -148,6 +148,7 @@ class TestFailures:
 
 
 class TestWriting:
+    @pytest.mark.unmeasured  # a timing promise: traced, the daemon is twice as slow
     def test_many_due_together_batch(self, project: Project, tmp_path: Path) -> None:
         """200 profiles due at once cause at most 5 writes, each credential on disk <= 1 s."""
         for i in range(200):

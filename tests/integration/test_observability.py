@@ -88,6 +88,7 @@ def session(name: str) -> Any:
 
 
 class TestAlertLifecycle:
+    @pytest.mark.unmeasured  # a timing promise: traced, the daemon is twice as slow
     def test_fire_repeat_escalate_resolve_across_restart(
         self, project: Project, tmp_path: Path, webhook: Webhook, leak_watch: Any
     ) -> None:

@@ -264,6 +264,7 @@ class TestWriterFailures:
             )
             assert proc.proc.poll() is None
 
+    @pytest.mark.unmeasured  # a timing promise: traced, the daemon is twice as slow
     def test_dead_writer_fails_healthz_and_stops_watchdog(
         self, project: Project, tmp_path: Path
     ) -> None:
