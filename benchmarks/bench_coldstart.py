@@ -55,7 +55,7 @@ def _cold_run(stub: Stub, index: int) -> dict[str, Any]:
         started = next(e for e in events if e.get("event") == "started")
     times = stub.request_times()
     present, fresh = managed_fresh(layout, names)
-    from harness import parse_stamp
+    from support.daemon_runner import parse_stamp
 
     return {
         "all_on_disk_s": last - daemon.started_at,

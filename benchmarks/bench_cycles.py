@@ -15,9 +15,9 @@ from harness import (
     load,
     managed_fresh,
     median,
-    parse_stamp,
     profile_name,
 )
+from support.daemon_runner import parse_stamp
 
 PROFILES: Final = 1000
 CYCLES: Final = 10

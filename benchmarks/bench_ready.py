@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Final
 
-from harness import ROOT, Daemon, Layout, Report, Row, Stub, fresh_dir, median
-
-sys.path.insert(0, str(ROOT / "tests"))
-
-from notify_listener import NotifyListener
+from harness import Daemon, Layout, Report, Row, Stub, fresh_dir, median
+from support.notify_listener import NotifyListener
 
 PROFILES: Final = 10
 MAX_READY_S: Final = 1.5

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,15 +24,17 @@ BENCH_DIR: Final = ROOT / "benchmarks"
 OUT: Final = BENCH_DIR / "out"
 WORK: Final = OUT / "work"
 
-if str(DAEMON_DIR) not in sys.path:
-    sys.path.insert(0, str(DAEMON_DIR))
+TESTS_DIR: Final = ROOT / "tests"
+for _path in (DAEMON_DIR, TESTS_DIR):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from credfresh.credentials import Credentials  # noqa: E402 - after the path set-up
 from credfresh.devsts import RemoteDevSTS, Walkthrough  # noqa: E402
+from support.daemon_runner import DaemonProcess, terminate  # noqa: E402
 
 OWNER: Final = "bench"
 ACCOUNT: Final = "123456789012"
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
 # ----- small helpers ---------------------------------------------------------------------
@@ -66,11 +66,6 @@ def load() -> str:
     """The 1/5/15-minute load averages, to note beside each measurement (2 shared cores)."""
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f}/{five:.2f}/{fifteen:.2f}"
-
-
-def parse_stamp(text: str) -> float:
-    """Epoch seconds of a log line's ISO 8601 UTC `timestamp`."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def fresh_dir(name: str) -> Path:
@@ -296,8 +291,8 @@ def fake_credentials(serial: int, now: datetime, valid_for: timedelta) -> Creden
 # ----- the daemon as a process -----------------------------------------------------------
 
 
-class Daemon:
-    """`credfresh run` as a real process; its JSON log goes to a file read incrementally."""
+class Daemon(DaemonProcess):
+    """`credfresh run` for a benchmark layout: tests/support's runner, logging to root/NAME.log."""
 
     def __init__(
         self,
@@ -308,125 +303,16 @@ class Daemon:
         launcher: Sequence[str] | None = None,
         name: str = "daemon",
     ) -> None:
-        self.log_path = layout.root / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self._offset = 0
-        self._partial = b""
-        self._events: list[dict[str, Any]] = []
-        self.started_at = time.time()
-        self.started_mono = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [*argv_prefix, *layout.argv("run", "--log-format", "json", launcher=launcher)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else layout.env(),
+        super().__init__(
+            layout.config,
+            dict(env) if env is not None else layout.env(),
+            layout.root / f"{name}.log",
+            argv_prefix=argv_prefix,
+            launcher=launcher,
         )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def events(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (read from where the last call stopped)."""
-        with self.log_path.open("rb") as stream:
-            stream.seek(self._offset)
-            data = stream.read()
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if line.startswith(b"{"):
-                try:
-                    self._events.append(json.loads(line))
-                except ValueError:
-                    continue
-        return self._events
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [item for item in self.events() if item.get("event") == event]
-
-    def wait_for(
-        self,
-        predicate: Callable[[list[dict[str, Any]]], bool],
-        timeout: float,
-        what: str,
-        poll: float = 0.05,
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.events()
-            if predicate(events):
-                return events
-            if self.proc.poll() is not None:
-                break
-            time.sleep(poll)
-        tail = [item.get("event") for item in self.events()[-10:]]
-        raise RuntimeError(
-            f"timed out after {timeout:g} s waiting for {what}; exit={self.proc.poll()}; "
-            f"last events {tail}; log {self.log_path}"
-        )
-
-    def on_disk(self, names: Iterable[str], timeout: float) -> float:
-        """Wait until every name was in a `file_written` event; the epoch time of the last."""
-        missing = set(names)
-        seen = 0
-        last = 0.0
-
-        def done(events: list[dict[str, Any]]) -> bool:
-            nonlocal seen, last
-            for item in events[seen:]:
-                if item.get("event") == "file_written":
-                    before = len(missing)
-                    missing.difference_update(item.get("profiles") or ())
-                    if len(missing) < before:
-                        last = parse_stamp(item["timestamp"])
-            seen = len(events)
-            return not missing
-
-        self.wait_for(done, timeout, f"{len(missing)} profiles on disk")
-        return last
-
-    def memory_kb(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) from /proc, in kB."""
-        found: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0])
-        return found
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process (all threads), in seconds."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def stop(self, timeout: float = 15.0) -> int:
-        terminate(self.proc, timeout)
-        self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds; reaped either way."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        return super().stop(timeout)
 
 
 def managed_fresh(layout: Layout, names: Iterable[str]) -> tuple[int, int]:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import coverage
 import pytest
 import yaml
 
 from credfresh.devsts import DevSTS, Walkthrough
+from support import coverage_environ
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -27,7 +29,7 @@ for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 SECRETS: dict[str, str] = {}
 WATCHED: list[Path] = []
 TEXTS: list[str] = []
-SEEN: list[str] = []  # every captured output of the session, for tests/test_zz_secrets.py
+SEEN: list[str] = []  # every captured output of the session, for the `whole_run` tests
 
 
 def remember_secrets(sts: DevSTS) -> None:
@@ -40,6 +42,36 @@ def remember_secrets(sts: DevSTS) -> None:
 
 def leaks_in(text: str) -> list[str]:
     return sorted({label for secret, label in SECRETS.items() if secret and secret in text})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the `whole_run` tests to the end, wherever they live: they scan all other output.
+
+    The torture tests are `unmeasured`: they time real processes and SIGKILL them.
+    """
+    for item in items:
+        if "torture" in item.path.parts:
+            item.add_marker(pytest.mark.unmeasured)
+    items.sort(key=lambda item: item.get_closest_marker("whole_run") is not None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Run an `unmeasured` test (setup to teardown) with coverage paused, children included.
+
+    Tracing slows Python two-fold; a test whose promise is a timing keeps its real speed.
+    """
+    cov = coverage.Coverage.current()
+    if cov is None or item.get_closest_marker("unmeasured") is None:
+        return (yield)
+    saved = os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
+    cov.stop()
+    try:
+        return (yield)
+    finally:
+        cov.start()
+        if saved is not None:
+            os.environ["COVERAGE_PROCESS_CONFIG"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +104,13 @@ def leak_watch() -> Any:
     return watch
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when != "teardown":
-        return
+        return report
     texts = [content for _, content in report.sections]
     texts.extend(TEXTS)
     for path in WATCHED:
@@ -92,6 +125,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if found and report.passed:
         report.outcome = "failed"
         report.longrepr = f"secrets guard: {', '.join(found)} appeared in the test's output"
+    return report
 
 
 @dataclass
@@ -150,6 +184,7 @@ def project(
         "AWS_CONFIG_FILE": str(aws_config),
         "AWS_EC2_METADATA_DISABLED": "true",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **coverage_environ(),
     }
     for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "HOME"):
         monkeypatch.setenv(key, env[key])

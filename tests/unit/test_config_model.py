@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from credfresh.config import model, schema
 from credfresh.config.load import read_light
@@ -23,7 +24,7 @@ HOME = Path("/home/tester")
         (schema.HttpModel, model.HttpSettings),
     ],
 )
-def test_schema_defaults_are_the_models(pydantic_model: type, dataclass: type) -> None:
+def test_schema_defaults_are_the_models(pydantic_model: type[BaseModel], dataclass: type) -> None:
     """Every pydantic default is the dataclass's own default, not a second copy."""
     defaults = {f.name: f.default for f in dataclasses.fields(dataclass)}
     for name, field in pydantic_model.model_fields.items():

@@ -204,7 +204,7 @@ def test_failure_backs_off_and_recovers(make: Any) -> None:
     state = rig.engine.snapshot().states["a"]
     assert state.consecutive_failures == 1
     assert state.last_error_code == "Throttling"
-    delay = (rig.scheduler.next_run("a") - T0).total_seconds()  # type: ignore[operator]
+    delay = (rig.scheduler.next_run("a") - T0).total_seconds()
     initial = rig.config.retry.initial
     assert initial * 0.5 <= delay <= initial
     del rig.source.fail["a"]

@@ -1,0 +1,29 @@
+"""Helpers shared by the tests and the benchmarks: the daemon runner, the waits, the checks.
+
+Importable as `support` because pytest puts tests/ on sys.path (`pythonpath` in
+pyproject.toml); benchmarks add tests/ themselves. The paths below are the one place that
+knows where the repository's parts are, for tests that start child interpreters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMON_DIR = REPO / "daemon"
+TESTS_DIR = REPO / "tests"
+
+
+def coverage_environ() -> dict[str, str]:
+    """This process's COVERAGE_* variables: a child given a clean environment is measured too."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
+
+
+def unmeasured_environ() -> dict[str, str]:
+    """This process's environment without COVERAGE_*: for a child whose imports or timing are
+    the thing tested, or that is SIGKILLed (it would save no data anyway)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+
+
+__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR", "coverage_environ", "unmeasured_environ"]
