@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ def _soak(root: Path, sts: DevSTS, plan: Plan) -> Result:
             if elapsed >= next_stats:
                 result.stats.append((elapsed, proc_stats(pid)))
                 next_stats += plan.stats_every
+            # Judged at the moment the read began: parsing 200 sections on a loaded machine
+            # can take long enough for a section replaced meanwhile to look expired.
+            read_at = datetime.now(UTC)
             try:
                 parsed = parse(project.credentials_file)
             except ConfigParseError:
@@ -127,7 +131,7 @@ def _soak(root: Path, sts: DevSTS, plan: Plan) -> Result:
             else:
                 result.missing += sum(name not in parsed for name in names)
                 result.expired += expired_sections(
-                    {n: parsed[n] for n in names if n in parsed}, names
+                    {n: parsed[n] for n in names if n in parsed}, names, read_at
                 )
             result.samples += 1
             time.sleep(plan.sample_every)
