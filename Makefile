@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint types unit torture soak bench clean
+.PHONY: demo test lint types unit props torture soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ test: lint types unit
 
 torture: $(VENV)/.test-installed $(AWSCLI_VENV)/bin/aws
 	$(BIN)/pytest -m slow -k 'not soak' $(PYTEST_ARGS)
+
+PROPERTY_TESTS := tests/unit/test_config_props.py tests/unit/test_credfile_props.py \
+	tests/unit/test_fastpath.py tests/unit/test_metrics.py \
+	tests/integration/test_hostile.py tests/integration/test_alerts.py
+# The property tests with every example (make test runs a third of each count).
+props: $(VENV)/.test-installed
+	CREDFRESH_PROPERTY_SCALE=1 $(BIN)/pytest -m 'not slow' $(PROPERTY_TESTS) $(PYTEST_ARGS)
 
 soak: $(VENV)/.test-installed
 	$(BIN)/pytest -m soak $(PYTEST_ARGS)

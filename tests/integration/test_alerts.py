@@ -38,6 +38,7 @@ from credfresh.alerts.rules import (
 from credfresh.alerts.sinks import CommandSink, Sink, SinkError, WebhookSink, proxy_for
 from credfresh.config.model import AlertSettings
 from credfresh.observe.logs import Redactor
+from support import examples
 from support.daemon_runner import DaemonProcess, env_with
 from support.waiting import wait_until
 
@@ -427,7 +428,7 @@ def play(steps: list[tuple[int, tuple[Any, ...]]], restart_at: int | None = None
 
 
 class TestProperties:
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(timeline)
     def test_every_alert_follows_fire_repeat_resolve(
         self, steps: list[tuple[int, tuple[Any, ...]]]
@@ -454,7 +455,7 @@ class TestProperties:
             firing = {k: a for k, a in state.alerts.items() if a.firing}
             assert set(open_since) == {f"web-1:{k}:{p or '-'}" for k, p in firing}
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(timeline)
     def test_profile_alerts_resolve_only_when_the_fix_is_on_disk(
         self, steps: list[tuple[int, tuple[Any, ...]]]
@@ -481,7 +482,7 @@ class TestProperties:
             for profile in PROFILES:
                 assert speaking.count(profile) <= 1
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=examples(200), deadline=None)
     @given(timeline, st.integers(0, 40))
     def test_restart_changes_nothing(
         self, steps: list[tuple[int, tuple[Any, ...]]], restart_at: int
@@ -984,7 +985,7 @@ def run_daemon(project: Project, tmp_path: Path, wakeup: str) -> DaemonProcess:
 class TestDaemonAlerts:
     @pytest.mark.parametrize(
         "seconds",
-        [pytest.param(30, id="reduced"), pytest.param(90, marks=pytest.mark.slow, id="full")],
+        [pytest.param(20, id="reduced"), pytest.param(90, marks=pytest.mark.slow, id="full")],
     )
     def test_healthy_daemon_with_20s_credentials_sends_no_alert(
         self, project: Project, tmp_path: Path, disk_hook: DiskCheckingWebhook, seconds: int
@@ -992,7 +993,7 @@ class TestDaemonAlerts:
         """Issue 16: 20 s credentials for 90 s of `credfresh run` with a webhook: zero alerts.
 
         The full 90 s (about eight refresh cycles per profile, each due inside
-        `alerts.expiry_warning`) runs in `make torture`; `make test` runs 30 s of it.
+        `alerts.expiry_warning`) runs in `make torture`; `make test` runs 20 s of it.
         """
         project.sts.proxy.lifetime = 20
         project.document["alerts"] = {"webhook_url": disk_hook.url}

@@ -45,20 +45,21 @@ def attempts(project: Project, session_name: str) -> list[float]:
 
 class TestKeepsFresh:
     def test_fresh_for_a_minute(self, project: Project, tmp_path: Path) -> None:
-        """Five profiles with 10 s credentials stay fresh; every sample parses; no storm."""
+        """Five profiles with 10 s credentials stay fresh for 20 s (four refreshes each; the
+        soak runs this promise at scale); every sample parses; no storm."""
         project.sts.proxy.lifetime = 10
         names = [f"p{i}" for i in range(5)]
         for name in names:
             project.profile(name)
         project.write_config()
-        duration = 45 * SCALE
+        duration = 20 * SCALE
         samples = expired = 0
         with daemon(project, tmp_path, wakeup="5") as proc:
             proc.wait_event("ready", 10)
             started = time.monotonic()
             while time.monotonic() - started < duration:
+                now = datetime.now(UTC)  # judged when the read began: parsing can be slow
                 parsed = raw_config_parse(str(project.credentials_file))
-                now = datetime.now(UTC)
                 for name in names:
                     expiry = parse_time(parsed[name]["x_security_token_expires"])
                     expired += expiry <= now
@@ -66,7 +67,7 @@ class TestKeepsFresh:
                 time.sleep(0.05)
             elapsed = time.monotonic() - started + 1
             assert proc.stop() == 0
-        assert samples > 100
+        assert samples > 40
         assert expired == 0
         calls = project.sts.proxy.calls_by_role
         per_profile = calls[project.walkthrough.role_arn] / len(names)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from conftest import Project
 from credfresh.cli import main
 from credfresh.credfile import store as credfile
+from support import examples
 from support.daemon_runner import DaemonProcess, env_with
 
 NOBODY = 65534
@@ -72,7 +73,9 @@ junk = st.one_of(
 
 class TestConfigFuzz:
     @settings(
-        max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(120),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(st.lists(st.tuples(st.integers(0, len(EXAMPLE_LINES)), junk), min_size=1, max_size=4))
     def test_mutated_yaml_text(self, tmp_path: Path, edits: list[tuple[int, str]]) -> None:
@@ -85,7 +88,9 @@ class TestConfigFuzz:
         assert_clean_rejection(*validate(path))
 
     @settings(
-        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=examples(60),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(st.binary(max_size=2000))
     def test_random_bytes_toml_and_yaml(self, tmp_path: Path, data: bytes) -> None:

@@ -15,6 +15,15 @@ DAEMON_DIR = REPO / "daemon"
 TESTS_DIR = REPO / "tests"
 
 
+def examples(full: int) -> int:
+    """A property test's example count: a third in `make test`, all of it in `make props`.
+
+    `CREDFRESH_PROPERTY_SCALE` (default 0.34) scales every count; `make props` sets 1.
+    """
+    scale = float(os.environ.get("CREDFRESH_PROPERTY_SCALE", "0.34"))
+    return max(10, round(full * scale))
+
+
 def coverage_environ() -> dict[str, str]:
     """This process's COVERAGE_* variables: a child given a clean environment is measured too."""
     return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
@@ -26,4 +35,11 @@ def unmeasured_environ() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
 
 
-__all__ = ["DAEMON_DIR", "REPO", "TESTS_DIR", "coverage_environ", "unmeasured_environ"]
+__all__ = [
+    "DAEMON_DIR",
+    "REPO",
+    "TESTS_DIR",
+    "coverage_environ",
+    "examples",
+    "unmeasured_environ",
+]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from credfresh.config.load import parse_document
 from credfresh.config.validate import build_config
 from credfresh.errors import ConfigError
+from support import examples
 
 # Thousands of generated cases: the rules they check are covered by the unit tests;
 # traced, these alone would add a minute to `make test`.
@@ -48,7 +49,7 @@ def check(document: Any) -> None:
     assert all(": " in problem for problem in problems)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from([*EXAMPLE.keys(), "junk"]), values, max_size=6))
 def test_random_documents(document: dict[str, Any]) -> None:
     """Random documents over the real top-level keys never crash validation."""
@@ -69,7 +70,7 @@ def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 ALL_PATHS = paths(EXAMPLE)
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(ALL_PATHS), values), min_size=1, max_size=4))
 def test_mutations_of_example(mutations: list[tuple[tuple[Any, ...], Any]]) -> None:
     """Replacing any values of the valid example gives a config or a clean ConfigError."""
@@ -85,7 +86,7 @@ def test_mutations_of_example(mutations: list[tuple[tuple[Any, ...], Any]]) -> N
     check(document)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     """Arbitrary bytes parse to a mapping or raise ConfigError."""

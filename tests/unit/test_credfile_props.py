@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from credfresh.credfile.format import _parse, _split_lines, merge, render_section, view_of
 from credfresh.errors import CredfileError
+from support import examples
 from support.helpers_credfile import (
     OTHER_OWNER,
     OWNER,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.unmeasured
 
 # No example database: the suite must not write into the source tree.
 PROPS = settings(
-    max_examples=250,
+    max_examples=examples(250),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -73,7 +74,7 @@ class TestMergeRoundTrip:
         assert set(result.removed) == removals
         assert not result.conflicts
 
-    @settings(PROPS, max_examples=80)
+    @settings(PROPS, max_examples=examples(80))
     @given(file_and_changes())
     def test_botocore_reads_the_result(
         self, case: tuple[FileModel, dict[str, int], set[str]]
@@ -186,7 +187,7 @@ def _our_view(text: str) -> dict[str, dict[str, str]] | None:
 
 
 class TestParserMatchesConfigparser:
-    @settings(PROPS, max_examples=600)
+    @settings(PROPS, max_examples=examples(600))
     @given(fragment_texts())
     def test_same_sections_values_and_errors(self, text: str) -> None:
         """Our splitter accepts exactly what RawConfigParser(strict=True) accepts, read alike."""

@@ -23,7 +23,7 @@ from credfresh.context import Context
 from credfresh.credfile import format as credfile
 from credfresh.credfile import store
 from credfresh.errors import CredfileError
-from support import unmeasured_environ
+from support import examples, unmeasured_environ
 from support.helpers_credfile import (
     NOBODY,
     OWNER,
@@ -34,7 +34,10 @@ from support.helpers_credfile import (
 )
 
 PROPS = settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(300),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 NOW = datetime.now(UTC)
 
@@ -67,7 +70,7 @@ def _fast(text: str, wanted: str) -> dict[str, str] | type[CredfileError] | None
 
 @pytest.mark.unmeasured  # generated files by the hundred; the reader is unit-tested too
 class TestReaderMatchesCredfile:
-    @settings(PROPS, max_examples=800)
+    @settings(PROPS, max_examples=examples(800))
     @given(fragment_texts(), st.sampled_from(["a", "b", "c", "x]y", "DEFAULT", "zz"]))
     def test_fragments(self, text: str, wanted: str) -> None:
         """Same options for the wanted section, and an error exactly when credfile errs."""

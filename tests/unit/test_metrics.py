@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from credfresh.observe.metrics import DURATION_BUCKETS, Metrics
+from support import examples
 
 EXPIRY = datetime(2025, 3, 1, 13, 0, tzinfo=UTC)
 
@@ -130,7 +131,7 @@ class TestMetrics:
         assert metrics.write_textfile(path) is False
         assert [p.name for p in tmp_path.iterdir()] == ["credfresh.prom"]
 
-    @settings(max_examples=100, deadline=None)
+    @settings(max_examples=examples(100), deadline=None)
     @given(st.lists(st.floats(min_value=0, max_value=120, allow_nan=False), max_size=30))
     def test_histogram_buckets_are_cumulative(self, durations: list[float]) -> None:
         """Bucket counts never decrease, and +Inf equals the count of observations."""
