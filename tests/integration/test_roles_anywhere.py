@@ -19,11 +19,11 @@ from conftest import Project
 from credfresh.config.model import Profile, RolesAnywhereSpec, StsSettings
 from credfresh.context import SystemClock
 from credfresh.credfile import store as credfile
+from credfresh.devsts.pki import Issued, KeyType, issue
 from credfresh.sources import x509_sigv4 as sigv4
 from credfresh.sources.classify import SourceError
 from credfresh.sources.roles_anywhere import RolesAnywhereSource, session_body
 from support.daemon_runner import DaemonProcess
-from support.pki import Issued, KeyType, issue
 
 ACCOUNT = "123456789012"
 

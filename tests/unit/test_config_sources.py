@@ -10,8 +10,8 @@ import pytest
 
 from credfresh.config.model import Config
 from credfresh.config.validate import build_config
+from credfresh.devsts.pki import issue
 from credfresh.errors import ConfigError
-from support.pki import issue
 
 ROLE = "arn:aws:iam::123456789012:role/app"
 ANCHOR = (

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from credfresh.config.model import RolesAnywhereSpec
+from credfresh.devsts.pki import issue
 from credfresh.sources import x509_sigv4 as sigv4
 from credfresh.sources.roles_anywhere import error_code, next_slot, session_body
 from support import TESTS_DIR
-from support.pki import issue
 
 VECTOR = TESTS_DIR / "data" / "roles_anywhere_vector"
 WHEN = datetime(2026, 12, 2, 5, 0, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Throwaway X.509 material for the Roles Anywhere tests: a CA, intermediates, leaves."""
+"""Throwaway X.509 material for the demo and the tests: a CA, intermediates, leaves."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Issued:
         return cert_path, key_path
 
 
-def issue(
+def issue(  # noqa: PLR0913  a certificate's few knobs, each named
     name: str,
     *,
     issuer: Issued | None = None,
