@@ -1,6 +1,6 @@
 """CPU of one Roles Anywhere refresh against one AssumeRole refresh, side by side.
 
-Both sources run in this process against the stub STS (its own process, no added latency),
+Both sources run in this process against the stub STS (its own process, 50 ms latency),
 each fetching the same number of credential sets in alternating rounds; the figure is this
 process's CPU time (every thread) per fetch: signing, the HTTP exchange, parsing, checks.
 Target: a Roles Anywhere refresh costs at most 2x an AssumeRole refresh.
@@ -39,7 +39,7 @@ def _cpu_per_fetch(source: Source, profile: Profile, parent: Credentials | None,
 
 
 def run(stub: Stub, *, rounds: int = 5, per_round: int = 40) -> Report:
-    stub.prepare(lifetime=None, latency=0.0)
+    stub.prepare(lifetime=None)
     walkthrough = stub.walkthrough
     assert walkthrough is not None
     root = Path(tempfile.mkdtemp(prefix="credfresh-bench-ra-"))
