@@ -85,6 +85,12 @@ def _cycles(stub: Stub, quick: bool) -> Report:
     return bench_cycles.run(stub, cycles=3 if quick else 10)
 
 
+def _roles_anywhere(stub: Stub, quick: bool) -> Report:
+    import bench_roles_anywhere
+
+    return bench_roles_anywhere.run(stub, rounds=3 if quick else 5)
+
+
 def _profile(stub: Stub, quick: bool) -> Report:
     import bench_profile
 
@@ -99,6 +105,7 @@ SCENARIOS: Final[dict[str, Callable[[Stub, bool], Report]]] = {
     "credential_process": _credential_process,
     "throttle": _throttle,
     "cycles": _cycles,
+    "roles_anywhere": _roles_anywhere,
     "profile": _profile,
 }
 # The profile (py-spy and tracemalloc, a few minutes) runs only when asked for by name.

@@ -136,7 +136,7 @@ def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     from credfresh.config.validate import load_config
 
-    config = load_config(config_path(args, ctx.environ), ctx.environ, ctx.home)
+    config = load_config(config_path(args, ctx.environ), ctx.environ, ctx.home, ctx.clock.now())
     for warning in config.warnings:
         ctx.err.write(f"warning: {warning}\n")
     ctx.out.write(

@@ -42,9 +42,16 @@ def assert_problem(problems: list[str], path: str, fragment: str) -> None:
 
 class TestValid:
     def test_example_config_is_valid(self) -> None:
-        """The shipped example validates, with all three profiles."""
+        """The shipped example validates, with all five profiles (two of them copies)."""
         config = load_config(Path("config/credfresh.example.yaml"), {}, HOME)
-        assert set(config.profiles) == {"app-prod", "app-audit", "eks-irsa"}
+        assert set(config.profiles) == {
+            "app-prod",
+            "app-audit",
+            "eks-irsa",
+            "dev-sso",
+            "from-instance",
+        }
+        assert config.profiles["dev-sso"].kind == "copy"
         assert config.profiles["app-audit"].chained
         assert config.profiles["app-prod"].policy is not None
 
@@ -280,7 +287,7 @@ class TestCommand:
         """validate prints a one-line summary and exits 0."""
         code, out, _ = self.run("validate", "-c", "config/credfresh.example.yaml")
         assert code == 0
-        assert "3 profile(s)" in out
+        assert "5 profile(s)" in out
         assert len(out.strip().splitlines()) == 1
 
     def test_validate_bad_exits_2_without_values(self, tmp_path: Path) -> None:

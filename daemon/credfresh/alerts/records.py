@@ -11,7 +11,9 @@ from typing import Final, Literal, cast
 from credfresh.credentials import format_time
 from credfresh.observe.logs import Redactor
 
-Kind = Literal["sts_error", "expiring", "expired", "config_rejected", "write_failed"]
+Kind = Literal[
+    "sts_error", "expiring", "expired", "source_expiring", "config_rejected", "write_failed"
+]
 Status = Literal["firing", "resolved"]
 Severity = Literal["warning", "critical"]
 Transition = Literal["fired", "repeated", "escalated", "resolved"]
@@ -21,6 +23,7 @@ KINDS: Final[tuple[Kind, ...]] = (
     "sts_error",
     "expiring",
     "expired",
+    "source_expiring",
     "config_rejected",
     "write_failed",
 )

@@ -73,6 +73,10 @@ class ProfileFacts:
     expires_at: datetime | None = None
     refresh_at: datetime | None = None
     grace: timedelta = timedelta(0)
+    #: When the profile's source itself ends (a Roles Anywhere certificate), and how long
+    #: before that `source_expiring` warns; None: the source does not run out.
+    source_expires_at: datetime | None = None
+    source_warning: timedelta = timedelta(0)
 
 
 def alert_from(
@@ -156,9 +160,12 @@ def _should_fire(alert: Alert, policy: Policy, now: datetime) -> bool:
 
 
 def _critical(alert: Alert, now: datetime) -> bool:
-    """Critical means consumers are broken now: the credentials on disk have expired."""
+    """Critical means consumers are broken now: the credentials on disk have expired (or,
+    for `source_expiring`, the source has: no refresh can succeed)."""
     if alert.kind == "expired":
         return True
+    if alert.kind == "source_expiring":
+        return alert.expires_at is not None and alert.expires_at <= now
     return alert.kind == "sts_error" and alert.expires_at is not None and alert.expires_at <= now
 
 
@@ -255,6 +262,7 @@ def on_tick(
                 )
             )
         _expiry_rules(draft, name, facts)
+        _source_rules(draft, name, facts)
     for kind in GLOBAL_KINDS:
         alert = draft.get(kind, None)
         if alert is not None:
@@ -290,6 +298,30 @@ def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
             role_arn=facts.role_arn or current.role_arn,
             expires_at=expires_at,
             message=_expiry_message(kind, expires_at, now),
+        )
+    )
+
+
+def _source_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
+    """`source_expiring`: warning within `source_warning` of the source's end, critical
+    past it; resolved when another source expiry is seen (a renewed certificate)."""
+    now, ends = draft.now, facts.source_expires_at
+    old = draft.get("source_expiring", profile)
+    if old is not None and (ends is None or not _same_second(old.expires_at, ends)):
+        draft.resolve("source_expiring", profile, "a renewed source is in use", ends)
+    if ends is None or now < ends - facts.source_warning:
+        return
+    current = draft.get("source_expiring", profile) or Alert(
+        kind="source_expiring", profile=profile, since=now
+    )
+    verb = "expired" if ends <= now else "expires"
+    draft.evaluate(
+        dataclasses.replace(
+            current,
+            role_arn=facts.role_arn or current.role_arn,
+            expires_at=ends,
+            message=f"the profile's certificate {verb} at {format_time(ends)}",
+            hint="renew the certificate; credfresh re-reads its files when they change",
         )
     )
 
@@ -358,7 +390,7 @@ def on_config_applied(state: AlertState, policy: Policy, *, now: datetime) -> St
 def on_profile_removed(state: AlertState, policy: Policy, *, profile: str, now: datetime) -> Step:
     """The profile left the config: its alerts resolve, since nothing will ever clear them."""
     draft = _Draft(state, policy, now)
-    for kind in PROFILE_KINDS:
+    for kind in (*PROFILE_KINDS, "source_expiring"):
         draft.resolve(kind, profile, "profile removed from the config")
     return draft.step()
 

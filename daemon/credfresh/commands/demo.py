@@ -1,6 +1,7 @@
 """`credfresh demo`: the real daemon against an embedded development STS, on loopback only.
 
-The AssumeRole walkthrough (a user, a session-policy role, a chained and a web-identity role);
+The AssumeRole walkthrough (a user, a session-policy role, a chained and a web-identity role)
+and a Roles Anywhere profile with a throwaway CA;
 midway a hot reload and one injected STS error, to show a hint and the recovery.
 """
 
@@ -63,6 +64,7 @@ class Demo:
         self.aws_config.write_text("")
         token = self.root / "web-identity-token"
         token.write_text(FAKE_WEB_IDENTITY_TOKEN + "\n")
+        roles_anywhere = self._roles_anywhere(wt)
         self.document = {
             "credentials_file": str(self.credentials),
             "state_file": str(self.root / "state.json"),
@@ -85,9 +87,30 @@ class Demo:
                     "role_arn": wt.web_identity_role_arn,
                     "web_identity_token_file": str(token),
                 },
+                "host-cert": {"roles_anywhere": roles_anywhere},
             },
         }
         self.write_config()
+
+    def _roles_anywhere(self, wt: Walkthrough) -> dict[str, str]:
+        """A throwaway CA as the trust anchor and a host certificate it issued."""
+        from credfresh.devsts.pki import issue
+
+        ca = issue("credfresh demo CA", ca=True)
+        cert, key = issue("host.demo.example", issuer=ca).write(self.root / "pki", "host")
+        account = wt.role_arn.split(":")[4]
+        anchor = f"arn:aws:rolesanywhere:us-east-1:{account}:trust-anchor/demo-anchor"
+        profile = f"arn:aws:rolesanywhere:us-east-1:{account}:profile/demo-profile"
+        self.sts.proxy.roles_anywhere.add_trust_anchor(anchor, ca.pem)
+        self.sts.proxy.roles_anywhere.add_profile(profile, [wt.role_arn])
+        return {
+            "certificate": str(cert),
+            "private_key": str(key),
+            "trust_anchor_arn": anchor,
+            "profile_arn": profile,
+            "role_arn": wt.role_arn,
+            "endpoint_url": self.sts.url,
+        }
 
     def write_config(self) -> None:
         temp = self.config_path.with_name(".credfresh.yaml.tmp")

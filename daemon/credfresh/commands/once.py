@@ -101,7 +101,7 @@ def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> 
     from credfresh.sources.assume_role import StsSource
     from credfresh.sources.classify import classify
 
-    config = load_config(config_path, ctx.environ, ctx.home)
+    config = load_config(config_path, ctx.environ, ctx.home, ctx.clock.now())
     chosen = select(names, config.profiles, config_path)
     view = credfile.read_managed(config.credentials_file, config.owner, euid=ctx.euid)
     to_refresh, conflicts = plan_once(config, view, chosen, force=force, now=ctx.clock.now())

@@ -28,6 +28,7 @@ HEADERS = [
     "EXPIRES AT",
     "LEFT",
     "REFRESH",
+    "SOURCE EXPIRES",
     "ROLE ARN",
     "LAST ERROR",
     "NEXT ATTEMPT",
@@ -74,6 +75,7 @@ def status_rows(
                 "refresh_at": (
                     format_time(refresh.due_at(creds, refresh_before)) if creds else None
                 ),
+                "source_expires_at": entry.get("source_expires_at"),
                 "role_arn": role_arn,
                 "last_error": entry.get("last_error_code"),
                 "next_attempt": entry.get("next_attempt"),
@@ -99,7 +101,8 @@ def render_table(rows: Sequence[Mapping[str, Any]], now: datetime) -> str:
             row["expires_at"] or "-",
             "-" if row["remaining_seconds"] is None else format_duration(row["remaining_seconds"]),
             _refresh_cell(row.get("refresh_at"), now),
-            str(row["role_arn"]),
+            row.get("source_expires_at") or "-",
+            str(row["role_arn"]) or "-",
             row["last_error"] or "-",
             row["next_attempt"] or "-",
         ]

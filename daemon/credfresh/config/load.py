@@ -158,8 +158,12 @@ def read_light(config_path: Path, environ: Mapping[str, str], home: Path) -> Con
         except ValueError as exc:
             problems.append(f"profiles.{name}.refresh_before: {exc}")
             continue
+        anywhere = merged.get("roles_anywhere")
+        role_arn = merged.get("role_arn") or (
+            anywhere.get("role_arn") if isinstance(anywhere, dict) else None
+        )
         profiles[str(name)] = model.ProfileCore(
-            name=str(name), role_arn=str(merged.get("role_arn", "")), refresh_before=refresh_before
+            name=str(name), role_arn=str(role_arn or ""), refresh_before=refresh_before
         )
     if problems:
         raise ConfigError(problems, path=str(config_path))

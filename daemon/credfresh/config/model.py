@@ -33,9 +33,31 @@ class ProfileCore:
     refresh_before: float | None  # None: the default rule in policy.window_for_lifetime
 
 
+#: `source_profile: default-chain` copies boto3's default chain (a reserved name).
+DEFAULT_CHAIN: Final = "default-chain"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolesAnywhereSpec:
+    """A `roles_anywhere:` mapping: the certificate files and the three ARNs."""
+
+    certificate: Path
+    private_key: Path
+    trust_anchor_arn: str
+    profile_arn: str
+    role_arn: str
+    certificate_chain: Path | None = None
+    session_name: str | None = None
+    endpoint_url: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile(ProfileCore):
-    """One role profile, with defaults applied; everything STS needs to issue its credentials."""
+    """One profile, with defaults applied; everything its source needs to issue credentials.
+
+    Made by exactly one of: `role_arn` (AssumeRole or AssumeRoleWithWebIdentity),
+    `roles_anywhere`, or `copy` (the credentials of the AWS profile `source_profile`).
+    """
 
     role_session_name: str
     duration_seconds: int
@@ -53,6 +75,17 @@ class Profile(ProfileCore):
     transitive_tag_keys: tuple[str, ...] = ()
     source_identity: str | None = None
     adopt: bool = False
+    roles_anywhere: RolesAnywhereSpec | None = None
+    copy: bool = False
+
+    @property
+    def kind(self) -> str:
+        """Which source issues it: `assume_role`, `web_identity`, `roles_anywhere` or `copy`."""
+        if self.roles_anywhere is not None:
+            return "roles_anywhere"
+        if self.copy:
+            return "copy"
+        return "web_identity" if self.web_identity_token_file is not None else "assume_role"
 
     def sts_identity(self) -> tuple[object, ...]:
         """Everything that changes what STS returns: a reload refreshes when this differs."""
@@ -70,6 +103,8 @@ class StsSettings:
     use_dualstack_endpoint: bool = False
     max_concurrency: int = 16
     timeout: float = 10.0
+    #: CreateSession calls per second per region (Roles Anywhere allows about 10).
+    roles_anywhere_rate: float = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +119,8 @@ class RetrySettings:
 class AlertSettings:
     after: float = 300.0
     expiry_warning: float = 600.0
+    #: `source_expiring` warns this long before a Roles Anywhere certificate ends (14 days).
+    certificate_warning: float = 14 * 86400.0
     repeat: float = 3600.0
     webhook_url: str | None = None
     command: tuple[str, ...] = ()

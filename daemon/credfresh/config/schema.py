@@ -18,6 +18,12 @@ SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")  # and SourceIdent
 REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 URL: Final = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
 ROLE_ARN_HINT: Final = "expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
+_RA_ARN: Final = (
+    r"arn:(aws|aws-cn|aws-us-gov):rolesanywhere:([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}):"
+    r"(\d{12}):"
+)
+TRUST_ANCHOR_ARN: Final = re.compile(_RA_ARN + r"trust-anchor/[0-9A-Za-z-]{1,64}")
+RA_PROFILE_ARN: Final = re.compile(_RA_ARN + r"profile/[0-9A-Za-z-]{1,64}")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -88,6 +94,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=False)
 
 
+class RolesAnywhereModel(_Strict):
+    """A `roles_anywhere:` mapping: the files CreateSession is signed with, and its ARNs."""
+
+    certificate: NonEmpty
+    private_key: NonEmpty
+    certificate_chain: NonEmpty | None = None
+    trust_anchor_arn: Annotated[
+        str,
+        _matching(
+            TRUST_ANCHOR_ARN,
+            "expected a Roles Anywhere trust anchor ARN like "
+            "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/ID",
+        ),
+    ]
+    profile_arn: Annotated[
+        str,
+        _matching(
+            RA_PROFILE_ARN,
+            "expected a Roles Anywhere profile ARN like "
+            "arn:aws:rolesanywhere:us-east-1:123456789012:profile/ID",
+        ),
+    ]
+    role_arn: Annotated[str, _matching(ROLE_ARN, ROLE_ARN_HINT)]
+    session_name: StsName | None = None
+    endpoint_url: Url | None = None
+
+
 class ProfileModel(_Strict):
     """Every key a profile (or `defaults`) may carry; None is unset (defaults come later)."""
 
@@ -107,6 +140,7 @@ class ProfileModel(_Strict):
     source_identity: StsName | None = None
     refresh_before: Duration | None = None
     adopt: bool | None = None
+    roles_anywhere: RolesAnywhereModel | None = None
 
 
 class StsModel(_Strict):
@@ -115,6 +149,9 @@ class StsModel(_Strict):
     use_dualstack_endpoint: bool = cfg.StsSettings.use_dualstack_endpoint
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = cfg.StsSettings.max_concurrency
     timeout: Annotated[Duration, Field(gt=0, le=300)] = cfg.StsSettings.timeout
+    roles_anywhere_rate: Annotated[float, Field(gt=0, le=1000)] = (
+        cfg.StsSettings.roles_anywhere_rate
+    )
 
 
 class RetryModel(_Strict):
@@ -125,6 +162,7 @@ class RetryModel(_Strict):
 class AlertsModel(_Strict):
     after: Duration = cfg.AlertSettings.after
     expiry_warning: Duration = cfg.AlertSettings.expiry_warning
+    certificate_warning: Duration = cfg.AlertSettings.certificate_warning
     repeat: Annotated[Duration, Field(gt=0)] = cfg.AlertSettings.repeat
     webhook_url: Url | None = cfg.AlertSettings.webhook_url
     command: Annotated[list[str], Field(min_length=1)] | None = None  # None: no command

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -26,35 +27,44 @@ from credfresh.config.schema import (
     section,
     validated,
 )
+from credfresh.config.sources import (
+    NOT_INHERITED,
+    NOT_WITH_WEB_IDENTITY,
+    kind_of,
+    kind_of_keys,
+    kind_problems,
+    region_partition,
+    roles_anywhere_problems,
+    roles_anywhere_spec,
+)
 from credfresh.engine import policy as refresh
 from credfresh.errors import ConfigError
 
 MAX_POLICY_CHARS: Final = 2048
 CHAINED_MAX_DURATION: Final = 3600
-_NOT_WITH_WEB_IDENTITY: Final = (
-    "source_profile",
-    "external_id",
-    "tags",
-    "transitive_tag_keys",
-    "source_identity",
-)
-
 #: Expands a path from the config: `~`, `$VARS`, relative to the config's directory.
 _Expand = Callable[[str], Path]
 
 
-def load_config(path: Path, environ: Mapping[str, str], home: Path) -> cfg.Config:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+def load_config(
+    path: Path, environ: Mapping[str, str], home: Path, now: datetime | None = None
+) -> cfg.Config:
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    With `now`, a Roles Anywhere certificate that has already expired is a problem too.
+    """
     raw = load.read_bytes(path)
-    return build_config(load.parse_document(raw, path), path, environ, home, raw)
+    return build_config(load.parse_document(raw, path), path, environ, home, raw, now=now)
 
 
-def build_config(
+def build_config(  # noqa: PLR0913  the document, where it came from, and the moment
     document: Mapping[str, Any],
     path: Path,
     environ: Mapping[str, str],
     home: Path,
     raw: bytes = b"",
+    *,
+    now: datetime | None = None,
 ) -> cfg.Config:
     """The model of a parsed document; raise ConfigError listing every problem."""
     top, problems = validated(TopModel, document, "")
@@ -62,7 +72,7 @@ def build_config(
     paths = functools.partial(cfg.expand_path, base=path.parent, environ=environ, home=home)
     sections, found = _sections(top, paths)
     problems += found
-    profiles, found = _profiles(top, sections.sts, paths)
+    profiles, found = _profiles(top, sections.sts, paths, now)
     problems += found
     if problems:
         raise ConfigError(problems, path=str(path))
@@ -151,7 +161,9 @@ class _Profiles(NamedTuple):
     policy_paths: list[Path]
 
 
-def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Expand) -> tuple[_Profiles, list[str]]:
+def _profiles(
+    top: TopModel, sts: cfg.StsSettings, paths: _Expand, now: datetime | None
+) -> tuple[_Profiles, list[str]]:
     """`defaults` and `profiles`: each profile on its own, then the chains between them."""
     defaults, problems = validated(ProfileModel, top.defaults, "defaults")
     default_values = defaults.model_dump(exclude_none=True) if defaults else {}
@@ -173,8 +185,10 @@ def _profiles(top: TopModel, sts: cfg.StsSettings, paths: _Expand) -> tuple[_Pro
         found.policy_paths.extend(policy.paths)
         more = [*_identity_problems(name, model, where), *policy.problems]
         more += _limit_problems(name, model, where, models)
-        found.warnings.extend(_advice(model, where))
-        if not more and model.role_arn:
+        more += roles_anywhere_problems(model, where, paths, now)
+        if kind_of(model) != "copy":
+            found.warnings.extend(_advice(model, where))
+        if not more and kind_of(model) is not None:
             found.profiles[name] = _profile(name, model, policy.text, scope)
         problems += more
     problems += _chain_problems(models)
@@ -193,9 +207,8 @@ def _merged_model(
         return None, [f"{prefix}: expected a mapping of profile keys"]
     explicit = set(body)
     inherited = {k: v for k, v in default_values.items() if k not in explicit}
-    if "web_identity_token_file" in body or "web_identity_token_file" in inherited:
-        for key in _NOT_WITH_WEB_IDENTITY:
-            inherited.pop(key, None)
+    for key in NOT_INHERITED[kind_of_keys(explicit, set(inherited))]:
+        inherited.pop(key, None)
     model, problems = validated(ProfileModel, {**body}, prefix)
     if model is None:
         return None, problems
@@ -213,21 +226,18 @@ class _Where(NamedTuple):
         return f"{self.prefix}.{key}" if key in self.explicit else f"defaults.{key}"
 
 
-def _region_partition(region: str) -> str:
-    if region.startswith(("cn-", "us-gov-")):
-        return "aws-cn" if region.startswith("cn-") else "aws-us-gov"
-    return "aws"
-
-
 def _identity_problems(name: str, model: ProfileModel, where: _Where) -> list[str]:
     """The role, its partition, and which keys the chosen STS call can take."""
     prefix = where.prefix
-    problems = []
-    if not model.role_arn and "role_arn" not in where.explicit:
-        problems.append(f"{prefix}.role_arn: required; {ROLE_ARN_HINT}")
+    problems = kind_problems(model, prefix, where.explicit)
+    if kind_of(model) is None and not {"role_arn", "roles_anywhere"} & where.explicit:
+        problems.append(
+            f"{prefix}.role_arn: required (or roles_anywhere, or source_profile alone to copy "
+            f"an AWS profile); {ROLE_ARN_HINT}"
+        )
     if model.role_arn and model.region:
         partition = model.role_arn.split(":", 2)[1]
-        if partition != _region_partition(model.region):
+        if partition != region_partition(model.region):
             problems.append(
                 f"{where('region')}: expected a region of the role ARN's partition {partition}"
             )
@@ -235,7 +245,7 @@ def _identity_problems(name: str, model: ProfileModel, where: _Where) -> list[st
         problems += [
             f"{prefix}.{key}: not allowed with web_identity_token_file "
             "(AssumeRoleWithWebIdentity takes no such parameter)"
-            for key in _NOT_WITH_WEB_IDENTITY
+            for key in NOT_WITH_WEB_IDENTITY
             if getattr(model, key) is not None
         ]
     if model.policy is not None and model.policy_file is not None:
@@ -256,6 +266,11 @@ def _limit_problems(name: str, model: ProfileModel, where: _Where, models: _Mode
         )
     if model.source_profile == name:
         problems.append(f"{where.prefix}.source_profile: a profile cannot be its own source")
+    elif kind_of(model) == "copy" and _chained(model, models):
+        problems.append(
+            f"{where('source_profile')}: a copied profile cannot copy another profile of this "
+            "config (its section is credfresh's own); add role_arn to chain a role from it"
+        )
     return problems
 
 
@@ -271,14 +286,20 @@ def _advice(model: ProfileModel, where: _Where) -> list[str]:
 
 def _profile(name: str, model: ProfileModel, policy: str | None, scope: _Scope) -> cfg.Profile:
     """The model of a profile that passed every check, with its defaults applied."""
-    assert model.role_arn is not None  # checked by _identity_problems
     sts, paths = scope.sts, scope.paths
+    spec = roles_anywhere_spec(model, paths)
+    region = model.region
+    if spec is not None and region is None:
+        region = spec.trust_anchor_arn.split(":")[3]
+    role_arn = spec.role_arn if spec is not None else model.role_arn or ""
     return cfg.Profile(
         name=name,
-        role_arn=model.role_arn,
+        role_arn=role_arn,
+        roles_anywhere=spec,
+        copy=kind_of(model) == "copy",
         role_session_name=model.role_session_name or cfg.default_session_name(name),
         duration_seconds=model.duration_seconds or cfg.DEFAULT_DURATION_SECONDS,
-        region=model.region,
+        region=region,
         refresh_before=model.refresh_before,
         endpoint_url=model.endpoint_url or sts.endpoint_url,
         use_fips_endpoint=sts.use_fips_endpoint,

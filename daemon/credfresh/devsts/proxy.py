@@ -18,6 +18,8 @@ from credfresh.devsts.control import ControlAPI, ControlHandler
 from credfresh.devsts.faults import ANSWERING_KINDS, FaultBook, FaultRule, When, as_predicate
 from credfresh.devsts.httpserver import Listener
 from credfresh.devsts.records import Counts, IssuedCredentials, Recorder, RequestRecord
+from credfresh.devsts.rolesanywhere import Refused, RolesAnywhereService
+from credfresh.devsts.rolesanywhere import error_answer as ra_error
 from credfresh.devsts.stserrors import error_answer, error_spec
 from credfresh.devsts.wire import (
     ISSUING_ACTIONS,
@@ -92,6 +94,10 @@ class Proxy:
         self._defaults = (lifetime, latency)
         self._address = (loopback_host(host), port)
         self.control_api = ControlAPI(self)
+        self.roles_anywhere = RolesAnywhereService(
+            lambda request: self._issued(request, self.upstream.forward(request)), clock
+        )
+        self.control_api.add("rolesanywhere", self.roles_anywhere.control)
         self._lock = threading.Lock()
         self._listener: Listener | None = None
         self._refusing = False
@@ -378,11 +384,13 @@ class Proxy:
     def answer(self, request: Incoming) -> Reply:  # noqa: PLR0911  one answer per fault kind
         """Decide and build the answer to one proxied request (runs in its handler thread)."""
         signer = request.signer
+        path = urlsplit(request.target).path
+        roles_anywhere = request.method == "POST" and path == "/sessions"
         record = RequestRecord(
             time=self.clock(),
             method=request.method,
-            path=urlsplit(request.target).path,
-            action=request.action,
+            path=path,
+            action="CreateSession" if roles_anywhere else request.action,
             params=recordable(request.params),
             access_key_id=signer.access_key_id,
             service=signer.service,
@@ -397,7 +405,11 @@ class Proxy:
             return Reply(None)
         rule = self.faults.pick(record)
         if rule is not None and rule.kind in ANSWERING_KINDS:
-            return self._inject(rule, record)
+            return self._inject(rule, record, json_errors=roles_anywhere)
+        if roles_anywhere:
+            outgoing = self.roles_anywhere.answer(request)
+            self.recorder.finished(record, outgoing.status, "rolesanywhere")
+            return Reply(outgoing)
         if self.enforce_expiry and signer.access_key_id:
             issued = self.recorder.issued_for(signer.access_key_id)
             if issued is not None and self.clock() >= issued.expires_at:
@@ -428,7 +440,7 @@ class Proxy:
         self.recorder.finished(record, outgoing.status, outcome)
         return Reply(outgoing)
 
-    def _inject(self, rule: FaultRule, record: RequestRecord) -> Reply:
+    def _inject(self, rule: FaultRule, record: RequestRecord, *, json_errors: bool) -> Reply:
         if rule.kind == "drop":
             self.recorder.finished(record, None, "dropped")
             return Reply(None)
@@ -438,6 +450,9 @@ class Proxy:
             return Reply(Outgoing(rule.status, rule.body, headers), rule.truncate)
         code = rule.code or "InternalFailure"
         self.recorder.finished(record, rule.status, f"error:{code}")
+        if json_errors:
+            status = rule.status or error_spec(code).status
+            return Reply(ra_error(Refused(code, status, rule.message or code)))
         return Reply(error_answer(code, status=rule.status, message=rule.message))
 
     def _issued(self, request: Incoming, outgoing: Outgoing) -> Outgoing:

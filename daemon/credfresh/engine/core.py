@@ -187,6 +187,8 @@ class EngineCore:
         no consumer), their refresh point, the grace."""
         from credfresh.alerts.rules import ProfileFacts
 
+        ends = self.source_expiries()
+        warning = timedelta(seconds=self._config.alerts.certificate_warning)
         with self._lock:
             return {
                 name: ProfileFacts(
@@ -194,10 +196,20 @@ class EngineCore:
                     expires_at=disk.expiration if disk else None,
                     refresh_at=refresh.due_at(disk, profile.refresh_before) if disk else None,
                     grace=self.alert_grace(name),
+                    source_expires_at=ends.get(name),
+                    source_warning=warning,
                 )
                 for name, profile in self._config.profiles.items()
                 for disk in [self._written.get(name)]
             }
+
+    def source_expiries(self) -> dict[str, datetime]:
+        """When each profile's source runs out, where the source knows (certificates)."""
+        expiry = getattr(self._source, "source_expiry", None)
+        if expiry is None:
+            return {}
+        found = {name: expiry(profile) for name, profile in self._config.profiles.items()}
+        return {name: when for name, when in found.items() if when is not None}
 
     def alert_grace(self, name: str) -> timedelta:
         """How late past its refresh point a healthy daemon may land a profile's refresh: one
@@ -210,16 +222,21 @@ class EngineCore:
         if self.metrics is None:
             return
         self.metrics.set_profiles(len(self._config.profiles))
+        self.metrics.set_source_expiries(self.source_expiries())
         if self.alerts is not None:
             self.metrics.set_alerts_firing(self.alerts.firing_count())
 
     def snapshot(self) -> Snapshot:
         """Copies of every configured profile's state and expiries, and the engine's pulse."""
+        ends = self.source_expiries()
         with self._lock:
             names = list(self._config.profiles)
             return Snapshot(
                 states={
-                    n: dataclasses.replace(self._states.get(n) or ProfileState()) for n in names
+                    n: dataclasses.replace(
+                        self._states.get(n) or ProfileState(), source_expires_at=ends.get(n)
+                    )
+                    for n in names
                 },
                 in_memory={n: expiry(self._current.get(n)) for n in names},
                 on_disk={n: expiry(self._written.get(n)) for n in names},

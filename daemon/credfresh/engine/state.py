@@ -31,6 +31,7 @@ class ProfileState:
     consecutive_failures: int = 0
     failing_since: datetime | None = None
     next_attempt: datetime | None = None
+    source_expires_at: datetime | None = None  # a Roles Anywhere certificate's end
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -60,7 +61,9 @@ _FIELD_TYPES: Final[Mapping[str, type]] = {
     "consecutive_failures": int,
     "last_error_permanent": bool,
 }
-_TIME_FIELDS: Final = frozenset({"expires_at", "last_success", "failing_since", "next_attempt"})
+_TIME_FIELDS: Final = frozenset(
+    {"expires_at", "last_success", "failing_since", "next_attempt", "source_expires_at"}
+)
 
 
 def render(profiles: Mapping[str, ProfileState], alerts: Mapping[str, Any]) -> bytes:

@@ -46,6 +46,7 @@ class Metrics(Collector):
         self._profiles = 0
         self._expiry: dict[str, float] = {}
         self._last_success: dict[str, float] = {}
+        self._source_expiry: dict[str, float] = {}
         self._refreshes: dict[tuple[str, str], int] = {}
         self._sts_errors: dict[tuple[str, str], int] = {}
         self._bucket_counts = [0] * len(self._bounds)
@@ -110,6 +111,11 @@ class Metrics(Collector):
         with self._lock:
             self._alerts_firing = count
 
+    def set_source_expiries(self, ends: Mapping[str, datetime]) -> None:
+        """When each profile's source runs out (certificates); the others are dropped."""
+        with self._lock:
+            self._source_expiry = {name: _unix(when) for name, when in ends.items()}
+
     def remove_profile(self, name: str) -> None:
         """Forget a profile that left the config: no stale series for it stays exported."""
         with self._lock:
@@ -118,6 +124,7 @@ class Metrics(Collector):
     def _drop(self, name: str) -> None:
         self._expiry.pop(name, None)
         self._last_success.pop(name, None)
+        self._source_expiry.pop(name, None)
         for table in (self._refreshes, self._sts_errors):
             for key in [key for key in table if key[0] == name]:
                 del table[key]
@@ -145,6 +152,7 @@ class Metrics(Collector):
                 self._last_success,
                 self._refreshes,
                 self._sts_errors,
+                self._source_expiry,
             )
             samples = [sorted(table.items()) for table in tables]
             histogram = self._histogram(list(self._bucket_counts), self._duration_sum)
@@ -207,6 +215,12 @@ _PER_PROFILE: Final = (
         "credfresh_sts_errors_total",
         "Failed refreshes by STS error code.",
         ["profile", "code"],
+    ),
+    (
+        GaugeMetricFamily,
+        "credfresh_source_expiry_timestamp_seconds",
+        "When the profile's source itself ends, e.g. its Roles Anywhere certificate (Unix time).",
+        ["profile"],
     ),
 )
 

@@ -308,7 +308,9 @@ class Daemon:
             self._reject(reason, "config_unsafe", unsafe)
             return
         try:
-            new = load_config(self.config.path, self.ctx.environ, self.ctx.home)
+            new = load_config(
+                self.config.path, self.ctx.environ, self.ctx.home, self.ctx.clock.now()
+            )
         except ConfigError as exc:
             self._reject(reason, exc.code, exc.problems)
             return
@@ -401,7 +403,7 @@ def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config
         ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
         return None
     try:
-        config = load_config(config_path, ctx.environ, ctx.home)
+        config = load_config(config_path, ctx.environ, ctx.home, ctx.clock.now())
     except ConfigError as exc:
         log.error(
             "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)

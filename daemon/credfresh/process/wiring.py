@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from credfresh.outputs.health import HttpServer, liveness, readiness
 from credfresh.process.systemd import Notifier, should_ping, status_line
 from credfresh.process.watch import ConfigWatcher
 from credfresh.sources.assume_role import StsSource
+from credfresh.sources.select import SourceSet
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -50,7 +52,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
     metrics = Metrics()
 
     def source(cfg: Config) -> Source:
-        return StsSource(cfg.sts, credentials_file=str(cfg.credentials_file), clock=ctx.clock)
+        return sources_for(cfg, ctx, log)
 
     parts = Parts(
         source_factory=source,
@@ -74,6 +76,36 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         probes=probes,
         servers=lambda: start_servers(config, engine, probes, metrics, log),
         watcher=lambda on_change: ConfigWatcher(config.path, on_change),
+    )
+
+
+def sources_for(config: Config, ctx: Context, log: BoundLogger) -> SourceSet:
+    """Every kind of source for one config (a reload builds new ones)."""
+    credentials_file = str(config.credentials_file)
+
+    def roles_anywhere() -> Source:
+        from credfresh.sources.roles_anywhere import RolesAnywhereSource
+
+        def reload_failed(profile: str, why: str) -> None:
+            log.warning("certificate_reload_failed", profile=profile, reason=why)
+
+        return RolesAnywhereSource(
+            config.sts, clock=ctx.clock, on_reload_failed=reload_failed, sleep=time.sleep
+        )
+
+    def copy() -> Source:
+        from credfresh.sources.copy import CopySource
+
+        return CopySource(config.sts, credentials_file=credentials_file, clock=ctx.clock)
+
+    return SourceSet(
+        {
+            "assume_role": lambda: StsSource(
+                config.sts, credentials_file=credentials_file, clock=ctx.clock
+            ),
+            "roles_anywhere": roles_anywhere,
+            "copy": copy,
+        }
     )
 
 

@@ -22,6 +22,15 @@ PERMANENT_CODES: Final = ROTATION_CODES | frozenset(
         "no_source_credentials",
         "source_profile_not_found",
         "web_identity_token_unreadable",
+        "AccessDeniedException",
+        "ValidationException",
+        "ResourceNotFoundException",
+        "certificate_unreadable",
+        "certificate_expired",
+        "copy_loop",
+        "copy_without_expiry",
+        "sso_session_expired",
+        "source_misconfigured",
     }
 )
 TRANSIENT_CODES: Final = frozenset(
@@ -39,6 +48,9 @@ TRANSIENT_CODES: Final = frozenset(
         "timeout",
         "invalid_response",
         "source_unavailable",
+        "source_failed",
+        "certificate_not_yet_valid",
+        "InternalServerException",
     }
 )
 
@@ -73,6 +85,28 @@ HINTS: Final[Mapping[str, str]] = {
     "web_identity_token_unreadable": "the web_identity_token_file cannot be read",
     "InvalidIdentityToken": "the web identity token was rejected: check the OIDC provider "
     "and the role's trust policy",
+    "AccessDeniedException": "Roles Anywhere refused this certificate: check that the trust "
+    "anchor (trust_anchor_arn) holds the CA that issued it and is enabled, that the profile "
+    "(profile_arn) is enabled and lists role_arn, and that the role's trust policy trusts "
+    "rolesanywhere.amazonaws.com with conditions this certificate meets",
+    "ValidationException": "Roles Anywhere refused a parameter: duration_seconds above the "
+    "Roles Anywhere profile's durationSeconds, or an ARN of another region or account",
+    "ResourceNotFoundException": "the trust anchor or profile ARN does not exist in this "
+    "region: check roles_anywhere.trust_anchor_arn, profile_arn and the region",
+    "certificate_unreadable": "the certificate, key or chain cannot be used: the message "
+    "names the file and what is wrong with it",
+    "certificate_expired": "the Roles Anywhere certificate has expired: renew it (credfresh "
+    "re-reads the files when they change)",
+    "certificate_not_yet_valid": "the certificate is not valid yet: check this machine's clock",
+    "copy_loop": "the copied profile resolves to a section credfresh itself writes: copy the "
+    "AWS profile that holds the real source (or chain a role with role_arn)",
+    "copy_without_expiry": "the source's credentials have no expiry (long-term keys): use "
+    "them as source_profile of a role instead of copying them",
+    "sso_session_expired": "the SSO session has ended: run aws sso login",
+    "source_misconfigured": "botocore cannot resolve the source profile: check its keys in "
+    "the AWS config (aws configure list --profile NAME)",
+    "source_failed": "the source profile's provider failed (credential_process, SSO portal, "
+    "instance metadata): it is retried with backoff",
 }
 
 

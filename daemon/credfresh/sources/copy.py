@@ -1,0 +1,147 @@
+"""Copied profiles: the credentials of any AWS profile (credential_process, SSO, keys,
+`credential_source`) or of boto3's default chain, resolved by botocore's own providers.
+
+Each fetch resolves through a new botocore Session, so botocore's in-memory cache cannot hand
+back credentials it would only refresh later (its windows are not credfresh's); the disk
+caches botocore keeps for SSO stay in use. Credentials handed back unchanged are then
+simply refetched at half their remaining time (`engine.policy`'s lifetime / 2 cap).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from credfresh.config.model import DEFAULT_CHAIN
+from credfresh.credfile.format import OWNER_KEY
+from credfresh.sources.base import Issued
+from credfresh.sources.classify import Failure, SourceError, classify
+from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.response import accept_response
+
+if TYPE_CHECKING:
+    from credfresh.config.model import Profile, StsSettings
+    from credfresh.context import Clock
+    from credfresh.credentials import Credentials
+
+#: A copied credential set may live up to this long (SSO role sessions end within 12 h;
+#: instance profiles within about 6 h): longer is refused as a broken answer.
+MAX_COPY_SECONDS: Final = 36 * 3600
+
+
+def resolved_profile(source_profile: str) -> str | None:
+    """The AWS profile botocore reads: None (the default chain) for `default-chain`."""
+    return None if source_profile == DEFAULT_CHAIN else source_profile
+
+
+def is_credfresh_section(credentials_file: str | None, section: str) -> bool:
+    """Whether that section of the credentials file is one credfresh writes (a copy loop)."""
+    if not credentials_file:
+        return False
+    parser = configparser.RawConfigParser(interpolation=None)
+    try:
+        parser.read(credentials_file, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError, OSError):
+        return False
+    return parser.has_section(section) and parser.has_option(section, OWNER_KEY)
+
+
+def expiry_of(credentials: Any) -> datetime | None:
+    """botocore keeps a refreshable set's expiry in `_expiry_time` (no public accessor)."""
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        return None
+    return expiry if expiry.tzinfo is not None else expiry.replace(tzinfo=UTC)
+
+
+class CopySource:
+    """The `Source` for copied profiles; thread-safe (a Session per fetch)."""
+
+    def __init__(
+        self, settings: StsSettings, *, credentials_file: str | None, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._credentials_file = credentials_file
+        self._clock = clock
+        self._guard = CallGuard(
+            2 * max(1, settings.max_concurrency), name="credfresh-copy", clock=clock
+        )
+
+    def _resolve(self, profile: Profile) -> tuple[Any, str]:
+        import botocore.session
+        from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+        assert profile.source_profile is not None  # a copied profile always names one
+        name = resolved_profile(profile.source_profile)
+        session = botocore.session.Session(profile=name)
+        if self._credentials_file:
+            session.set_config_variable("credentials_file", self._credentials_file)
+        try:
+            credentials = session.get_credentials()
+            frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        except ProfileNotFound:
+            raise SourceError(
+                classify("source_profile_not_found", "source profile not found"), profile.name
+            ) from None
+        except BotoCoreError as exc:
+            failure = _failure_of(exc)
+            if failure.code == "sso_session_expired":
+                sso = session.get_scoped_config().get("sso_session") or name or "default"
+                hint = f"the SSO session has ended: run aws sso login --sso-session {sso}"
+                failure = dataclasses.replace(failure, hint=hint)
+            raise SourceError(failure, profile.name) from None
+        if credentials is None or frozen is None:
+            raise SourceError(
+                classify("no_source_credentials", "no credentials found"), profile.name
+            )
+        if credentials.method == "shared-credentials-file" and is_credfresh_section(
+            self._credentials_file, name or "default"
+        ):
+            raise SourceError(
+                classify("copy_loop", "the source resolves to a section credfresh writes"),
+                profile.name,
+            )
+        return (frozen, expiry_of(credentials)), credentials.method
+
+    def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
+        deadline = 2 * self._settings.timeout
+        try:
+            (frozen, expiry), _method = self._guard.run(lambda: self._resolve(profile), deadline)
+        except DeadlineExceeded:
+            raise SourceError(
+                classify("timeout", f"the source gave no credentials within {deadline:g} s"),
+                profile.name,
+            ) from None
+        if expiry is None or not frozen.token:
+            raise SourceError(
+                classify("copy_without_expiry", "the source's credentials do not expire"),
+                profile.name,
+            )
+        response = {
+            "Credentials": {
+                "AccessKeyId": frozen.access_key,
+                "SecretAccessKey": frozen.secret_key,
+                "SessionToken": frozen.token,
+                "Expiration": expiry,
+            }
+        }
+        try:
+            credentials, skew = accept_response(
+                response, received_at=self._clock.now(), duration_seconds=MAX_COPY_SECONDS
+            )
+        except SourceError as exc:
+            raise SourceError(exc.failure, profile.name) from None
+        return Issued(credentials=credentials, skew=skew)
+
+
+def _failure_of(exc: Exception) -> Failure:
+    """botocore's provider errors by type only: a credential_process's message may quote its
+    output. An expired SSO session needs a login; the others may pass."""
+    name = type(exc).__name__
+    if name in ("SSOTokenLoadError", "UnauthorizedSSOTokenError", "TokenRetrievalError"):
+        return classify("sso_session_expired", name)
+    if name in ("InvalidConfigError", "PartialCredentialsError", "ProfileNotFound"):
+        return classify("source_misconfigured", name)
+    return classify("connection_error" if "connect" in name.lower() else "source_failed", name)
