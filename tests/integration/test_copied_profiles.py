@@ -141,13 +141,17 @@ def copy_profile(name: str, source: str) -> Profile:
     )
 
 
+def copier(project: Project, timeout: float = 10.0) -> CopySource:
+    return CopySource(
+        StsSettings(timeout=timeout),
+        credentials_file=str(project.credentials_file),
+        clock=SystemClock(),
+    )
+
+
 class TestSource:
     def test_process_source_is_copied(self, project: Project, process_profile: str) -> None:
-        source = CopySource(
-            StsSettings(timeout=20.0),
-            credentials_file=str(project.credentials_file),
-            clock=SystemClock(),
-        )
+        source = copier(project, 20.0)
         first = source.fetch(copy_profile("copied", process_profile)).credentials
         second = source.fetch(copy_profile("copied", process_profile)).credentials
         assert first.access_key_id != second.access_key_id  # each fetch asks the source
@@ -155,9 +159,7 @@ class TestSource:
         assert "from-process" in caller(project, first)
 
     def test_static_keys_are_refused_and_loops_detected(self, project: Project) -> None:
-        source = CopySource(
-            StsSettings(), credentials_file=str(project.credentials_file), clock=SystemClock()
-        )
+        source = copier(project)
         with pytest.raises(SourceError) as refused:
             source.fetch(copy_profile("copied", "base"))
         assert refused.value.failure.code == "copy_without_expiry"
@@ -167,9 +169,7 @@ class TestSource:
         assert is_credfresh_section(str(project.credentials_file), "mine")
 
     def test_missing_profile(self, project: Project) -> None:
-        source = CopySource(
-            StsSettings(), credentials_file=str(project.credentials_file), clock=SystemClock()
-        )
+        source = copier(project)
         with pytest.raises(SourceError) as refused:
             source.fetch(copy_profile("copied", "nowhere"))
         assert refused.value.failure.code == "source_profile_not_found"

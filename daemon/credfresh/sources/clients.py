@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from credfresh.sources.classify import SourceError, classify
-from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.deadline import CallGuard, within_deadline
 
 if TYPE_CHECKING:
     import botocore.session
@@ -206,10 +206,4 @@ class StsClients:
     def guarded(self, call: Callable[[], T], profile: str) -> T:
         """Run one STS call under the overall deadline; past it, a transient `timeout` (the
         abandoned call's result is dropped, never reaching the state)."""
-        deadline = call_deadline(self._settings)
-        try:
-            return self._guard.run(call, deadline)
-        except DeadlineExceeded:
-            raise SourceError(
-                classify("timeout", f"no complete answer within {deadline:g} s"), profile
-            ) from None
+        return within_deadline(self._guard, call, call_deadline(self._settings), profile)

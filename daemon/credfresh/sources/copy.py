@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,7 +19,8 @@ from credfresh.config.model import DEFAULT_CHAIN
 from credfresh.credfile.format import OWNER_KEY
 from credfresh.sources.base import Issued
 from credfresh.sources.classify import Failure, SourceError, classify
-from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.clients import call_deadline
+from credfresh.sources.deadline import CallGuard, within_deadline
 from credfresh.sources.response import accept_response
 
 if TYPE_CHECKING:
@@ -106,14 +108,9 @@ class CopySource:
         return (frozen, expiry_of(credentials)), credentials.method
 
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
-        deadline = 2 * self._settings.timeout
-        try:
-            (frozen, expiry), _method = self._guard.run(lambda: self._resolve(profile), deadline)
-        except DeadlineExceeded:
-            raise SourceError(
-                classify("timeout", f"the source gave no credentials within {deadline:g} s"),
-                profile.name,
-            ) from None
+        deadline = call_deadline(self._settings)
+        resolve = functools.partial(self._resolve, profile)
+        (frozen, expiry), _method = within_deadline(self._guard, resolve, deadline, profile.name)
         if expiry is None or not frozen.token:
             raise SourceError(
                 classify("copy_without_expiry", "the source's credentials do not expire"),

@@ -113,3 +113,16 @@ class CallGuard:
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def within_deadline(guard: CallGuard, call: Callable[[], T], deadline: float, profile: str) -> T:
+    """`guard.run`, with a missed deadline as a transient `timeout` for `profile` (the
+    abandoned call's result is dropped, never reaching the state). Every source uses it."""
+    from credfresh.sources.classify import SourceError, classify
+
+    try:
+        return guard.run(call, deadline)
+    except DeadlineExceeded:
+        raise SourceError(
+            classify("timeout", f"no complete answer within {deadline:g} s"), profile
+        ) from None

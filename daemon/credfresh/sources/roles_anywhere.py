@@ -18,7 +18,8 @@ from credfresh.sources import x509_sigv4 as sigv4
 from credfresh.sources.base import Issued
 from credfresh.sources.certificates import CertificateFiles, check_dates
 from credfresh.sources.classify import SourceError, classify
-from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.clients import call_deadline
+from credfresh.sources.deadline import CallGuard, within_deadline
 from credfresh.sources.response import accept_response
 
 if TYPE_CHECKING:
@@ -215,13 +216,8 @@ class RolesAnywhereSource:
             found = {k.lower(): v for k, v in response.headers.items()}
             return response.status, found, data[: MAX_ANSWER_BYTES + 1]
 
-        deadline = 2 * self._settings.timeout
         try:
-            return self._guard.run(call, deadline)
-        except DeadlineExceeded:
-            raise SourceError(
-                classify("timeout", f"no complete answer within {deadline:g} s"), profile
-            ) from None
+            return within_deadline(self._guard, call, call_deadline(self._settings), profile)
         except urllib3.exceptions.TimeoutError:
             raise SourceError(classify("timeout", "Roles Anywhere timed out"), profile) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
