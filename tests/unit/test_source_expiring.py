@@ -3,7 +3,10 @@ the pure rules, shown by `status` and exported as a metric."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from credfresh.alerts.records import AlertState
 from credfresh.alerts.rules import (
@@ -14,9 +17,11 @@ from credfresh.alerts.rules import (
     on_tick,
 )
 from credfresh.commands.status import HEADERS, render_table, status_rows
+from credfresh.config.model import Profile, StsSettings
+from credfresh.context import SystemClock
 from credfresh.observe.metrics import Metrics
 from credfresh.sources.classify import classify
-from credfresh.sources.copy import _failure_of
+from credfresh.sources.copy import CopySource, _failure_of, sso_cache_file, sso_session_end
 
 POLICY = Policy(host="web-1")
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -104,3 +109,61 @@ class TestCopyFailures:
         assert (failure.code, failure.permanent) == ("source_failed", False)
         assert "SECRET" not in failure.message
         assert classify("copy_loop").permanent
+
+
+class TestSsoSession:
+    def test_the_token_cache_gives_the_session_end(self, tmp_path: Path) -> None:
+        """botocore's own config reading finds the session; the cache file says when a
+        login is needed again (no portal is called: no network in this test)."""
+        import botocore.session
+
+        config = tmp_path / "config"
+        config.write_text(
+            "[profile dev]\nsso_session = corp\nsso_account_id = 123456789012\n"
+            "sso_role_name = Dev\n[sso-session corp]\nsso_region = us-east-1\n"
+            "sso_start_url = https://corp.awsapps.com/start\n"
+        )
+        cache = sso_cache_file({"sso_session": "corp"}, tmp_path)
+        assert cache is not None
+        assert cache.name == hashlib.sha1(b"corp", usedforsecurity=False).hexdigest() + ".json"
+        cache.parent.mkdir(parents=True)
+        cache.write_text(json.dumps({"accessToken": "t", "expiresAt": "2026-12-02T12:30:00Z"}))
+        source = CopySource(
+            StsSettings(), credentials_file=None, clock=SystemClock(), home=tmp_path
+        )
+        session = botocore.session.Session(profile="dev")
+        session.set_config_variable("config_file", str(config))
+        source._remember_sso_cache("copied", session)
+        profile = Profile(
+            name="copied",
+            role_arn="",
+            refresh_before=None,
+            role_session_name="x",
+            duration_seconds=3600,
+            region=None,
+            source_profile="dev",
+            copy=True,
+        )
+        assert source.source_expiry(profile) == NOW + timedelta(minutes=30)
+
+    def test_a_refreshable_token_lasts_as_long_as_its_registration(self) -> None:
+        assert sso_session_end({"expiresAt": "2026-12-02T12:30:00Z"}) == NOW + timedelta(minutes=30)
+        refreshable = {
+            "expiresAt": "2026-12-02T12:30:00Z",
+            "refreshToken": "r",
+            "registrationExpiresAt": "2027-03-01T00:00:00Z",
+        }
+        assert sso_session_end(refreshable) == datetime(2027, 3, 1, tzinfo=UTC)
+        assert sso_session_end({"expiresAt": "garbage"}) is None
+
+    def test_the_alert_names_the_login(self) -> None:
+        facts = {
+            "dev": ProfileFacts(
+                source_expires_at=NOW + timedelta(minutes=5),
+                source_warning=timedelta(minutes=10),
+                source_kind="SSO session",
+            )
+        }
+        (event,) = on_tick(AlertState(), POLICY, now=NOW, profiles=facts).events
+        assert "SSO session ends at 2026-12-02T12:05:00Z" in event.text
+        assert "aws sso login" in event.text

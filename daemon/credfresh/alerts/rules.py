@@ -77,6 +77,7 @@ class ProfileFacts:
     #: before that `source_expiring` warns; None: the source does not run out.
     source_expires_at: datetime | None = None
     source_warning: timedelta = timedelta(0)
+    source_kind: str = "certificate"  # or "SSO session": what the message names
 
 
 def alert_from(
@@ -302,6 +303,17 @@ def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
     )
 
 
+#: What `source_expiring` says of each kind of source: (ends, ended, the fix).
+_SOURCE_WORDS: Final[Mapping[str, tuple[str, str, str]]] = {
+    "certificate": (
+        "expires",
+        "expired",
+        "renew the certificate; credfresh re-reads its files when they change",
+    ),
+    "SSO session": ("ends", "ended", "run aws sso login for the profile's sso_session"),
+}
+
+
 def _source_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
     """`source_expiring`: warning within `source_warning` of the source's end, critical
     past it; resolved when another source expiry is seen (a renewed certificate)."""
@@ -314,14 +326,15 @@ def _source_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
     current = draft.get("source_expiring", profile) or Alert(
         kind="source_expiring", profile=profile, since=now
     )
-    verb = "expired" if ends <= now else "expires"
+    ending, ended, hint = _SOURCE_WORDS.get(facts.source_kind, _SOURCE_WORDS["certificate"])
+    verb = ended if ends <= now else ending
     draft.evaluate(
         dataclasses.replace(
             current,
             role_arn=facts.role_arn or current.role_arn,
             expires_at=ends,
-            message=f"the profile's certificate {verb} at {format_time(ends)}",
-            hint="renew the certificate; credfresh re-reads its files when they change",
+            message=f"the profile's {facts.source_kind} {verb} at {format_time(ends)}",
+            hint=hint,
         )
     )
 

@@ -188,7 +188,7 @@ class EngineCore:
         from credfresh.alerts.rules import ProfileFacts
 
         ends = self.source_expiries()
-        warning = timedelta(seconds=self._config.alerts.certificate_warning)
+        alerts = self._config.alerts
         with self._lock:
             return {
                 name: ProfileFacts(
@@ -197,7 +197,12 @@ class EngineCore:
                     refresh_at=refresh.due_at(disk, profile.refresh_before) if disk else None,
                     grace=self.alert_grace(name),
                     source_expires_at=ends.get(name),
-                    source_warning=warning,
+                    source_warning=timedelta(
+                        seconds=alerts.expiry_warning
+                        if profile.kind == "copy"
+                        else alerts.certificate_warning
+                    ),
+                    source_kind="SSO session" if profile.kind == "copy" else "certificate",
                 )
                 for name, profile in self._config.profiles.items()
                 for disk in [self._written.get(name)]

@@ -96,7 +96,9 @@ def sources_for(config: Config, ctx: Context, log: BoundLogger) -> SourceSet:
     def copy() -> Source:
         from credfresh.sources.copy import CopySource
 
-        return CopySource(config.sts, credentials_file=credentials_file, clock=ctx.clock)
+        return CopySource(
+            config.sts, credentials_file=credentials_file, clock=ctx.clock, home=ctx.home
+        )
 
     return SourceSet(
         {

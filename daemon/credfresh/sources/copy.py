@@ -12,10 +12,15 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import functools
+import hashlib
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from credfresh.config.model import DEFAULT_CHAIN
+from credfresh.credentials import parse_time
 from credfresh.credfile.format import OWNER_KEY
 from credfresh.sources.base import Issued
 from credfresh.sources.classify import Failure, SourceError, classify
@@ -58,15 +63,45 @@ def expiry_of(credentials: Any) -> datetime | None:
     return expiry if expiry.tzinfo is not None else expiry.replace(tzinfo=UTC)
 
 
+def sso_cache_file(scoped: Mapping[str, Any], home: Path) -> Path | None:
+    """Where botocore caches the SSO token of a profile's session: `~/.aws/sso/cache/` and
+    the SHA-1 of the `sso_session` name (or, for legacy profiles, of `sso_start_url`)."""
+    key = scoped.get("sso_session") or scoped.get("sso_start_url")
+    if not isinstance(key, str) or not key:
+        return None
+    digest = hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return home / ".aws" / "sso" / "cache" / f"{digest}.json"
+
+
+def sso_session_end(cache: Mapping[str, Any]) -> datetime | None:
+    """When a login is needed again: a token without a refresh token ends at `expiresAt`;
+    one botocore can refresh lasts until its client registration ends."""
+    field = "registrationExpiresAt" if cache.get("refreshToken") else "expiresAt"
+    value = cache.get(field)
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
+
+
 class CopySource:
     """The `Source` for copied profiles; thread-safe (a Session per fetch)."""
 
     def __init__(
-        self, settings: StsSettings, *, credentials_file: str | None, clock: Clock
+        self,
+        settings: StsSettings,
+        *,
+        credentials_file: str | None,
+        clock: Clock,
+        home: Path | None = None,
     ) -> None:
         self._settings = settings
         self._credentials_file = credentials_file
         self._clock = clock
+        self._home = home
+        self._sso_caches: dict[str, Path] = {}
         self._guard = CallGuard(
             2 * max(1, settings.max_concurrency), name="credfresh-copy", clock=clock
         )
@@ -80,6 +115,7 @@ class CopySource:
         session = botocore.session.Session(profile=name)
         if self._credentials_file:
             session.set_config_variable("credentials_file", self._credentials_file)
+        self._remember_sso_cache(profile.name, session)
         try:
             credentials = session.get_credentials()
             frozen = credentials.get_frozen_credentials() if credentials is not None else None
@@ -106,6 +142,27 @@ class CopySource:
                 profile.name,
             )
         return (frozen, expiry_of(credentials)), credentials.method
+
+    def _remember_sso_cache(self, profile: str, session: Any) -> None:
+        if self._home is None:
+            return
+        try:
+            found = sso_cache_file(session.get_scoped_config(), self._home)
+        except Exception:
+            return
+        if found is not None:
+            self._sso_caches[profile] = found
+
+    def source_expiry(self, profile: Profile) -> datetime | None:
+        """The SSO session's end, from botocore's token cache (read, never written)."""
+        path = self._sso_caches.get(profile.name)
+        if path is None:
+            return None
+        try:
+            cache = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return sso_session_end(cache) if isinstance(cache, dict) else None
 
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         deadline = call_deadline(self._settings)
