@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING
 
 from credfresh.isotime import format_time, parse_time
@@ -10,7 +11,18 @@ from credfresh.isotime import format_time, parse_time
 if TYPE_CHECKING:
     from datetime import datetime
 
-__all__ = ["Credentials", "format_time", "mask_key_id", "parse_time"]
+__all__ = ["Credentials", "account_id", "format_time", "mask_key_id", "parse_time"]
+
+_ACCOUNT_ID = re.compile(r"\d{12}")
+
+
+def account_id(principal_arn: str) -> str | None:
+    """The account of an `arn:aws:sts::123456789012:assumed-role/...` ARN, if it has one:
+    SDKs read it (`aws_account_id`, `AccountId`) for account-based endpoints."""
+    parts = principal_arn.split(":", 5)
+    if len(parts) == 6 and _ACCOUNT_ID.fullmatch(parts[4]):
+        return parts[4]
+    return None
 
 
 def mask_key_id(access_key_id: str) -> str:

@@ -102,6 +102,7 @@ class TestRenderSection:
             "aws_access_key_id = ASIAEXAMPLE\n"
             "aws_secret_access_key = secret\n"
             "aws_session_token = token\n"
+            "aws_account_id = 123456789012\n"
             "x_security_token_expires = 2026-11-28T16:00:00Z\n"
             "x_principal_arn = arn:aws:sts::123456789012:assumed-role/app/credfresh-app-prod\n"
             "x_credfresh_owner = me\n"

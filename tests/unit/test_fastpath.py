@@ -20,6 +20,7 @@ from credfresh.commands import fastpath
 from credfresh.config import load as config
 from credfresh.config import model
 from credfresh.context import Context
+from credfresh.credentials import account_id
 from credfresh.credfile import format as credfile
 from credfresh.credfile import store
 from credfresh.errors import CredfileError
@@ -95,6 +96,7 @@ class TestReaderMatchesCredfile:
                 creds.secret_access_key,
                 creds.session_token,
                 creds.expiration,
+                account_id(creds.principal_arn),
             )
 
     @PROPS
@@ -210,7 +212,8 @@ def _cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
 
 class TestAnswers:
     def test_same_json_as_the_full_path(self, tmp_path: Path) -> None:
-        """The fast answer is byte for byte the full command's output."""
+        """The fast answer is byte for byte the full command's output, with the account of
+        the assumed role's ARN (`AccountId`, issue 19)."""
         config_path = _layout(tmp_path)
         fast = io.StringIO()
         argv = ["credential-process", "p", "-c", str(config_path)]
@@ -226,7 +229,9 @@ class TestAnswers:
             "SecretAccessKey",
             "SessionToken",
             "Expiration",
+            "AccountId",
         }
+        assert json.loads(fast.getvalue())["AccountId"].isdigit()
 
     def test_toml_config(self, tmp_path: Path) -> None:
         """A TOML config is read the same way."""

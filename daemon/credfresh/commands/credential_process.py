@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from credfresh.commands.fastpath import process_json
 from credfresh.config.load import parse_document, read_bytes
 from credfresh.config.model import resolve_paths
-from credfresh.credentials import format_time
+from credfresh.credentials import account_id, format_time
 from credfresh.credfile import store as credfile
 from credfresh.errors import EXIT_OK, NoCredentials
 
@@ -38,5 +38,6 @@ def credential_process(config_path: Path, profile: str, ctx: Context) -> int:
     credentials_file, owner, _ = resolve_paths(document, config_path, ctx.environ, ctx.home)
     creds = valid_credentials(credentials_file, owner, profile, ctx.clock)
     keys = (creds.access_key_id, creds.secret_access_key, creds.session_token)
-    ctx.out.write(process_json(*keys, creds.expiration) + "\n")
+    account = account_id(creds.principal_arn)
+    ctx.out.write(process_json(*keys, creds.expiration, account) + "\n")
     return EXIT_OK

@@ -24,15 +24,19 @@ if TYPE_CHECKING:
     from credfresh.context import Context
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
+#: A readable section: key id, secret, token, expiry, account id (None when unknown).
+Found = tuple[str, str, str, "datetime", str | None]
 
 OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
 FORMAT_KEY: Final = "x_credfresh_format"
 EXPIRES_KEY: Final = "x_security_token_expires"
+PRINCIPAL_KEY: Final = "x_principal_arn"
 FORMAT_VERSION: Final = "1"
 DEFAULT_SECTION: Final = "DEFAULT"
 
 # configparser.RawConfigParser.SECTCRE without importing configparser (a test compares them).
+_ACCOUNT: Final = re.compile(r"\d{12}")
 _SECTCRE: Final = re.compile(r"\[(?P<header>.+)\]")
 _LINE_RE: Final = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ODD_ASCII_BREAKS: Final = "\x0b\x0c\x1c\x1d\x1e"
@@ -132,11 +136,9 @@ def _add_option(options: dict[str, str], line: str) -> str:
     return key
 
 
-def section_credentials(
-    options: Mapping[str, str], owner: str | None
-) -> tuple[str, str, str, datetime] | None:
-    """Key id, secret, token and expiry of a readable section of ours (`owner` None: any
-    credfresh owner's), else None; `credfile.view_of`'s checks in their order."""
+def section_credentials(options: Mapping[str, str], owner: str | None) -> Found | None:
+    """Key id, secret, token, expiry and account of a readable section of ours (`owner`
+    None: any credfresh owner's), else None; `credfile.view_of`'s checks in their order."""
 
     def value(key: str) -> str | None:
         raw = options.get(key)
@@ -157,20 +159,34 @@ def section_credentials(
         parse_time(value(ISSUED_KEY) or "")
     except ValueError:
         return None
-    return access_key, secret, token, expiration
+    return access_key, secret, token, expiration, _account_of(value(PRINCIPAL_KEY) or "")
 
 
-def process_json(access_key: str, secret: str, token: str, expiration: datetime) -> str:
-    """The credential_process document, byte for byte what `credential-process` prints."""
-    return json.dumps(
-        {
-            "Version": 1,
-            "AccessKeyId": access_key,
-            "SecretAccessKey": secret,
-            "SessionToken": token,
-            "Expiration": format_time(expiration),
-        }
-    )
+def _account_of(principal_arn: str) -> str | None:
+    """`credentials.account_id`, mirrored: that module would import dataclasses."""
+    parts = principal_arn.split(":", 5)
+    return parts[4] if len(parts) == 6 and _ACCOUNT.fullmatch(parts[4]) else None
+
+
+def process_json(
+    access_key: str,
+    secret: str,
+    token: str,
+    expiration: datetime,
+    account: str | None = None,
+) -> str:
+    """The credential_process document, byte for byte what `credential-process` prints;
+    `AccountId` when the assumed role's ARN names the account (current SDKs read it)."""
+    document: dict[str, object] = {
+        "Version": 1,
+        "AccessKeyId": access_key,
+        "SecretAccessKey": secret,
+        "SessionToken": token,
+        "Expiration": format_time(expiration),
+    }
+    if account is not None:
+        document["AccountId"] = account
+    return json.dumps(document)
 
 
 def _read_plain_file(path: str, euid: int) -> bytes | None:
@@ -209,9 +225,7 @@ def read_process_json(
     return None if found is None or found[3] <= now else process_json(*found)
 
 
-def _credentials_in(
-    data: bytes, profile: str, owner: str | None
-) -> tuple[str, str, str, datetime] | None:
+def _credentials_in(data: bytes, profile: str, owner: str | None) -> Found | None:
     """`section_credentials` of the profile in a file's bytes; None if absent or in doubt."""
     try:
         options = section_options(split_lines(data.decode("utf-8")), profile)

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from credfresh.credentials import Credentials, format_time, parse_time
+from credfresh.credentials import Credentials, account_id, format_time, parse_time
 from credfresh.errors import CredfileError
 
 FORMAT_VERSION = "1"
@@ -20,6 +20,8 @@ ISSUED_KEY = "x_credfresh_issued"
 FORMAT_KEY = "x_credfresh_format"
 EXPIRES_KEY = "x_security_token_expires"
 PRINCIPAL_KEY = "x_principal_arn"
+#: Read by current SDKs for account-based endpoints; from the assumed role's ARN.
+ACCOUNT_KEY = "aws_account_id"
 
 # Universal newlines (\r\n, \r, \n), as botocore's open() reads the file; each line keeps
 # its ending so joining the list gives back the exact text.
@@ -213,6 +215,9 @@ def render_section(profile: str, creds: Credentials, owner: str) -> str:
         ("aws_session_token", creds.session_token),
         (EXPIRES_KEY, format_time(creds.expiration)),
     ]
+    account = account_id(creds.principal_arn)
+    if account is not None:
+        fields.insert(3, (ACCOUNT_KEY, account))
     if creds.principal_arn:
         fields.append((PRINCIPAL_KEY, creds.principal_arn))
     fields += [(OWNER_KEY, owner), (ISSUED_KEY, format_time(creds.issued))]

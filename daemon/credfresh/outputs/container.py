@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import json
 import os
-import re
 import socket
 import threading
 import urllib.parse
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from credfresh.config.model import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.context import Clock, SystemClock
-from credfresh.credentials import Credentials, format_time
+from credfresh.credentials import Credentials, account_id, format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
     LOG_INTERVAL,
@@ -50,8 +49,6 @@ LINGER_BYTES: Final = 64 * 1024
 LINGER_SECONDS: Final = 1.0
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
 
-_ACCOUNT_ID = re.compile(r"\d{12}")
-
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """`127.0.0.1:9911` or `[::1]:9911` into (host, port); raise ValueError for anything else.
@@ -73,14 +70,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
             f"{', '.join(CONTAINER_HOSTS)} (the addresses botocore accepts over http)"
         )
     return str(address), port
-
-
-def account_id(principal_arn: str) -> str | None:
-    """The account of an `arn:aws:sts::123456789012:assumed-role/...` ARN, if it has one."""
-    parts = principal_arn.split(":", 5)
-    if len(parts) == 6 and _ACCOUNT_ID.fullmatch(parts[4]):
-        return parts[4]
-    return None
 
 
 def credentials_body(creds: Credentials) -> dict[str, str]:
