@@ -77,6 +77,7 @@ class Profile(ProfileCore):
     adopt: bool = False
     roles_anywhere: RolesAnywhereSpec | None = None
     copy: bool = False
+    env_file: Path | None = None  # also written after each refresh (outputs/env_file.py)
 
     @property
     def kind(self) -> str:
@@ -92,7 +93,7 @@ class Profile(ProfileCore):
         return tuple(
             getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("refresh_before", "adopt")
+            if f.name not in ("refresh_before", "adopt", "env_file")
         )
 
 

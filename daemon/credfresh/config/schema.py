@@ -141,6 +141,7 @@ class ProfileModel(_Strict):
     refresh_before: Duration | None = None
     adopt: bool | None = None
     roles_anywhere: RolesAnywhereModel | None = None
+    env_file: NonEmpty | None = None
 
 
 class StsModel(_Strict):

@@ -316,6 +316,7 @@ def _profile(name: str, model: ProfileModel, policy: str | None, scope: _Scope) 
         transitive_tag_keys=tuple(model.transitive_tag_keys or ()),
         source_identity=model.source_identity,
         adopt=bool(model.adopt),
+        env_file=paths(model.env_file) if model.env_file else None,
     )
 
 

@@ -148,6 +148,8 @@ class EngineCore:
             )
             if self.metrics is not None:
                 self.metrics.file_written()
+        for output in self._parts.after_write:
+            output(self._config, updates)
         if self.alerts is not None:
             now = self.clock.now()
             for name, creds in sorted(landed.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
     from credfresh.alerts.manager import AlertManager
+    from credfresh.config.model import Config
     from credfresh.context import Clock
     from credfresh.credfile.atomic import EventCallback
     from credfresh.credfile.format import FileView
@@ -72,6 +73,8 @@ class Parts:
     alerts: AlertManager | None = None
     metrics: Metrics | None = None
     rng: random.Random = dataclasses.field(default_factory=random.Random)
+    #: Outputs fed after each landed write, on the writer thread (env files, then hooks).
+    after_write: Sequence[Callable[[Config, Mapping[str, Credentials]], None]] = ()
 
 
 @dataclasses.dataclass(frozen=True)

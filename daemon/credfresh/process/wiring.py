@@ -17,6 +17,7 @@ from credfresh.engine.engine import Engine
 from credfresh.engine.parts import Parts
 from credfresh.engine.scheduler import ApScheduler
 from credfresh.observe.metrics import Metrics
+from credfresh.outputs.env_file import EnvFiles
 from credfresh.outputs.health import HttpServer, liveness, readiness
 from credfresh.process.systemd import Notifier, should_ping, status_line
 from credfresh.process.watch import ConfigWatcher
@@ -64,6 +65,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         redactor=logging.redactor,
         alerts=alerts,
         metrics=metrics,
+        after_write=(EnvFiles(euid=ctx.euid, log=log).written,),
     )
     wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
     engine = Engine(config, parts, wakeup_interval=wakeup)
