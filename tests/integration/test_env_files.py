@@ -15,7 +15,7 @@ from support.env_readers import docker_reader, systemd_reader
 
 
 def test_written_after_the_file_and_rewritten_at_each_refresh(
-    project: Project, tmp_path: Path, leak_watch: object
+    project: Project, tmp_path: Path
 ) -> None:
     env_file = tmp_path / "env" / "app.env"
     env_file.parent.mkdir()
@@ -23,7 +23,6 @@ def test_written_after_the_file_and_rewritten_at_each_refresh(
     project.profile("app", env_file=str(env_file))
     project.profile("other")
     project.write_config()
-    leak_watch(env_file)  # type: ignore[operator]
     with DaemonProcess(project.config_path, project.env, tmp_path / "daemon.log") as proc:
         proc.wait_event("ready", 30)
         proc.wait_for(
