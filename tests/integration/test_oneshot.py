@@ -341,7 +341,10 @@ class TestCredentialProcess:
             "SecretAccessKey",
             "SessionToken",
             "Expiration",
+            "AccountId",
         }
+        assert data["AccountId"].isdigit()
+        assert len(data["AccountId"]) == 12
 
     def test_boto3_uses_the_recipe(self, project: Project, sts: DevSTS) -> None:
         """A boto3 Session on the credential_process recipe calls GetCallerIdentity."""
