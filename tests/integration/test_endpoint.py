@@ -23,11 +23,10 @@ from botocore.credentials import ContainerProvider
 from botocore.utils import ContainerMetadataFetcher
 
 from conftest import SECRETS
-from credfresh.credentials import Credentials
+from credfresh.credentials import Credentials, account_id
 from credfresh.outputs import container as endpoint_module
 from credfresh.outputs.container import (
     CredentialsEndpoint,
-    account_id,
     credentials_body,
     parse_listen,
 )
