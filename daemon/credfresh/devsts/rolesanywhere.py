@@ -34,7 +34,8 @@ _AUTH: Final = re.compile(
     r"(AWS4-X509-(?:RSA|ECDSA)-SHA256) Credential=(\d+)/(\d{8})/([a-z0-9-]+)/rolesanywhere/"
     r"aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]+)"
 )
-ISSUER_KEY_ID: Final = "AKIAROLESANYWHERE0DEV"
+#: Not an AWS key id (no AKIA prefix): moto, without auth, only records who signed.
+ISSUER_KEY_ID: Final = "DEVSTS_ROLESANYWHERE_ISSUER"
 
 
 class Refused(Exception):
