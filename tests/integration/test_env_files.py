@@ -38,7 +38,9 @@ def test_written_after_the_file_and_rewritten_at_each_refresh(
         )
         assert proc.stop() == 0
     events = proc.named("env_file_written") + proc.named("file_written")
-    assert [e["profile"] for e in proc.named("env_file_written")] == ["app", "app"]
+    written = proc.named("env_file_written")
+    assert len(written) >= 2  # another refresh may land before the stop
+    assert {e["profile"] for e in written} == {"app"}  # `other` has no env file
     first_file = min(e["timestamp"] for e in events if e.get("event") == "file_written")
     assert first_file <= proc.named("env_file_written")[0]["timestamp"]
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600

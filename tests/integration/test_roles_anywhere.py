@@ -4,6 +4,8 @@ throttling), and `credfresh run` with a Roles Anywhere profile and a role chaine
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import pytest
 import urllib3
 
 from conftest import Project
+from credfresh.cli import main
 from credfresh.config.model import Profile, RolesAnywhereSpec, StsSettings
 from credfresh.context import SystemClock
 from credfresh.credfile import store as credfile
@@ -250,7 +253,7 @@ class TestDaemon:
     def test_roles_anywhere_profile_and_a_role_chained_on_it(
         self, anchor: Anchor, tmp_path: Path
     ) -> None:
-        _, cert, key = anchor.leaf("host")
+        host, cert, key = anchor.leaf("host")
         project = anchor.project
         project.document["profiles"] = {
             "ra": {
@@ -282,3 +285,10 @@ class TestDaemon:
         assert "chained" in arn
         ra_calls = project.sts.proxy.requests(action="CreateSession")
         assert len(ra_calls) == 1
+        out = io.StringIO()
+        argv = ["status", "--json", "-c", str(project.config_path)]
+        assert main(argv, stdout=out, stderr=io.StringIO(), environ=project.env) == 0
+        rows = {row["profile"]: row for row in json.loads(out.getvalue())["profiles"]}
+        ends = host.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert rows["ra"]["source_expires_at"] == ends  # the SOURCE EXPIRES column
+        assert rows["on-top"]["source_expires_at"] is None

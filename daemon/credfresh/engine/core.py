@@ -49,6 +49,9 @@ class EngineCore:
         self._states: dict[str, ProfileState] = {}
         self._current: dict[str, Credentials] = {}
         self._written: dict[str, Credentials] = {}
+        #: When each profile's source runs out, re-read at each wake-up and write (not on the
+        #: health probes' path): `recheck_sources`.
+        self._source_ends: dict[str, datetime] = {}
         # Refreshed credentials until the writer confirms them on disk (then alerts resolve).
         self._landing: dict[str, Credentials] = {}
         self._retry_in: dict[str, float] = {}  # the retry delay a failing profile is in
@@ -150,6 +153,7 @@ class EngineCore:
                 self.metrics.file_written()
         for output in self._parts.after_write:
             output(self._config, updates)
+        self.recheck_sources()
         if self.alerts is not None:
             now = self.clock.now()
             for name, creds in sorted(landed.items()):
@@ -189,9 +193,9 @@ class EngineCore:
         no consumer), their refresh point, the grace."""
         from credfresh.alerts.rules import ProfileFacts
 
-        ends = self.source_expiries()
         alerts = self._config.alerts
         with self._lock:
+            ends = dict(self._source_ends)
             return {
                 name: ProfileFacts(
                     role_arn=profile.role_arn,
@@ -210,13 +214,17 @@ class EngineCore:
                 for disk in [self._written.get(name)]
             }
 
-    def source_expiries(self) -> dict[str, datetime]:
-        """When each profile's source runs out, where the source knows (certificates)."""
+    def recheck_sources(self) -> None:
+        """Ask the source when each profile's own source runs out (a certificate, an SSO
+        session); the views, alerts and metrics read what this stored."""
         expiry = getattr(self._source, "source_expiry", None)
-        if expiry is None:
-            return {}
-        found = {name: expiry(profile) for name, profile in self._config.profiles.items()}
-        return {name: when for name, when in found.items() if when is not None}
+        found = (
+            {}
+            if expiry is None
+            else {name: expiry(profile) for name, profile in self._config.profiles.items()}
+        )
+        with self._lock:
+            self._source_ends = {name: when for name, when in found.items() if when is not None}
 
     def alert_grace(self, name: str) -> timedelta:
         """How late past its refresh point a healthy daemon may land a profile's refresh: one
@@ -229,14 +237,16 @@ class EngineCore:
         if self.metrics is None:
             return
         self.metrics.set_profiles(len(self._config.profiles))
-        self.metrics.set_source_expiries(self.source_expiries())
+        with self._lock:
+            ends = dict(self._source_ends)
+        self.metrics.set_source_expiries(ends)
         if self.alerts is not None:
             self.metrics.set_alerts_firing(self.alerts.firing_count())
 
     def snapshot(self) -> Snapshot:
         """Copies of every configured profile's state and expiries, and the engine's pulse."""
-        ends = self.source_expiries()
         with self._lock:
+            ends = dict(self._source_ends)
             names = list(self._config.profiles)
             return Snapshot(
                 states={

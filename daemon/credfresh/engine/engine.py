@@ -280,6 +280,7 @@ class Engine(EngineCore):
         self._recheck_jobs(now)
         self._heal(now)
         self._report_expired(now)
+        self.recheck_sources()
         if self.alerts is not None:
             self.alerts.tick(now, self.alert_facts())
         self._update_gauges()
