@@ -106,7 +106,8 @@ class CopySource:
             2 * max(1, settings.max_concurrency), name="credfresh-copy", clock=clock
         )
 
-    def _resolve(self, profile: Profile) -> tuple[Any, str]:
+    def _resolve(self, profile: Profile) -> tuple[Any, datetime | None]:
+        """The frozen credentials and their expiry, through a new botocore Session."""
         import botocore.session
         from botocore.exceptions import BotoCoreError, ProfileNotFound
 
@@ -141,7 +142,7 @@ class CopySource:
                 classify("copy_loop", "the source resolves to a section credfresh writes"),
                 profile.name,
             )
-        return (frozen, expiry_of(credentials)), credentials.method
+        return frozen, expiry_of(credentials)
 
     def _remember_sso_cache(self, profile: str, session: Any) -> None:
         if self._home is None:
@@ -167,7 +168,7 @@ class CopySource:
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         deadline = call_deadline(self._settings)
         resolve = functools.partial(self._resolve, profile)
-        (frozen, expiry), _method = within_deadline(self._guard, resolve, deadline, profile.name)
+        frozen, expiry = within_deadline(self._guard, resolve, deadline, profile.name)
         if expiry is None or not frozen.token:
             raise SourceError(
                 classify("copy_without_expiry", "the source's credentials do not expire"),
