@@ -204,6 +204,21 @@ class AlertManager:
     def write_succeeded(self, now: datetime) -> tuple[AlertEvent, ...]:
         return self._apply(lambda state, policy: rules.on_write_succeeded(state, policy, now=now))
 
+    def hook_failed(
+        self, hook: str, failures: int, message: str, code: str, now: datetime
+    ) -> tuple[AlertEvent, ...]:
+        clean = self._redactor.text(message)
+        return self._apply(
+            lambda state, policy: rules.on_hook_failed(
+                state, policy, hook=hook, failures=failures, message=clean, code=code, now=now
+            )
+        )
+
+    def hook_succeeded(self, hook: str, now: datetime) -> tuple[AlertEvent, ...]:
+        return self._apply(
+            lambda state, policy: rules.on_hook_succeeded(state, policy, hook=hook, now=now)
+        )
+
     def config_rejected(self, errors: Sequence[str], now: datetime) -> tuple[AlertEvent, ...]:
         clean = [self._redactor.text(e) for e in errors]
         return self._apply(

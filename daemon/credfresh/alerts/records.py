@@ -12,7 +12,13 @@ from credfresh.credentials import format_time
 from credfresh.observe.logs import Redactor
 
 Kind = Literal[
-    "sts_error", "expiring", "expired", "source_expiring", "config_rejected", "write_failed"
+    "sts_error",
+    "expiring",
+    "expired",
+    "source_expiring",
+    "config_rejected",
+    "write_failed",
+    "hook_failed",
 ]
 Status = Literal["firing", "resolved"]
 Severity = Literal["warning", "critical"]
@@ -26,6 +32,7 @@ KINDS: Final[tuple[Kind, ...]] = (
     "source_expiring",
     "config_rejected",
     "write_failed",
+    "hook_failed",
 )
 PROFILE_KINDS: Final[tuple[Kind, ...]] = ("sts_error", "expiring", "expired")
 GLOBAL_KINDS: Final[tuple[Kind, ...]] = ("config_rejected", "write_failed")

@@ -373,6 +373,41 @@ def on_write_succeeded(state: AlertState, policy: Policy, *, now: datetime) -> S
     return draft.step()
 
 
+#: `hook_failed` fires after this many failures of a hook in a row (one is often a blip).
+HOOK_FAILURES_TO_ALERT: Final = 3
+
+
+def on_hook_failed(  # noqa: PLR0913  the facts of one failed run, named by the caller
+    state: AlertState,
+    policy: Policy,
+    *,
+    hook: str,
+    failures: int,
+    message: str,
+    code: str,
+    now: datetime,
+) -> Step:
+    """A hook failed `failures` times in a row; `hook` names it by the profiles it serves."""
+    draft = _Draft(state, policy, now)
+    if failures >= HOOK_FAILURES_TO_ALERT or draft.get("hook_failed", hook) is not None:
+        failure = _failure(
+            draft,
+            "hook_failed",
+            hook,
+            f"{failures} failures in a row: {message}",
+            error_code=code,
+            hint="the credentials file is fresh; its consumers were not told (see hook_failed)",
+        )
+        draft.evaluate(failure)
+    return draft.step()
+
+
+def on_hook_succeeded(state: AlertState, policy: Policy, *, hook: str, now: datetime) -> Step:
+    draft = _Draft(state, policy, now)
+    draft.resolve("hook_failed", hook, "the hook ran")
+    return draft.step()
+
+
 def on_config_rejected(
     state: AlertState, policy: Policy, *, errors: Sequence[str], now: datetime
 ) -> Step:

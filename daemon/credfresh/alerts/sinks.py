@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import tempfile
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import IO, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 import urllib3
 
 from credfresh import __version__
 from credfresh.config.model import AlertSettings
 from credfresh.observe.logs import Redactor
+from credfresh.process.child import Child, one_line, without_aws
 
 WEBHOOK_TIMEOUT: Final = 5.0
-STDERR_TAIL_BYTES: Final = 400
 
 
 class SinkError(Exception):
@@ -185,83 +179,26 @@ def _describe(reason: BaseException | None) -> str:
 
 
 class CommandSink:
-    """Run an argv list with the event JSON on stdin, without any AWS_* variable, in its own
-    process group (a timeout kills whatever it started too)."""
+    """Run an argv list with the event JSON on stdin, without any AWS_* variable."""
 
     name = "command"
 
     def __init__(self, argv: Sequence[str], *, timeout: float, environ: Mapping[str, str]) -> None:
-        if not argv:
-            raise ValueError("command: expected a non-empty argv list")
-        self._argv = list(argv)
-        self._timeout = timeout
-        self._env = {k: v for k, v in environ.items() if not k.upper().startswith("AWS_")}
-        self._lock = threading.Lock()
-        self._running: subprocess.Popen[bytes] | None = None
-        self._aborted = False
+        self._child = Child(argv, timeout=timeout, environ=without_aws(environ))
 
     def send(self, payload: Mapping[str, object]) -> str:
-        data = json.dumps(payload).encode() + b"\n"
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = subprocess.Popen(
-                    self._argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    env=self._env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise SinkError(
-                    f"could not run {self._argv[0]}: {exc.strerror or type(exc).__name__}"
-                ) from None
-            with self._lock:
-                self._running = process
-                aborted = self._aborted
-            if aborted:
-                _kill_group(process)
-            try:
-                process.communicate(data, timeout=self._timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                process.wait()
-                raise SinkError(f"timed out after {self._timeout:g} s; killed") from None
-            finally:
-                with self._lock:
-                    self._running = None
-            code = process.returncode
-            if code == 0:
-                return "exit status 0"
-            tail = _tail(stderr)
-            if code < 0:
-                raise SinkError(f"killed by {signal.Signals(-code).name}{tail}")
-            raise SinkError(f"exit status {code}{tail}")
+        outcome = self._child.run(json.dumps(payload).encode() + b"\n")
+        if outcome.ok:
+            return "exit status 0"
+        said = one_line(outcome.stderr_tail)
+        raise SinkError(outcome.describe(self._child.timeout) + (f": {said}" if said else ""))
 
     def abort(self) -> None:
         """Kill the running command, and any started after this (the manager is closing)."""
-        with self._lock:
-            self._aborted = True
-            process = self._running
-        if process is not None:
-            _kill_group(process)
+        self._child.abort()
 
     def close(self) -> None:
         """Nothing is held between events."""
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _tail(stream: IO[bytes]) -> str:
-    size = stream.seek(0, os.SEEK_END)
-    if not size:
-        return ""
-    stream.seek(max(0, size - STDERR_TAIL_BYTES))
-    text = " ".join(stream.read().decode("utf-8", "replace").split())
-    return f": {text}" if text else ""
 
 
 def build_sinks(

@@ -51,6 +51,28 @@ class RolesAnywhereSpec:
     endpoint_url: str | None = None
 
 
+#: What `on_refresh.timeout` is when unset: a hook is killed after this long.
+DEFAULT_HOOK_TIMEOUT: Final = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HookSpec:
+    """An `on_refresh` hook: a command, a signal to a pid file's process, or both (in that
+    order). Equal specs are one hook: profiles sharing it (from `defaults`) run it once."""
+
+    command: tuple[str, ...] = ()
+    pid_file: Path | None = None
+    signal: str = "SIGHUP"
+    timeout: float = DEFAULT_HOOK_TIMEOUT
+
+    def label(self) -> str:
+        """How logs and alerts name the hook: its argv[0], the signal and pid file."""
+        parts = [Path(self.command[0]).name] if self.command else []
+        if self.pid_file is not None:
+            parts.append(f"{self.signal} to {self.pid_file}")
+        return " and ".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile(ProfileCore):
     """One profile, with defaults applied; everything its source needs to issue credentials.
@@ -78,6 +100,7 @@ class Profile(ProfileCore):
     roles_anywhere: RolesAnywhereSpec | None = None
     copy: bool = False
     env_file: Path | None = None  # also written after each refresh (outputs/env_file.py)
+    on_refresh: HookSpec | None = None  # run after each write that carried it (outputs/hooks.py)
 
     @property
     def kind(self) -> str:
@@ -93,7 +116,7 @@ class Profile(ProfileCore):
         return tuple(
             getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("refresh_before", "adopt", "env_file")
+            if f.name not in ("refresh_before", "adopt", "env_file", "on_refresh")
         )
 
 

@@ -4,9 +4,18 @@ errors come out as `path: expectation` lines that never quote the value (`valida
 from __future__ import annotations
 
 import re
+import signal
 from typing import Annotated, Any, Final, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from credfresh.config import model as cfg
 
@@ -121,6 +130,34 @@ class RolesAnywhereModel(_Strict):
     endpoint_url: Url | None = None
 
 
+def _signal_name(value: str) -> str:
+    """`SIGHUP` or `HUP`, as the signal's full name; the numbers differ between systems."""
+    name = value.strip().upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    if name not in signal.Signals.__members__:
+        raise ValueError("expected a signal name like SIGHUP, SIGUSR1 or SIGTERM")
+    return name
+
+
+class HookSignalModel(_Strict):
+    pid_file: NonEmpty
+    signal: Annotated[str, AfterValidator(_signal_name)] = cfg.HookSpec.signal
+
+
+class OnRefreshModel(_Strict):
+    """`on_refresh`: what to run after a write carried the profile's new credentials."""
+
+    command: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
+    signal: HookSignalModel | None = None
+    timeout: Annotated[Duration, Field(gt=0, le=3600)] = cfg.DEFAULT_HOOK_TIMEOUT
+
+    @model_validator(mode="after")
+    def _something(self) -> OnRefreshModel:
+        if self.command is None and self.signal is None:
+            raise ValueError("expected command, signal or both")
+        return self
+
+
 class ProfileModel(_Strict):
     """Every key a profile (or `defaults`) may carry; None is unset (defaults come later)."""
 
@@ -142,6 +179,7 @@ class ProfileModel(_Strict):
     adopt: bool | None = None
     roles_anywhere: RolesAnywhereModel | None = None
     env_file: NonEmpty | None = None
+    on_refresh: OnRefreshModel | None = None
 
 
 class StsModel(_Strict):

@@ -20,6 +20,7 @@ from credfresh.config.schema import (
     HttpModel,
     MetricsModel,
     ModelT,
+    OnRefreshModel,
     ProfileModel,
     RetryModel,
     StsModel,
@@ -317,6 +318,18 @@ def _profile(name: str, model: ProfileModel, policy: str | None, scope: _Scope) 
         source_identity=model.source_identity,
         adopt=bool(model.adopt),
         env_file=paths(model.env_file) if model.env_file else None,
+        on_refresh=_hook(model.on_refresh, paths),
+    )
+
+
+def _hook(model: OnRefreshModel | None, paths: _Expand) -> cfg.HookSpec | None:
+    if model is None:
+        return None
+    return cfg.HookSpec(
+        command=tuple(model.command or ()),
+        pid_file=paths(model.signal.pid_file) if model.signal else None,
+        signal=model.signal.signal if model.signal else cfg.HookSpec.signal,
+        timeout=model.timeout,
     )
 
 

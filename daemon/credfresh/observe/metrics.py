@@ -24,6 +24,8 @@ REFRESH_RESULTS: Final[tuple[RefreshResult, ...]] = (
     "permanent_error",
 )
 RELOAD_RESULTS: Final[tuple[ReloadResult, ...]] = ("applied", "rejected", "unchanged")
+HookResult = Literal["success", "failure", "timeout"]
+HOOK_RESULTS: Final[tuple[HookResult, ...]] = ("success", "failure", "timeout")
 #: STS answers in ~50-300 ms; the tail covers sts.timeout (10 s) and a slow chained source.
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The textfile is world-readable: node_exporter runs as another user, and no metric is a
@@ -53,6 +55,7 @@ class Metrics(Collector):
         self._duration_sum = 0.0
         self._file_writes = 0
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+        self._hooks = dict.fromkeys(HOOK_RESULTS, 0)
         self._alerts_firing = 0
         self.registry.register(self)
 
@@ -107,6 +110,12 @@ class Metrics(Collector):
         with self._lock:
             self._reloads[result] += 1
 
+    def hook_ran(self, result: HookResult) -> None:
+        if result not in HOOK_RESULTS:
+            raise ValueError(f"result: expected one of {', '.join(HOOK_RESULTS)} (got {result!r})")
+        with self._lock:
+            self._hooks[result] += 1
+
     def set_alerts_firing(self, count: int) -> None:
         with self._lock:
             self._alerts_firing = count
@@ -157,6 +166,7 @@ class Metrics(Collector):
             samples = [sorted(table.items()) for table in tables]
             histogram = self._histogram(list(self._bucket_counts), self._duration_sum)
             reloads = list(self._reloads.items())
+            hooks = list(self._hooks.items())
         yield GaugeMetricFamily("credfresh_profiles", "Profiles in the config in force.", profiles)
         for (family, name, doc, labels), rows in zip(_PER_PROFILE, samples, strict=True):
             yield _labelled(family(name, doc, labels=labels), rows)
@@ -173,6 +183,14 @@ class Metrics(Collector):
                 labels=["result"],
             ),
             reloads,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "credfresh_hooks_total",
+                "on_refresh hook runs by result: success, failure, timeout.",
+                labels=["result"],
+            ),
+            hooks,
         )
         yield GaugeMetricFamily("credfresh_alerts_firing", "Alerts firing now.", value=firing)
 

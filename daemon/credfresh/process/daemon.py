@@ -110,8 +110,14 @@ def check_config_permissions(config: Config, euid: int, environ: Mapping[str, st
     token_file = config.container_credentials.token_file
     if token_file is not None:
         add(trust.token_file_problems(token_file, euid))
+    search_path = environ.get("PATH", os.defpath)
     if config.alerts.command:
-        add(trust.command_problems(config.alerts.command[0], environ.get("PATH", os.defpath), euid))
+        add(trust.command_problems(config.alerts.command[0], search_path, euid))
+    for hook in {p.on_refresh for p in config.profiles.values() if p.on_refresh is not None}:
+        if hook.command:
+            add(trust.command_problems(hook.command[0], search_path, euid))
+        if hook.pid_file is not None:
+            add(trust.path_problems(hook.pid_file, euid))
     return problems
 
 
@@ -127,6 +133,7 @@ class Daemon:
         self.engine = parts.engine
         self.alerts = parts.alerts
         self.metrics = parts.metrics
+        self.hooks = parts.hooks
         self.notifier = parts.notifier
         self.probes = parts.probes
         self._parts = parts
@@ -243,6 +250,7 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop()
         idle = self.engine.stop(grace=STOP_GRACE)
+        self.hooks.close(timeout=2.0)
         for server in self._servers:
             server.stop()
         self.alerts.close(timeout=2.0)

@@ -19,6 +19,7 @@ from credfresh.engine.scheduler import ApScheduler
 from credfresh.observe.metrics import Metrics
 from credfresh.outputs.env_file import EnvFiles
 from credfresh.outputs.health import HttpServer, liveness, readiness
+from credfresh.outputs.hooks import HookDeps, Hooks
 from credfresh.process.systemd import Notifier, should_ping, status_line
 from credfresh.process.watch import ConfigWatcher
 from credfresh.sources.assume_role import StsSource
@@ -40,6 +41,7 @@ class Wired:
     engine: Engine
     alerts: AlertManager
     metrics: Metrics
+    hooks: Hooks
     notifier: Notifier
     probes: Probes
     servers: Callable[[], list[Any]]
@@ -51,6 +53,17 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
     log = logging.get()
     alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
     metrics = Metrics()
+    hooks = Hooks(
+        HookDeps(
+            environ=ctx.environ,
+            euid=ctx.euid,
+            log=log,
+            redactor=logging.redactor,
+            clock=ctx.clock,
+            alerts=alerts,
+            metrics=metrics,
+        )
+    )
 
     def source(cfg: Config) -> Source:
         return sources_for(cfg, ctx, log)
@@ -65,7 +78,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         redactor=logging.redactor,
         alerts=alerts,
         metrics=metrics,
-        after_write=(EnvFiles(euid=ctx.euid, log=log).written,),
+        after_write=(EnvFiles(euid=ctx.euid, log=log).written, hooks.written),
     )
     wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
     engine = Engine(config, parts, wakeup_interval=wakeup)
@@ -74,6 +87,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         engine=engine,
         alerts=alerts,
         metrics=metrics,
+        hooks=hooks,
         notifier=Notifier(ctx.environ),
         probes=probes,
         servers=lambda: start_servers(config, engine, probes, metrics, log),
