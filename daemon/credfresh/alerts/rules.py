@@ -390,15 +390,9 @@ def on_hook_failed(  # noqa: PLR0913  the facts of one failed run, named by the 
     """A hook failed `failures` times in a row; `hook` names it by the profiles it serves."""
     draft = _Draft(state, policy, now)
     if failures >= HOOK_FAILURES_TO_ALERT or draft.get("hook_failed", hook) is not None:
-        failure = _failure(
-            draft,
-            "hook_failed",
-            hook,
-            f"{failures} failures in a row: {message}",
-            error_code=code,
-            hint="the credentials file is fresh; its consumers were not told (see hook_failed)",
-        )
-        draft.evaluate(failure)
+        message = f"{failures} failures in a row: {message}"
+        hint = "the credentials file is fresh but its consumers were not told"
+        draft.evaluate(_failure(draft, "hook_failed", hook, message, error_code=code, hint=hint))
     return draft.step()
 
 

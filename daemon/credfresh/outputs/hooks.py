@@ -231,6 +231,9 @@ class HookWorker:
         if failure is None and self.spec.pid_file is not None:
             failure = send_signal(self.spec.pid_file, self.spec.signal, deps.euid)
         took_ms = round((deps.clock.monotonic() - started) * 1000, 1)
+        with self._cond:
+            if self._stopped:
+                return  # killed by the shutdown: not the hook's failure
         name = hook_name(config, self.spec)
         if failure is None:
             self._succeeded(name, profiles, took_ms)
