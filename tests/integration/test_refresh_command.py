@@ -101,9 +101,7 @@ class TestThroughTheDaemon:
         assert "nope, ghost" in result.stderr
         assert keys(project) == before
 
-    def test_sts_refusal_names_code_and_hint(
-        self, project: Project, daemon: DaemonProcess
-    ) -> None:
+    def test_sts_refusal_names_code_and_hint(self, project: Project, daemon: DaemonProcess) -> None:
         """STS refusing one profile: exit 1, its code and hint; the other one still lands."""
         project.sts.proxy.fail("AccessDenied", when=session("app"))
         before = keys(project)
