@@ -184,7 +184,8 @@ class ControlServer:
             with conn:
                 self._send(conn, self.answer(conn))
         except Exception as exc:  # a connection's failure is never the server's
-            self.limited.warning("failed", "control_request_failed", error=type(exc).__name__)
+            error = type(exc).__name__
+            self.limited.warning(error, "control_request_failed", error=error)
         finally:
             self._slots.release()
 
@@ -200,7 +201,7 @@ class ControlServer:
             request = wire.parse_request(line)
         except (ValueError, OSError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            self.limited.warning("invalid", "control_request_invalid", reason=reason)
+            self.limited.warning(reason, "control_request_invalid", reason=reason)
             return refusal("bad_request", f"request refused: {reason}")
         known = self._known()
         names = list(request.profiles) or list(known)
