@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,15 +118,14 @@ class TestThroughTheDaemon:
 
 
 def test_no_daemon_points_to_once(project: Project) -> None:
-    """No daemon (no socket, then a stale socket nobody listens on): exit 1 naming `once`."""
+    """No daemon (no socket, then a stale socket nobody listens on): exit 1 naming `once`,
+    without loading boto3 or pydantic."""
     project.profile("app")
     project.write_config()
     result = run(project)
     assert result.returncode == 1
     assert "no credfresh daemon is running" in result.stderr
     assert "credfresh once" in result.stderr
-    import socket
-
     sock_path = socket_path(project.config_path.parent / "state" / "state.json")
     sock_path.parent.mkdir(mode=0o700)
     with socket.socket(socket.AF_UNIX) as stale:
@@ -132,6 +133,16 @@ def test_no_daemon_points_to_once(project: Project) -> None:
     result = run(project)
     assert result.returncode == 1
     assert "credfresh once" in result.stderr
+    code = (
+        "import sys; from credfresh.cli import main; "
+        f"rc = main(['refresh', '-c', {str(project.config_path)!r}]); "
+        "bad = [m for m in ('boto3', 'botocore', 'pydantic') if m in sys.modules]; "
+        "sys.stderr.write(repr((rc, bad)))"
+    )
+    light = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=project.env, check=False
+    )
+    assert light.stderr.strip().endswith("(1, [])"), light.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as another uid")
