@@ -291,3 +291,16 @@ class TestServer:
         with pytest.raises(CredfileError, match="something else is there"):
             serve(path, euid=os.geteuid(), log=Recorder())
         assert path.read_text() == "mine"
+
+    def test_a_socket_still_served_is_not_taken_over(self, tmp_path: Path) -> None:
+        """Two configs naming one state file: the second daemon leaves the first's socket."""
+        path = tmp_path / "state.json.sock"
+        first = serve(path, euid=os.geteuid(), log=Recorder(), results={"a": creds()})
+        try:
+            with pytest.raises(CredfileError, match="another credfresh serves"):
+                serve(path, euid=os.geteuid(), log=Recorder())
+            answer = client.ask(path, wire.Request(("a",), 5.0), SystemClock())
+            assert answer.outcomes == (wire.Outcome("a", expires_at=LATER),)
+        finally:
+            first.stop()
+        assert not path.exists()

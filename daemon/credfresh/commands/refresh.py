@@ -7,6 +7,7 @@ boto3 nor pydantic; with no daemon, `credfresh once` is the way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Final
@@ -70,6 +71,27 @@ def render(answer: wire.Answer, now: datetime) -> tuple[str, str, int]:
     return "".join(out), "".join(err), status
 
 
+def _connect(sock: socket.socket, path: Path, directory: int) -> None:
+    try:
+        address = wire.unix_address(path, directory)
+    except ValueError as exc:
+        raise CredfreshError(str(exc), code="no_daemon") from None
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        sock.connect(address)
+    except FileNotFoundError:
+        raise no_daemon(path, "no control socket") from None
+    except ConnectionRefusedError:
+        raise no_daemon(path, "nothing listens on the control socket") from None
+    except PermissionError:
+        raise denied(path) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise CredfreshError(
+            f"could not reach the daemon on {path}: {why}", code="no_daemon"
+        ) from None
+
+
 def ask(path: Path, request: wire.Request, clock: Clock) -> wire.Answer:
     """Send one request to the socket at `path` and read its answer."""
     try:
@@ -80,20 +102,9 @@ def ask(path: Path, request: wire.Request, clock: Clock) -> wire.Answer:
         raise denied(path) from None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                address = wire.unix_address(path, directory)
-            except ValueError as exc:
-                raise CredfreshError(str(exc), code="no_daemon") from None
-            sock.settimeout(CONNECT_TIMEOUT)
-            try:
-                sock.connect(address)
-            except FileNotFoundError:
-                raise no_daemon(path, "no control socket") from None
-            except ConnectionRefusedError:
-                raise no_daemon(path, "nothing listens on the control socket") from None
-            except PermissionError:
-                raise denied(path) from None
-            sock.sendall(wire.format_request(request))
+            _connect(sock, path, directory)
+            with contextlib.suppress(OSError):  # refused unread: its answer is still there
+                sock.sendall(wire.format_request(request))
             deadline = clock.monotonic() + request.wait + ANSWER_MARGIN
             try:
                 line = wire.read_line(sock, wire.MAX_ANSWER_BYTES, deadline, clock)

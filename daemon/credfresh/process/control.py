@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 MAX_CLIENTS: Final = 8
 #: The request line must arrive within this many seconds.
 READ_TIMEOUT: Final = 5.0
+#: After a failed accept (no descriptors, no memory), wait this long before the next one.
+ACCEPT_BACKOFF: Final = 0.1
 _UCRED: Final = struct.Struct("3i")  # pid, uid, gid
 
 RefreshFn = Callable[[Collection[str], float], Mapping[str, Credentials | Failure]]
@@ -105,6 +107,7 @@ class ControlServer:
         self._dir: DirHandle | None = None
         self._inode: int | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         """Bind and listen; CredfileError (an unsafe or blocked path), ValueError (a name too
@@ -119,13 +122,33 @@ class ControlServer:
                     f"could not create the control socket {self.path}: something else is there",
                     code="unsafe_path",
                 )
+            if found is not None and self._served(directory):
+                raise CredfileError(
+                    f"another credfresh serves the control socket {self.path} (two configs "
+                    "with one state_file?)",
+                    code="unsafe_path",
+                )
             self._sock = self._bind(directory)
-            self._inode = os.stat(self.path.name, dir_fd=directory.fd).st_ino
+            found = os.stat(self.path.name, dir_fd=directory.fd, follow_symlinks=False)
+            self._inode = found.st_ino
         except BaseException:
             self.stop()
             raise
-        self._thread = threading.Thread(target=self._serve, name="credfresh-control", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._sock,), name="credfresh-control", daemon=True
+        )
         self._thread.start()
+
+    def _served(self, directory: DirHandle) -> bool:
+        """Whether a daemon still answers on the socket found there: the instance lock is per
+        credentials file, and two configs could name one state file."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(wire.unix_address(directory.path / self.path.name, directory.fd))
+            except OSError:
+                return False  # refused: stale, left by a daemon that died
+            return True
 
     def _bind(self, directory: DirHandle) -> socket.socket:
         """0600 under a random name first, then renamed over whatever stale socket was left."""
@@ -150,6 +173,7 @@ class ControlServer:
         """Stop accepting and remove the socket (if it is still the one made here)."""
         sock, directory, thread = self._sock, self._dir, self._thread
         self._sock = self._dir = self._thread = None
+        self._stopping.set()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -163,13 +187,14 @@ class ControlServer:
                     os.unlink(self.path.name, dir_fd=directory.fd)
             directory.close()
 
-    def _serve(self) -> None:
-        sock = self._sock
-        while sock is not None:
+    def _serve(self, sock: socket.socket) -> None:
+        while not self._stopping.is_set():
             try:
                 conn, _ = sock.accept()
             except OSError:
-                return  # shut down by `stop`
+                # Shut down by `stop`, or out of descriptors or memory: wait, never spin.
+                self._stopping.wait(ACCEPT_BACKOFF)
+                continue
             if not self._slots.acquire(blocking=False):
                 with conn:
                     self._send(conn, refusal("busy", "too many requests at once"))
@@ -177,7 +202,11 @@ class ControlServer:
             worker = threading.Thread(
                 target=self._connection, args=(conn,), name="credfresh-control-conn", daemon=True
             )
-            worker.start()
+            try:
+                worker.start()
+            except RuntimeError:  # no thread to be had: this request cannot be served
+                self._slots.release()
+                conn.close()
 
     def _connection(self, conn: socket.socket) -> None:
         try:
