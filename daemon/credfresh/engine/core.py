@@ -147,9 +147,6 @@ class EngineCore:
             }
             for name in landed:
                 del self._landing[name]
-            for ticket in self._tickets:
-                for name, creds in updates.items():
-                    ticket.landed(name, creds)
         if updates or removals:
             self.log.info(
                 "file_written",
@@ -161,6 +158,10 @@ class EngineCore:
                 self.metrics.file_written()
         for output in self._parts.after_write:
             output(self._config, updates)
+        with self._lock:  # `credfresh refresh` answers once the outputs have them too
+            for ticket in self._tickets:
+                for name, creds in updates.items():
+                    ticket.landed(name, creds)
         self.recheck_sources()
         if self.alerts is not None:
             now = self.clock.now()
