@@ -359,3 +359,18 @@ class TestRefreshNow:
         thread.join(10.0)
         assert got["a"].code == "daemon_stopping"
         assert rig.engine.refresh_now(["a"], 1.0)["a"].code == "daemon_stopping"
+
+    def test_a_profile_removed_meanwhile_fails_as_unknown(
+        self, make: Any, project: Project
+    ) -> None:
+        """A reload removing a profile a request waits for answers it at once."""
+        rig = make(a={}, b={})
+        rig.engine.start({})
+        rig.step()
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.engine._tickets, 5, "the request open")
+        del project.document["profiles"]["a"]
+        project.write_config()
+        rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
+        thread.join(10.0)
+        assert got["a"].code == "unknown_profile"

@@ -141,11 +141,12 @@ class TestTicket:
             ticket.started(name)
         ticket.issued("a", creds())
         ticket.write_failed(Failure("write_failed", "disk full", False))
+        ticket.removed("b", Failure("unknown_profile", "removed", True))
         ticket.close(Failure("daemon_stopping", "", False))
         got = ticket.wait(0)
         assert {n: f.code for n, f in got.items()} == {  # type: ignore[union-attr]
             "a": "write_failed",
-            "b": "daemon_stopping",
+            "b": "unknown_profile",
             "c": "daemon_stopping",
         }
 

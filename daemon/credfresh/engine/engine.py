@@ -34,6 +34,10 @@ STOPPING: Final = Failure(
     CODES["daemon_stopping"],
 )
 
+REMOVED: Final = Failure(
+    "unknown_profile", "a reload removed it from the config", True, CODES["unknown_profile"]
+)
+
 
 class Engine(EngineCore):
     """Keeps every profile of a config fresh: `start`, `stop`, `apply` (reload), `wakeup`;
@@ -410,6 +414,8 @@ class Engine(EngineCore):
             for name in removed:
                 for table in (self._states, self._current, self._landing, self._retry_in):
                     table.pop(name, None)
+                for ticket in self._tickets:
+                    ticket.removed(name, REMOVED)
             self._urgent.update(renewed)
             for name in renewed:
                 previous = self._states.get(name)

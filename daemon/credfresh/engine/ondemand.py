@@ -49,6 +49,12 @@ class Ticket:
             if name in self._started and name not in self._results:
                 self._resolve(name, failure)
 
+    def removed(self, name: str, failure: Failure) -> None:
+        """A reload removed the profile: no run will come."""
+        with self._cond:
+            if name in self.names and name not in self._results:
+                self._resolve(name, failure)
+
     def write_failed(self, failure: Failure) -> None:
         """A write failed: every issued, unlanded profile fails with it (the writer retries)."""
         with self._cond:
