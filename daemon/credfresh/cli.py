@@ -118,6 +118,10 @@ def _add_commands(command: Command, opt: Adder) -> None:
     opt(console, "--destination", metavar="URL", help="console page to open")
     opt(console, "--issuer", metavar="NAME", help="issuer shown by the console")
     opt(console, "--duration", metavar="DURATION", help="console session length (default 1h)")
+    refresh_help = "Ask the running daemon to refresh profiles now; waits until they are on disk."
+    refresh = command("refresh", refresh_help)
+    refresh.add_argument("profiles", nargs="*", metavar="PROFILE", help="default: every profile")
+    opt(refresh, "--wait", metavar="DURATION", help="how long to wait for them (default 30s)")
 
 
 def _profiles(args: argparse.Namespace) -> list[str]:
@@ -197,6 +201,13 @@ def _console_url(args: argparse.Namespace, ctx: Context) -> int:
     return console.main(config_path(args, ctx.environ), args.profile_name, options, ctx)
 
 
+def _refresh(args: argparse.Namespace, ctx: Context) -> int:
+    from credfresh.commands.refresh import DEFAULT_WAIT, refresh
+
+    where = config_path(args, ctx.environ)
+    return refresh(where, args.profiles, args.wait or DEFAULT_WAIT, ctx)
+
+
 COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "validate": _validate,
     "once": _once,
@@ -205,6 +216,7 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "run": _run,
     "demo": _demo,
     "console-url": _console_url,
+    "refresh": _refresh,
 }
 
 

@@ -30,6 +30,16 @@ CODES: Final = {
     "proxy_plain_http": "credentials go through a proxy over https only",
     "proxy_invalid": "HTTPS_PROXY or HTTP_PROXY must be an http(s) URL",
     "sink_failed": "the alert_failed event says why the delivery failed",
+    "no_daemon": "no daemon runs for this config: start it, or refresh without one with "
+    "`credfresh once --force`",
+    "control_refused": "only the daemon's own user may use its control socket: run the "
+    "command as that user",
+    "unknown_profile": "the daemon's config has no such profile: see `credfresh status`",
+    "refresh_timeout": "the daemon is still trying (see its refresh_failed log lines and "
+    "`credfresh status`); wait longer with --wait",
+    "daemon_stopping": "the daemon stopped meanwhile: run the command again once it is back",
+    "busy": "the daemon is serving other control requests: try again in a moment",
+    "bad_request": "the control socket's client and daemon differ: are both the same version?",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from credfresh.engine.state import ProfileState
 from credfresh.observe.logs import Redactor
 from credfresh.sources.base import Issued
 from credfresh.sources.classify import SourceError, classify
+from support.waiting import wait_until
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -269,3 +271,106 @@ def test_a_dropped_job_is_scheduled_again(make: Any) -> None:
     rig.scheduler.cancel("a")
     rig.scheduler.on_missed("a")
     assert rig.scheduler.next_run("a") is not None
+
+
+class BlockingSource(FakeSource):
+    """Holds each fetch of `held` until `release` is set."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.held: set[str] = set()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
+        if profile.name in self.held:
+            self.inside.set()
+            assert self.release.wait(10.0)
+        return super().fetch(profile, parent)
+
+
+def _ask(rig: Rig, names: list[str], wait: float) -> tuple[threading.Thread, dict[str, Any]]:
+    """`refresh_now` on its own thread, as the control socket calls it; its result fills in."""
+    got: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: got.update(rig.engine.refresh_now(names, wait)))
+    thread.start()
+    return thread, got
+
+
+class TestRefreshNow:
+    def test_answers_once_the_new_credentials_are_on_disk(self, make: Any) -> None:
+        """A fresh profile runs at once; the answer is what the file then holds."""
+        rig = make(a={}, b={})
+        rig.engine.start({})
+        rig.step()
+        old = dict(rig.store.sections)
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.scheduler.next_run("a") == T0, 5, "a scheduled now")
+        assert rig.step() == ["a"]
+        thread.join(10.0)
+        assert got["a"] == rig.store.sections["a"] != old["a"]
+        assert rig.store.sections["b"] == old["b"]
+
+    def test_a_run_already_in_flight_does_not_count(self, make: Any) -> None:
+        """A run that started before the request may have used a source key rotated since:
+        the profile runs again and the answer is that second run's credentials."""
+        rig = make(a={})
+        source = BlockingSource(rig.clock)
+        rig.engine._source = source
+        source.held.add("a")
+        rig.engine.start({})
+        first = threading.Thread(target=rig.step)
+        first.start()
+        assert source.inside.wait(5.0)
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.engine._rerun == {"a"}, 5, "the rerun noted")
+        source.held.clear()
+        source.release.set()
+        first.join(10.0)  # the manual scheduler runs the rerun in the same step
+        thread.join(10.0)
+        assert len(source.calls) == 2
+        assert got["a"].access_key_id == rig.store.sections["a"].access_key_id
+        assert got["a"].access_key_id.endswith("0002")
+
+    def test_a_failure_is_the_answer(self, make: Any) -> None:
+        """The run's classified failure comes back, permanent or not, with its hint."""
+        rig = make(a={})
+        rig.engine.start({})
+        rig.step()
+        rig.source.fail["a"] = "AccessDenied"
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.scheduler.next_run("a") == T0, 5, "a scheduled now")
+        rig.step()
+        thread.join(10.0)
+        assert got["a"].code == "AccessDenied"
+        assert got["a"].permanent
+        assert "trust policy" in got["a"].hint
+
+    def test_nothing_landed_in_time_is_absent_and_stopping_answers(self, make: Any) -> None:
+        """A profile that did not land within the wait is left out; once the engine stops,
+        an open request and any new one get `daemon_stopping`."""
+        rig = make(a={})
+        rig.engine.start({})
+        rig.step()
+        assert rig.engine.refresh_now(["a"], 0.05) == {}
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.engine._tickets, 5, "the request open")
+        rig.engine.stop(grace=1.0)
+        thread.join(10.0)
+        assert got["a"].code == "daemon_stopping"
+        assert rig.engine.refresh_now(["a"], 1.0)["a"].code == "daemon_stopping"
+
+    def test_a_profile_removed_meanwhile_fails_as_unknown(
+        self, make: Any, project: Project
+    ) -> None:
+        """A reload removing a profile a request waits for answers it at once."""
+        rig = make(a={}, b={})
+        rig.engine.start({})
+        rig.step()
+        thread, got = _ask(rig, ["a"], 10.0)
+        wait_until(lambda: rig.engine._tickets, 5, "the request open")
+        del project.document["profiles"]["a"]
+        project.write_config()
+        rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
+        thread.join(10.0)
+        assert got["a"].code == "unknown_profile"

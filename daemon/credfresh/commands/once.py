@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from credfresh.commands.report import failed_lines, refreshed_line
 from credfresh.commands.status import select
-from credfresh.config.model import format_duration
-from credfresh.credentials import Credentials, format_time
+from credfresh.credentials import Credentials
 from credfresh.credfile import store as credfile
 from credfresh.engine import policy as refresh
 from credfresh.errors import EXIT_FAILED, EXIT_OK
@@ -121,15 +121,9 @@ def once(config_path: Path, names: Sequence[str], force: bool, ctx: Context) -> 
             failed[name] = classify(error.code, str(error))
     for name in chosen:
         if name in issued:
-            expiration = issued[name].expiration
-            left = format_duration((expiration - ctx.clock.now()).total_seconds())
-            ctx.out.write(f"refreshed {name}: expires {format_time(expiration)} (in {left})\n")
+            ctx.out.write(refreshed_line(name, issued[name].expiration, ctx.clock.now()))
         elif name in failed:
-            failure = failed[name]
-            kind = "permanent" if failure.permanent else "transient"
-            ctx.err.write(f"failed {name}: {failure.code} ({kind}): {failure.message}\n")
-            if failure.hint:
-                ctx.err.write(f"  hint: {failure.hint}\n")
+            ctx.err.write(failed_lines(name, failed[name]))
         else:
             ctx.out.write(f"fresh {name}: nothing to do\n")
     return EXIT_FAILED if failed else EXIT_OK

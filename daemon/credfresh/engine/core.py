@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any, Final
 from credfresh.engine import policy as refresh
 from credfresh.engine.parts import Parts, Snapshot, expiry
 from credfresh.engine.state import ProfileState
-from credfresh.errors import CredfileError
+from credfresh.errors import CODES, CredfileError
+from credfresh.sources.classify import Failure
 
 if TYPE_CHECKING:
     from credfresh.config.model import Config
     from credfresh.credentials import Credentials
     from credfresh.credfile.format import FileView
     from credfresh.engine.batcher import BatchWriter
+    from credfresh.engine.ondemand import Ticket
     from credfresh.sources.base import Source
 
 WAKEUP_INTERVAL: Final = 30.0
@@ -66,6 +68,9 @@ class EngineCore:
         self._heartbeat = self.clock.monotonic()
         self._skew_reported = False
         self._expired_reported: set[str] = set()
+        self._tickets: list[Ticket] = []  # open on-demand requests (`Engine.refresh_now`)
+        self._rerun: set[str] = set()  # asked for while running: run again once it ends
+        self._stopped = False
 
     @property
     def config(self) -> Config:
@@ -153,6 +158,10 @@ class EngineCore:
                 self.metrics.file_written()
         for output in self._parts.after_write:
             output(self._config, updates)
+        with self._lock:  # `credfresh refresh` answers once the outputs have them too
+            for ticket in self._tickets:
+                for name, creds in updates.items():
+                    ticket.landed(name, creds)
         self.recheck_sources()
         if self.alerts is not None:
             now = self.clock.now()
@@ -164,6 +173,10 @@ class EngineCore:
 
     def _write_failed(self, error: CredfileError, retry_in: float) -> None:
         message = self.redactor.text(str(error))
+        failure = Failure(error.code, message, permanent=False, hint=CODES.get(error.code))
+        with self._lock:
+            for ticket in self._tickets:
+                ticket.write_failed(failure)
         self.log.error(
             "write_failed",
             error_code=error.code,

@@ -6,6 +6,7 @@ suspend) and reschedules a job the scheduler dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
@@ -14,9 +15,10 @@ from typing import TYPE_CHECKING, Final
 from credfresh.credentials import Credentials, format_time
 from credfresh.engine import policy as refresh
 from credfresh.engine.core import WAKEUP_INTERVAL, EngineCore
+from credfresh.engine.ondemand import Ticket
 from credfresh.engine.parts import Parts, same_on_disk
 from credfresh.engine.state import ProfileState
-from credfresh.errors import CredfileError
+from credfresh.errors import CODES, CredfileError
 from credfresh.sources.classify import Failure, SourceError, classify
 
 if TYPE_CHECKING:
@@ -25,6 +27,16 @@ if TYPE_CHECKING:
     from credfresh.observe.metrics import RefreshResult
 
 SKEW_REPORT: Final = timedelta(minutes=5)
+STOPPING: Final = Failure(
+    "daemon_stopping",
+    "the daemon stopped before the refresh landed",
+    False,
+    CODES["daemon_stopping"],
+)
+
+REMOVED: Final = Failure(
+    "unknown_profile", "a reload removed it from the config", True, CODES["unknown_profile"]
+)
 
 
 class Engine(EngineCore):
@@ -72,6 +84,8 @@ class Engine(EngineCore):
 
     def stop(self, grace: float) -> bool:
         """Stop scheduling, give in-flight calls `grace` seconds, write what finished."""
+        with self._lock:
+            self._stopped = True
         self._scheduler.shutdown()
         deadline = self.clock.monotonic() + grace
         idle = threading.Event()
@@ -83,7 +97,33 @@ class Engine(EngineCore):
         with self._lock:
             idle_now = not self._running
         self._writer.stop(timeout=max(1.0, deadline - self.clock.monotonic()))
+        with self._lock:
+            for ticket in self._tickets:
+                ticket.close(STOPPING)
         return idle_now
+
+    def refresh_now(self, names: Collection[str], wait: float) -> dict[str, Credentials | Failure]:
+        """Run these profiles' refresh jobs now (`credfresh refresh`) and wait up to `wait`
+        seconds for each to land on disk or fail; a profile still out is absent."""
+        ticket = Ticket(names)
+        now = self.clock.now()
+        with self._lock:
+            if self._stopped:
+                return dict.fromkeys(ticket.names, STOPPING)
+            self._tickets.append(ticket)
+            self._urgent.update(ticket.names)
+            busy = {name for name in ticket.names if name in self._running}
+            self._rerun |= busy
+        self.log.info("refresh_requested", profiles=list(ticket.names), wait=wait)
+        for name in ticket.names:
+            if name not in busy:
+                self._schedule(name, now)
+        self._scheduler.poke()
+        try:
+            return ticket.wait(wait)
+        finally:
+            with self._lock:
+                self._tickets.remove(ticket)
 
     def _job(self, name: str) -> None:
         self._heartbeat = self.clock.monotonic()
@@ -93,15 +133,21 @@ class Engine(EngineCore):
             if profile is None or name in self._running:
                 return
             self._running.add(name)
+            for ticket in self._tickets:
+                ticket.started(name)
         try:
             self._refresh(profile)
         finally:
             with self._lock:
                 self._running.discard(name)
+                again = name in self._rerun and not self._stopped
+                self._rerun.discard(name)
                 self._first_pass.discard(name)
                 finished = not self._first_pass and not self._first_pass_done.is_set()
                 if not self._first_pass:
                     self._first_pass_done.set()
+            if again:
+                self._schedule(name, self.clock.now())
             if finished and self._on_first_pass is not None:
                 self._on_first_pass()
             self._heartbeat = self.clock.monotonic()
@@ -146,6 +192,8 @@ class Engine(EngineCore):
             self._retry_in.pop(profile.name, None)
             urgent = profile.name in self._urgent
             self._urgent.discard(profile.name)
+            for ticket in self._tickets:
+                ticket.issued(profile.name, creds)
         self._writer.submit({profile.name: creds}, urgent=urgent)
         self.log.info(
             "refreshed",
@@ -190,6 +238,8 @@ class Engine(EngineCore):
             state.last_error_code = failure.code
             state.last_error_message = message
             state.last_error_permanent = failure.permanent
+            for ticket in self._tickets:
+                ticket.failed(profile.name, dataclasses.replace(failure, message=message))
             state.state = refresh.state_of(
                 now, self._current.get(profile.name), profile.refresh_before
             )
@@ -364,6 +414,8 @@ class Engine(EngineCore):
             for name in removed:
                 for table in (self._states, self._current, self._landing, self._retry_in):
                     table.pop(name, None)
+                for ticket in self._tickets:
+                    ticket.removed(name, REMOVED)
             self._urgent.update(renewed)
             for name in renewed:
                 previous = self._states.get(name)

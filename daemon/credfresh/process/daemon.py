@@ -186,6 +186,8 @@ class Daemon:
             )
             self.engine.start(saved, on_first_pass=self.wake.set)
             self._servers = self._parts.servers()
+            if (control := self._parts.control()) is not None:
+                self._servers.append(control)
             self._watcher = self._parts.watcher(self._watch_fired)
             self._watcher.start()
             try:

@@ -20,6 +20,7 @@ from credfresh.observe.metrics import Metrics
 from credfresh.outputs.env_file import EnvFiles
 from credfresh.outputs.health import HttpServer, liveness, readiness
 from credfresh.outputs.hooks import HookDeps, Hooks
+from credfresh.process.control import start_control
 from credfresh.process.systemd import Notifier, should_ping, status_line
 from credfresh.process.watch import ConfigWatcher
 from credfresh.sources.assume_role import StsSource
@@ -46,6 +47,8 @@ class Wired:
     probes: Probes
     servers: Callable[[], list[Any]]
     watcher: Callable[[Callable[[str], None]], ConfigWatcher]
+    #: The control socket for `credfresh refresh` (None when it cannot be made).
+    control: Callable[[], Any] = lambda: None
 
 
 def build(config: Config, ctx: Context, logging: Logging) -> Wired:
@@ -92,6 +95,9 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         probes=probes,
         servers=lambda: start_servers(config, engine, probes, metrics, log),
         watcher=lambda on_change: ConfigWatcher(config.path, on_change),
+        control=lambda: start_control(
+            config.state_file, euid=ctx.euid, engine=engine, log=log, clock=ctx.clock
+        ),
     )
 
 
