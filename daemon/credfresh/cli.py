@@ -118,6 +118,18 @@ def _add_commands(command: Command, opt: Adder) -> None:
     opt(console, "--destination", metavar="URL", help="console page to open")
     opt(console, "--issuer", metavar="NAME", help="issuer shown by the console")
     opt(console, "--duration", metavar="DURATION", help="console session length (default 1h)")
+    _add_exec(command, opt)
+
+
+def _add_exec(command: Command, opt: Adder) -> None:
+    import argparse
+
+    exec_help = "Run CMD with the named profiles kept fresh in memory and served to it alone."
+    run = command("exec", exec_help)
+    opt(run, "--profile", kind="list", metavar="P", help="a profile to serve (repeatable)")
+    wait = "give up (exit 1) when the credentials are not there within this (default 5m)"
+    opt(run, "--start-timeout", metavar="DURATION", help=wait)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
 
 def _profiles(args: argparse.Namespace) -> list[str]:
@@ -197,6 +209,23 @@ def _console_url(args: argparse.Namespace, ctx: Context) -> int:
     return console.main(config_path(args, ctx.environ), args.profile_name, options, ctx)
 
 
+def _exec(args: argparse.Namespace, ctx: Context) -> int:
+    from credfresh.commands import exec as exec_command
+    from credfresh.errors import UsageError
+
+    if not _profiles(args):
+        raise UsageError("exec: name at least one --profile")
+    request = exec_command.Request(
+        config_path(args, ctx.environ),
+        _profiles(args),
+        args.argv,
+        start_timeout=args.start_timeout,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    return exec_command.main(request, ctx)
+
+
 COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "validate": _validate,
     "once": _once,
@@ -205,6 +234,7 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "run": _run,
     "demo": _demo,
     "console-url": _console_url,
+    "exec": _exec,
 }
 
 
