@@ -29,7 +29,9 @@ def start(
     tmp.mkdir(exist_ok=True)
     log = project.root / f"exec-{len(list(project.root.glob('exec-*.log')))}.log"
     selected = [arg for name in profiles for arg in ("--profile", name)]
-    argv = [*project.argv("exec", "--log-format", "json", *selected), "--", *command]
+    if "--" not in command:
+        command = ["--", *command]
+    argv = [*project.argv("exec", "--log-format", "json", *selected), *command]
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             argv,
@@ -142,6 +144,23 @@ def test_permanent_failure_runs_nothing(project: Project) -> None:
     assert "hint: the role's trust policy must name the caller" in text
     assert not marker.exists()
     assert named(log, "exec_start_failed")[0]["reason"] == "permanent_error"
+    assert list((project.root / "tmp").iterdir()) == []
+
+
+def test_start_timeout_bounds_transient_failures(project: Project) -> None:
+    """Throttled without end: exec gives up after --start-timeout, exit 1, no child."""
+    project.profile("app")
+    project.write_config()
+    project.sts.proxy.fail("Throttling", when={"Action": "AssumeRole"})
+    marker = project.root / "ran"
+    command = ["--start-timeout", "2s", "--", "touch", str(marker)]
+    proc, log = start(project, ["app"], command)
+    status, _ = finish(proc, 60)
+    text = log.read_text()
+    assert status == 1, text[-2000:]
+    assert "credfresh: exec: app: no credentials within 2s; last error Throttling" in text
+    assert not marker.exists()
+    assert named(log, "exec_start_failed")[0]["reason"] == "start_timeout"
     assert list((project.root / "tmp").iterdir()) == []
 
 

@@ -36,13 +36,14 @@ def main() -> int:
     config = botocore.config.Config(retries={"total_max_attempts": 1})
     client = session.client("sts", endpoint_url=endpoint, config=config)
     credentials = session.get_credentials()  # the object the client signs with
+    assert credentials is not None, "no credentials from the default chain"
     keys: set[str] = set()
     arns: set[str] = set()
     failures: dict[str, int] = {}
     calls = 0
     deadline = time.monotonic() + seconds
     while len(keys) < wanted and time.monotonic() < deadline:
-        access_key = credentials.get_frozen_credentials().access_key
+        access_key = credentials.get_frozen_credentials().access_key or ""
         keys.add(hashlib.sha256(access_key.encode()).hexdigest())
         try:
             arns.add(client.get_caller_identity()["Arn"])
