@@ -13,6 +13,9 @@ from typing import ClassVar
 import pytest
 
 from credfresh.commands import exec_rules as rules
+from credfresh.commands.exec import shared_file_for
+from credfresh.config.model import Config
+from credfresh.config.validate import build_config
 from credfresh.credentials import Credentials
 from credfresh.credfile.memory import MemoryStore
 from credfresh.engine.state import ProfileState
@@ -203,3 +206,46 @@ def test_memory_store_holds_what_was_written() -> None:
     view = store.read_managed(path, "o")
     assert dict(view.managed) == {"a": creds}
     assert not path.exists()
+
+
+class TestSharedFileOnDisk:
+    """`shared_file_for`: the rule applied to the file the child's SDK would read."""
+
+    @staticmethod
+    def config(tmp_path: Path, credentials: Path) -> Config:
+        document = {
+            "credentials_file": str(credentials),
+            "state_file": str(tmp_path / "state.json"),
+            "owner": "test",
+            "profiles": {"app": {"role_arn": "arn:aws:iam::123456789012:role/app"}},
+        }
+        return build_config(document, tmp_path / "c.yaml", environ={}, home=tmp_path)
+
+    @pytest.fixture
+    def ours(self, tmp_path: Path) -> Path:
+        credentials = tmp_path / ".aws" / "credentials"
+        credentials.parent.mkdir()
+        credentials.write_text("[base]\naws_access_key_id = AKIAEXAMPLE\n")
+        return credentials
+
+    def test_credfresh_file_without_default_is_kept(self, tmp_path: Path, ours: Path) -> None:
+        config = self.config(tmp_path, ours)
+        environ = {"AWS_SHARED_CREDENTIALS_FILE": str(ours)}
+        assert shared_file_for(environ, tmp_path, config) == str(ours)
+        assert shared_file_for({}, tmp_path, config) is None  # ~/.aws/credentials is ours
+
+    def test_a_default_section_or_another_file_gives_devnull(
+        self, tmp_path: Path, ours: Path
+    ) -> None:
+        other = tmp_path / "other"
+        other.write_text("[base]\n")
+        config = self.config(tmp_path, ours)
+        assert shared_file_for({"AWS_SHARED_CREDENTIALS_FILE": str(other)}, tmp_path, config) == (
+            os.devnull
+        )
+        assert shared_file_for({}, tmp_path / "elsewhere", config) == os.devnull
+        ours.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n")
+        environ = {"AWS_SHARED_CREDENTIALS_FILE": str(ours)}
+        assert shared_file_for(environ, tmp_path, config) == os.devnull
+        ours.unlink()
+        assert shared_file_for(environ, tmp_path, config) == os.devnull

@@ -174,7 +174,7 @@ def _serve_and_run(run: Run, ctx: Context, logging: Logging) -> int:
                 endpoints=[(name, rules.endpoint_url(endpoint.url, name)) for name in chosen],
                 token_file=str(token_file),
                 region=config.profiles[chosen[0]].region,
-                shared_file=_shared_file(ctx.environ, ctx.home, config),
+                shared_file=shared_file_for(ctx.environ, ctx.home, config),
             )
             status = _run_child(run, env, ctx, log)
     finally:
@@ -234,7 +234,7 @@ def _report(
     ctx.err.write("credfresh: exec: the command was not run\n")
 
 
-def _shared_file(environ: Mapping[str, str], home: Path, config: Config) -> str | None:
+def shared_file_for(environ: Mapping[str, str], home: Path, config: Config) -> str | None:
     """The child's AWS_SHARED_CREDENTIALS_FILE under `rules.shared_credentials_file`: is the
     file the SDK would read credfresh's own, and has it a `[default]` section?"""
     from credfresh.context import expand_user
