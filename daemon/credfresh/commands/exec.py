@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from credfresh.commands import exec_rules as rules
-from credfresh.errors import EXIT_FAILED, ConfigError, UsageError
+from credfresh.errors import EXIT_FAILED, ConfigError, CredfreshError, UsageError
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -74,6 +74,8 @@ def main(request: Request, ctx: Context) -> int:
         timeout = parse_duration(request.start_timeout or DEFAULT_START_TIMEOUT)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if timeout <= 0:
+        raise UsageError("exec: --start-timeout must be more than 0s")
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # before any thread exists
     logging = Logging(ctx.err, fmt=request.log_format, level=request.log_level)
     logging.install()
@@ -119,7 +121,15 @@ def _load(request: Request, ctx: Context, log: BoundLogger) -> tuple[Config, lis
 @contextlib.contextmanager
 def _private_token(environ: Mapping[str, str]) -> Iterator[tuple[Path, str]]:
     """A random token in a 0600 file in a new 0700 directory, both gone when the block ends."""
-    directory = Path(tempfile.mkdtemp(prefix="credfresh-exec-", dir=environ.get("TMPDIR")))
+    parent = environ.get("TMPDIR") or None
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="credfresh-exec-", dir=parent))
+    except OSError as exc:
+        where = parent or tempfile.gettempdir()
+        raise CredfreshError(
+            f"exec: cannot make a private directory in {where}: {exc.strerror}",
+            code="write_failed",
+        ) from None
     try:
         token = secrets.token_urlsafe(32)
         path = directory / "token"
@@ -162,9 +172,9 @@ def _serve_and_run(run: Run, ctx: Context, logging: Logging) -> int:
         log=log,
         clock=ctx.clock,
     )
-    engine.start({})
     idle = False
     try:
+        engine.start({})
         endpoint.start()
         log.info("exec_started", profiles=list(chosen), port=endpoint.port)
         status = _wait_ready(engine, run, ctx, log)
