@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ from support.waiting import wait_until
 
 CHILD = str(TESTS_DIR / "support" / "exec_child.py")
 LIFETIME = 5
+
+
+@pytest.fixture(autouse=True)
+def scanned_logs(project: Project, leak_watch: Any) -> Iterator[None]:
+    """Every exec log of the test goes through the secrets guard."""
+    yield
+    for log in project.root.glob("exec-*.log"):
+        leak_watch(log)
 
 
 def start(
@@ -59,7 +68,7 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def test_long_lived_client_across_refreshes(project: Project) -> None:
+def test_long_lived_client_across_refreshes(project: Project, leak_watch: Any) -> None:
     """One boto3 client signs with 4 keys in a row (3 refreshes of 5-second credentials, the
     STS refusing expired ones) without a failure; what would win over the container provider
     is removed; the token file goes, and the credentials file is not touched."""
@@ -81,6 +90,7 @@ def test_long_lived_client_across_refreshes(project: Project) -> None:
     )
     status, out = finish(proc, 120)
     assert status == 0, log.read_text()[-3000:]
+    leak_watch(out)
     report = json.loads(out.strip().splitlines()[-1])
     assert report["failures"] == {}, report
     assert report["keys"] >= 4, report
