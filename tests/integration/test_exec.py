@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -111,6 +112,9 @@ def test_long_lived_client_across_refreshes(project: Project, leak_watch: Any) -
     refreshed = {e["profile"] for e in named(log, "refreshed")}
     assert refreshed == {"app", "app.other-1"}  # `unused` is not refreshed
     assert named(log, "exec_child_exited")[-1]["status"] == 0
+    port = named(log, "exec_started")[0]["port"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.parametrize(
