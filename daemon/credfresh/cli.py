@@ -122,6 +122,18 @@ def _add_commands(command: Command, opt: Adder) -> None:
     refresh = command("refresh", refresh_help)
     refresh.add_argument("profiles", nargs="*", metavar="PROFILE", help="default: every profile")
     opt(refresh, "--wait", metavar="DURATION", help="how long to wait for them (default 30s)")
+    _add_exec(command, opt)
+
+
+def _add_exec(command: Command, opt: Adder) -> None:
+    import argparse
+
+    exec_help = "Run CMD with the named profiles kept fresh in memory and served to it alone."
+    run = command("exec", exec_help)
+    opt(run, "--profile", kind="list", metavar="P", help="a profile to serve (repeatable)")
+    wait = "give up (exit 1) when the credentials are not there within this (default 5m)"
+    opt(run, "--start-timeout", metavar="DURATION", help=wait)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
 
 def _profiles(args: argparse.Namespace) -> list[str]:
@@ -208,6 +220,23 @@ def _refresh(args: argparse.Namespace, ctx: Context) -> int:
     return refresh(where, args.profiles, args.wait or DEFAULT_WAIT, ctx)
 
 
+def _exec(args: argparse.Namespace, ctx: Context) -> int:
+    from credfresh.commands import exec as exec_command
+    from credfresh.errors import UsageError
+
+    if not _profiles(args):
+        raise UsageError("exec: name at least one --profile")
+    request = exec_command.Request(
+        config_path(args, ctx.environ),
+        _profiles(args),
+        args.argv,
+        start_timeout=args.start_timeout,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    return exec_command.main(request, ctx)
+
+
 COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "validate": _validate,
     "once": _once,
@@ -217,6 +246,7 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace, Context], int]] = {
     "demo": _demo,
     "console-url": _console_url,
     "refresh": _refresh,
+    "exec": _exec,
 }
 
 

@@ -406,3 +406,67 @@ class TestManifests:
         env = workload.env(workload.sidecar)
         assert env.get("CREDFRESH_LOG_FORMAT", env_of()["CREDFRESH_LOG_FORMAT"]) == "json"
         assert workload.sidecar.get("args", ["run"]) == ["run"]
+
+
+class TestExecJob:
+    """job-exec.yaml: one container running its program under `credfresh exec`."""
+
+    NAME = "job-exec.yaml"
+
+    def pod(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        docs = documents(self.NAME)
+        [job] = of_kind(docs, "Job")
+        return job["spec"]["template"], job["spec"]["template"]["spec"]
+
+    def test_one_container_whose_args_parse_as_exec(self) -> None:
+        """No sidecar; the args are `exec --profile P ... -- CMD` as credfresh's parser reads
+        them, P a profile of the embedded config, which validates."""
+        from credfresh.cli import build_parser
+        from credfresh.commands.exec_rules import command_of
+        from credfresh.context import Context
+
+        template, pod = self.pod()
+        assert "initContainers" not in pod
+        assert pod["restartPolicy"] == "Never"
+        [container] = pod["containers"]
+        assert container["command"] == ["credfresh"]
+        args = build_parser(Context.system(environ={})).parse_args(container["args"])
+        assert args.command == "exec"
+        assert command_of(args.argv) == ["python", "/app/export.py", "--all"]
+        env = {item["name"]: item["value"] for item in container["env"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        config_dir, key = env["CREDFRESH_CONFIG"].rsplit("/", 1)
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        name = volumes[mounts[config_dir]["name"]]["configMap"]["name"]
+        [config_map] = [
+            d for d in of_kind(documents(self.NAME), "ConfigMap") if d["metadata"]["name"] == name
+        ]
+        document = yaml.safe_load(config_map["data"][key])
+        config = build_config(document, Path(env["CREDFRESH_CONFIG"]), environ={}, home=Path("/"))
+        assert set(args.profile) <= set(config.profiles)
+        for profile in config.profiles.values():
+            assert str(profile.web_identity_token_file) == IRSA_TOKEN
+        assert str(Path(IRSA_TOKEN).parent) in mounts
+        assert "AWS_PROFILE" not in env
+        assert (
+            template["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"]
+            == (container["name"])
+        )
+
+    def test_hardened_with_a_memory_tmpdir(self) -> None:
+        """Read-only root, no capabilities, a non-root uid; the token's TMPDIR is a memory
+        emptyDir."""
+        _, pod = self.pod()
+        [container] = pod["containers"]
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] == int(one("USER").partition(":")[0])
+        env = {item["name"]: item["value"] for item in container["env"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        tmp = volumes[mounts[env["TMPDIR"]]["name"]]
+        assert tmp["emptyDir"]["medium"] == "Memory"
+        assert not mounts[env["TMPDIR"]].get("readOnly", False)

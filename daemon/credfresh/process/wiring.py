@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from credfresh.alerts.manager import AlertManager
 from credfresh.credfile import store as credfile
+from credfresh.credfile.memory import MemoryStore
 from credfresh.engine.batcher import BatchWriter
 from credfresh.engine.core import WAKEUP_INTERVAL
 from credfresh.engine.engine import Engine
@@ -99,6 +100,23 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
             config.state_file, euid=ctx.euid, engine=engine, log=log, clock=ctx.clock
         ),
     )
+
+
+def build_exec(config: Config, ctx: Context, logging: Logging) -> Engine:
+    """`credfresh exec`'s engine: `build`'s sources, scheduler and writer over an in-memory
+    store; no alerts, metrics, listeners or after_write outputs (the command serves)."""
+    log = logging.get()
+    parts = Parts(
+        source_factory=lambda cfg: sources_for(cfg, ctx, log),
+        scheduler=ApScheduler(config.sts.max_concurrency),
+        clock=ctx.clock,
+        store=MemoryStore(),
+        writer_factory=functools.partial(BatchWriter, clock=ctx.clock),
+        log=log,
+        redactor=logging.redactor,
+    )
+    wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
+    return Engine(config, parts, wakeup_interval=wakeup)
 
 
 def sources_for(config: Config, ctx: Context, log: BoundLogger) -> SourceSet:
