@@ -401,6 +401,11 @@ class TestManifests:
         assert "AWS_WEB_IDENTITY_TOKEN_FILE" not in workload.env(workload.app)
         assert "AWS_ROLE_ARN" not in workload.env(workload.app)
 
+    def test_app_never_falls_back_to_the_node_role(self, workload: Workload) -> None:
+        """Without IMDS, an SDK that cannot read the file fails instead of quietly using the
+        node's instance role; credfresh itself needs no IMDS (IRSA's token, not the node)."""
+        assert workload.env(workload.app)["AWS_EC2_METADATA_DISABLED"] == "true"
+
     def test_image_environment_matches(self, workload: Workload) -> None:
         """JSON logs and the config path agree with the image's defaults."""
         env = workload.env(workload.sidecar)
