@@ -79,6 +79,15 @@ def _container_listen(value: str) -> str:
     return value
 
 
+def _imds_listen(value: str) -> str:
+    host, port = cfg.parse_listen(value)
+    if host not in cfg.IMDS_HOSTS:
+        raise ValueError("expected 127.0.0.1:PORT, [::1]:PORT or 169.254.169.254:80")
+    if host == "169.254.169.254" and port != 80:
+        raise ValueError("expected port 80 with 169.254.169.254 (where SDKs look)")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
 DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -183,6 +192,16 @@ class ContainerCredentialsModel(_Strict):
     token_file: NonEmpty | None = None
 
 
+class ImdsModel(_Strict):
+    listen: Annotated[str, AfterValidator(_imds_listen)] | None = cfg.ImdsSettings.listen
+    profile: NonEmpty | None = cfg.ImdsSettings.profile
+    allow_v1: bool = cfg.ImdsSettings.allow_v1
+    hop_limit: Annotated[int, Field(ge=1, le=64)] = cfg.ImdsSettings.hop_limit
+    allow_uids: (
+        Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 2)]], Field(min_length=1)] | None
+    ) = None  # None: the daemon's own euid
+
+
 class TopModel(_Strict):
     credentials_file: NonEmpty | None = None
     state_file: NonEmpty | None = None
@@ -195,6 +214,7 @@ class TopModel(_Strict):
     http: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     container_credentials: dict[str, Any] | None = None
+    imds: dict[str, Any] | None = None
 
 
 _MESSAGES: Final = {
