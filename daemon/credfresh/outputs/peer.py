@@ -23,7 +23,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Endpoint = tuple[IPAddress, int]
 ByteOrder = Literal["little", "big"]
 
-PROC_NET: Final = Path("/proc/net")
+#: `/proc/net` is a link to this; with systemd's `ProcSubset=pid` (the units) only this is there.
+PROC_NET: Final = Path("/proc/self/net")
 TABLES: Final = ("tcp", "tcp6")
 
 
