@@ -495,3 +495,69 @@ class TestConfig:
     def test_problems_never_quote_the_value(self, tmp_path: Path) -> None:
         found = problems(tmp_path, {"listen": "127.0.0.1:9912", "profile": "secret-ish-name"})
         assert not any("secret-ish-name" in p for p in found)
+
+
+class TestServed:
+    """The endpoint on real loopback sockets, the peer found in this host's /proc."""
+
+    @pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
+    def test_botocore_fetcher_and_the_peer_rule(self, listen: str) -> None:
+        from botocore.utils import InstanceMetadataFetcher
+
+        creds = fake_credentials(expires_in=timedelta(days=3650))
+        allowed = {os.geteuid()}
+        endpoint = ImdsEndpoint(
+            listen,
+            "app",
+            current=lambda name: creds,
+            allow_uids=allowed,
+            log=Recorder(),
+            poll_interval=0.05,
+        )
+        endpoint.start()
+        try:
+            fetcher = InstanceMetadataFetcher(
+                timeout=5, config={"ec2_metadata_service_endpoint": endpoint.url}, env={}
+            )
+            found = fetcher.retrieve_iam_role_credentials()
+            assert found["access_key"] == creds.access_key_id
+            assert found["role_name"] == "app"
+            allowed.clear()  # the set is copied: still allowed
+            assert fetcher.retrieve_iam_role_credentials()["role_name"] == "app"
+            endpoint.allow_uids = frozenset({os.geteuid() + 1})
+            assert fetcher.retrieve_iam_role_credentials() == {}
+            assert endpoint.log.named("imds_refused") == [  # type: ignore[attr-defined]
+                {"uid": os.geteuid(), "suppressed": 0}
+            ]
+        finally:
+            endpoint.stop()
+
+    def test_http_layer_errors_and_a_put_body(self) -> None:
+        endpoint = ImdsEndpoint(
+            "127.0.0.1:0",
+            "app",
+            current=lambda name: None,
+            allow_uids={os.geteuid()},
+            log=Recorder(),
+            poll_interval=0.05,
+        )
+        endpoint.start()
+        try:
+            for data, status in [
+                (b"GARBAGE\r\n\r\n", b"400"),
+                (
+                    b"PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n"
+                    b"X-aws-ec2-metadata-token-ttl-seconds: 30\r\nContent-Length: 5\r\n\r\nhello",
+                    b"200",
+                ),
+            ]:
+                with socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) as sock:
+                    sock.sendall(data)
+                    reply = b""
+                    while chunk := sock.recv(4096):
+                        reply += chunk
+                assert reply.split(b" ", 2)[1] == status, reply[:100]
+                assert b"text/plain" in reply
+                assert b"GARBAGE" not in reply
+        finally:
+            endpoint.stop()
