@@ -347,6 +347,13 @@ class TestAnswers:
         lines = setup.log.named("imds_refused")
         assert lines == [{"uid": 1001, "suppressed": 0}, {"uid": None, "suppressed": 0}]
 
+    def test_the_overflow_uid_is_never_allowed(self) -> None:
+        """65534 is also what /proc shows for any user unmapped in our user namespace."""
+        setup = Setup()
+        setup.endpoint.allow_uids = frozenset({65534})
+        assert setup.ask("GET", CREDS, uid=65534).status == 403
+        assert setup.log.named("imds_refused") == [{"uid": 65534, "suppressed": 0}]
+
     def test_refusals_of_a_uid_are_rate_limited(self, setup: Setup) -> None:
         for _ in range(5):
             setup.ask("GET", "/anything", uid=7)
@@ -484,6 +491,7 @@ class TestConfig:
             ({"allow_uids": []}, "imds.allow_uids", "at least 1"),
             ({"allow_uids": [-1]}, "imds.allow_uids.0", "at least 0"),
             ({"allow_uids": "1000"}, "imds.allow_uids", "expected a list"),
+            ({"allow_uids": [1000, 65534]}, "imds.allow_uids", "other than 65534"),
             ({"allow_v1": "maybe"}, "imds.allow_v1", "true or false"),
             ({"port": 80}, "imds.port", "unknown key"),
         ],

@@ -19,6 +19,8 @@ CONTAINER_HOSTS: Final = ("127.0.0.1", "::1", "169.254.170.23", "fd00:ec2::23")
 #: Where the IMDSv2-compatible endpoint may listen: loopback, or EC2's own metadata address
 #: where it is configured on an interface (a network namespace or pod).
 IMDS_HOSTS: Final = ("127.0.0.1", "::1", "169.254.169.254")
+#: The uid the kernel shows for a user unmapped in the reader's user namespace: never allowed.
+OVERFLOW_UID: Final = 65534
 #: A profile name: what an AWS config section and the container endpoint's path may carry.
 PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
 

@@ -88,6 +88,15 @@ def _imds_listen(value: str) -> str:
     return value
 
 
+def _allow_uids(value: list[int]) -> list[int]:
+    if cfg.OVERFLOW_UID in value:
+        raise ValueError(
+            "expected uids other than 65534: the kernel shows every user unmapped in a user "
+            "namespace (systemd's PrivateUsers=) as that uid"
+        )
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
 DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -198,7 +207,12 @@ class ImdsModel(_Strict):
     allow_v1: bool = cfg.ImdsSettings.allow_v1
     hop_limit: Annotated[int, Field(ge=1, le=64)] = cfg.ImdsSettings.hop_limit
     allow_uids: (
-        Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 2)]], Field(min_length=1)] | None
+        Annotated[
+            list[Annotated[int, Field(ge=0, le=2**32 - 2)]],
+            Field(min_length=1),
+            AfterValidator(_allow_uids),
+        ]
+        | None
     ) = None  # None: the daemon's own euid
 
 

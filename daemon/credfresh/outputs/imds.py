@@ -22,7 +22,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from credfresh.config.model import IMDS_HOSTS
+from credfresh.config.model import IMDS_HOSTS, OVERFLOW_UID
 from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.context import Clock, SystemClock
 from credfresh.credentials import Credentials, account_id, format_time
@@ -247,9 +247,12 @@ class ImdsEndpoint:
             return None
 
     def answer(self, request: Request, uid: int | None) -> Answer:
-        """Decide one request; pure but for the token table, the lookup and the clock."""
+        """Decide one request; pure but for the token table, the lookup and the clock.
+
+        The overflow uid is never allowed: it stands for anyone unmapped in our user namespace.
+        """
         try:
-            if uid is None or uid not in self.allow_uids:
+            if uid is None or uid == OVERFLOW_UID or uid not in self.allow_uids:
                 self.limited.warning(f"uid:{uid}", "imds_refused", uid=uid)
                 return Answer(403, "Forbidden\n")
             return self._answer(request)
