@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -193,3 +194,49 @@ def test_botocore_refreshes_through_it_and_others_are_refused(
     reasons = {e["reason"] for e in proc.named("imds_request_refused")}
     assert {"missing_token", "forwarded"} <= reasons
     assert len(proc.named("refreshed")) >= 4
+
+
+#: In a network namespace of its own with 169.254.169.254 on `lo`: botocore with no setting.
+LINK_LOCAL = """
+import os, secrets
+from datetime import UTC, datetime, timedelta
+from botocore.credentials import InstanceMetadataProvider
+from botocore.utils import InstanceMetadataFetcher
+from credfresh.credentials import Credentials
+from credfresh.outputs.imds import ImdsEndpoint
+
+now = datetime.now(UTC)
+key = "ASIA" + secrets.token_hex(8).upper()
+later = now + timedelta(hours=6)
+creds = Credentials(key, secrets.token_hex(20), secrets.token_hex(40), later, now)
+endpoint = ImdsEndpoint("169.254.169.254:80", "app", current=lambda name: creds,
+                        allow_uids=[os.geteuid()], poll_interval=0.05)
+endpoint.start()
+fetcher = InstanceMetadataFetcher(timeout=5, env={})
+found = InstanceMetadataProvider(iam_role_fetcher=fetcher).load()
+print(fetcher.get_base_url(), found is not None and found.access_key == key)
+endpoint.stop()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+    reason="a network namespace and port 80 need root, unshare and ip",
+)
+def test_link_local_address_in_a_network_namespace() -> None:
+    """`ip addr add 169.254.169.254/32 dev lo` as the README says, then botocore's default."""
+    script = (
+        "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && "
+        f'exec "{sys.executable}" -c "$0"'
+    )
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script, LINK_LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0 and done.stderr.startswith("unshare: "):
+        pytest.skip("no network namespace here: " + done.stderr.strip()[:200])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["http://169.254.169.254/", "True"], done.stderr[-2000:]
