@@ -16,6 +16,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "http": schema.HttpModel,
     "metrics": schema.MetricsModel,
     "container_credentials": schema.ContainerCredentialsModel,
+    "imds": schema.ImdsModel,
 }
 
 

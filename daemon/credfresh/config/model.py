@@ -16,6 +16,11 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/credfresh/config.yaml")
 DEFAULT_DURATION_SECONDS: Final = 3600
 #: The addresses botocore accepts for a container credentials endpoint over plain http.
 CONTAINER_HOSTS: Final = ("127.0.0.1", "::1", "169.254.170.23", "fd00:ec2::23")
+#: Where the IMDSv2-compatible endpoint may listen: loopback, or EC2's own metadata address
+#: where it is configured on an interface (a network namespace or pod).
+IMDS_HOSTS: Final = ("127.0.0.1", "::1", "169.254.169.254")
+#: The uid the kernel shows for a user unmapped in the reader's user namespace: never allowed.
+OVERFLOW_UID: Final = 65534
 #: A profile name: what an AWS config section and the container endpoint's path may carry.
 PROFILE_NAME: Final = re.compile(r"[A-Za-z0-9_.@+=,:/-]{1,128}")
 
@@ -168,6 +173,18 @@ class ContainerCredentialsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImdsSettings:
+    """The IMDSv2-compatible endpoint (`outputs/imds.py`): off without `listen`."""
+
+    listen: str | None = None
+    profile: str | None = None  # the one profile served, under its name as the role name
+    allow_v1: bool = False
+    hop_limit: int = 1
+    #: Who may read (peer socket owners); None: the daemon's own euid alone.
+    allow_uids: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ConfigCore:
     """The part of a config the fast commands read (`load.read_light`); `Config` extends it."""
 
@@ -192,6 +209,7 @@ class Config(ConfigCore):
     digest: str
     warnings: tuple[str, ...] = ()
     policy_files: tuple[Path, ...] = ()
+    imds: ImdsSettings = ImdsSettings()
 
 
 def parse_duration(value: object) -> float:

@@ -88,6 +88,24 @@ def _container_listen(value: str) -> str:
     return value
 
 
+def _imds_listen(value: str) -> str:
+    host, port = cfg.parse_listen(value)
+    if host not in cfg.IMDS_HOSTS:
+        raise ValueError("expected 127.0.0.1:PORT, [::1]:PORT or 169.254.169.254:80")
+    if host == "169.254.169.254" and port != 80:
+        raise ValueError("expected port 80 with 169.254.169.254 (where SDKs look)")
+    return value
+
+
+def _allow_uids(value: list[int]) -> list[int]:
+    if cfg.OVERFLOW_UID in value:
+        raise ValueError(
+            "expected uids other than 65534: the kernel shows every user unmapped in a user "
+            "namespace (systemd's PrivateUsers=) as that uid"
+        )
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(cfg.parse_duration)]
 DurationSeconds = Annotated[int, BeforeValidator(_duration_seconds), Field(ge=900, le=43200)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -221,6 +239,21 @@ class ContainerCredentialsModel(_Strict):
     token_file: NonEmpty | None = None
 
 
+class ImdsModel(_Strict):
+    listen: Annotated[str, AfterValidator(_imds_listen)] | None = cfg.ImdsSettings.listen
+    profile: NonEmpty | None = cfg.ImdsSettings.profile
+    allow_v1: bool = cfg.ImdsSettings.allow_v1
+    hop_limit: Annotated[int, Field(ge=1, le=64)] = cfg.ImdsSettings.hop_limit
+    allow_uids: (
+        Annotated[
+            list[Annotated[int, Field(ge=0, le=2**32 - 2)]],
+            Field(min_length=1),
+            AfterValidator(_allow_uids),
+        ]
+        | None
+    ) = None  # None: the daemon's own euid
+
+
 class TopModel(_Strict):
     credentials_file: NonEmpty | None = None
     state_file: NonEmpty | None = None
@@ -233,6 +266,7 @@ class TopModel(_Strict):
     http: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     container_credentials: dict[str, Any] | None = None
+    imds: dict[str, Any] | None = None
 
 
 _MESSAGES: Final = {

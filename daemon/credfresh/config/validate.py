@@ -18,6 +18,7 @@ from credfresh.config.schema import (
     AlertsModel,
     ContainerCredentialsModel,
     HttpModel,
+    ImdsModel,
     MetricsModel,
     ModelT,
     OnRefreshModel,
@@ -75,6 +76,7 @@ def build_config(  # noqa: PLR0913  the document, where it came from, and the mo
     problems += found
     profiles, found = _profiles(top, sections.sts, paths, now)
     problems += found
+    problems += imds_problems(sections.imds, top.profiles or {})
     if problems:
         raise ConfigError(problems, path=str(path))
     credentials_file, owner, state_file = cfg.resolve_paths(document, path, environ, home)
@@ -109,6 +111,7 @@ class _Sections(NamedTuple):
     http: cfg.HttpSettings
     metrics: cfg.MetricsSettings
     container_credentials: cfg.ContainerCredentialsSettings
+    imds: cfg.ImdsSettings
 
 
 def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
@@ -124,6 +127,7 @@ def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
     alerts, http = read(AlertsModel, "alerts"), read(HttpModel, "http")
     metrics = read(MetricsModel, "metrics")
     container = read(ContainerCredentialsModel, "container_credentials")
+    imds = read(ImdsModel, "imds")
     if retry.initial > retry.max:
         problems.append("retry.initial: expected a value no larger than retry.max")
     if container.listen and not container.token_file:
@@ -138,7 +142,22 @@ def _sections(top: TopModel, paths: _Expand) -> tuple[_Sections, list[str]]:
             listen=container.listen,
             token_file=paths(container.token_file) if container.token_file else None,
         ),
+        imds=cfg.ImdsSettings(
+            **{
+                **imds.model_dump(),
+                "allow_uids": None if imds.allow_uids is None else tuple(imds.allow_uids),
+            }
+        ),
     ), problems
+
+
+def imds_problems(imds: cfg.ImdsSettings, profiles: Mapping[str, object]) -> list[str]:
+    """The served profile must be one of the config's (its name is the role name)."""
+    if imds.listen and imds.profile is None:
+        return ["imds.profile: required when listen is set"]
+    if imds.profile is not None and imds.profile not in profiles:
+        return ["imds.profile: expected the name of a profile under profiles"]
+    return []
 
 
 #: A profile's keys after `defaults` are merged in, and the keys its own body set.

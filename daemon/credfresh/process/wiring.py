@@ -94,7 +94,10 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         hooks=hooks,
         notifier=Notifier(ctx.environ),
         probes=probes,
-        servers=lambda: start_servers(config, engine, probes, metrics, log),
+        servers=lambda: [
+            *start_servers(config, engine, probes, metrics, log),
+            *start_imds(config, engine, probes.clock, ctx.euid, log),
+        ],
         watcher=lambda on_change: ConfigWatcher(config.path, on_change),
         control=lambda: start_control(
             config.state_file, euid=ctx.euid, engine=engine, log=log, clock=ctx.clock
@@ -185,6 +188,38 @@ def start_servers(
         servers.append(endpoint)
         log.info("endpoint_listening", listen=settings.listen, port=endpoint.port)
     return servers
+
+
+def start_imds(
+    config: Config, engine: Engine, clock: Clock, euid: int, log: BoundLogger
+) -> list[Any]:
+    """The IMDSv2-compatible endpoint (opt-in): a daemon listener, on the address the daemon
+    started with. Who may read defaults to the daemon's own uid."""
+    settings = config.imds
+    if not settings.listen or settings.profile is None:
+        return []
+    from credfresh.outputs.imds import ImdsEndpoint
+
+    allowed = settings.allow_uids if settings.allow_uids is not None else (euid,)
+    endpoint = ImdsEndpoint(
+        settings.listen,
+        settings.profile,
+        current=engine.on_disk,
+        allow_uids=allowed,
+        allow_v1=settings.allow_v1,
+        hop_limit=settings.hop_limit,
+        log=log,
+        clock=clock,
+    )
+    endpoint.start()
+    log.info(
+        "imds_listening",
+        listen=settings.listen,
+        port=endpoint.port,
+        profile=settings.profile,
+        allow_uids=sorted(allowed),
+    )
+    return [endpoint]
 
 
 class Probes:
