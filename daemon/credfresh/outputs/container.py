@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import json
 import os
-import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
     LOG_INTERVAL,
     REQUEST_TIMEOUT,
-    BoundedRequestHandler,
+    LingeringHandler,
     LoopbackHTTPServer,
     RateLimitedLog,
     ServerThread,
@@ -45,8 +44,6 @@ PATH_PREFIX: Final = "/v1/credentials/"
 MAX_TOKEN_BYTES: Final = 16 * 1024
 #: After answering, unread input is drained this much (bounded) before closing, so the
 #: client sees the answer instead of a reset.
-LINGER_BYTES: Final = 64 * 1024
-LINGER_SECONDS: Final = 1.0
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in CONTAINER_HOSTS)
 
 
@@ -214,7 +211,7 @@ class TokenFile:
             )
 
 
-class _Handler(BoundedRequestHandler):
+class _Handler(LingeringHandler):
     server: _Server
 
     def respond(self) -> None:
@@ -250,32 +247,6 @@ class _Handler(BoundedRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self._linger()
-
-    def _linger(self) -> None:
-        """Half-close, then drain a bounded amount: closing with unread input sends a reset,
-        which can make the client lose the answer (a 431 for an oversized head)."""
-        sock, monotonic = self.connection, self.server.app.clock.monotonic
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = monotonic() + LINGER_SECONDS
-            drained = 0
-            while drained < LINGER_BYTES:
-                remaining = deadline - monotonic()
-                if remaining <= 0:
-                    return
-                sock.settimeout(remaining)
-                chunk = sock.recv(16384)
-                if not chunk:
-                    return
-                drained += len(chunk)
-        except OSError:
-            return
 
 
 class _Server(LoopbackHTTPServer):

@@ -417,3 +417,38 @@ class ServerThread:
             thread.join(timeout)
         self._server = None
         self._thread = None
+
+
+#: What a handler drains after its answer before it closes: at most this, for at most this long.
+LINGER_BYTES: Final = 64 * 1024
+LINGER_SECONDS: Final = 1.0
+
+
+class LingeringHandler(BoundedRequestHandler):
+    """A handler whose clients may send more than it reads (a body, an oversized head)."""
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, then drain a bounded amount: closing with unread input sends a reset,
+        which can make the client lose the answer (a 431 for an oversized head, a PUT body)."""
+        sock, monotonic = self.connection, self.server.app.clock.monotonic
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_BYTES:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    return
+                sock.settimeout(remaining)
+                chunk = sock.recv(16384)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except OSError:
+            return

@@ -29,7 +29,7 @@ from credfresh.credentials import Credentials, account_id, format_time
 from credfresh.outputs.http import (
     LOG_INTERVAL,
     REQUEST_TIMEOUT,
-    BoundedRequestHandler,
+    LingeringHandler,
     LoopbackHTTPServer,
     RateLimitedLog,
     ServerThread,
@@ -48,8 +48,6 @@ MAX_TOKEN_TTL: Final = 21600
 #: SDKs do). Only allowed uids reach the token route, so only they can fill it.
 MAX_TOKENS: Final = 1024
 #: After answering, unread input is drained this much before closing (no reset lost answer).
-LINGER_BYTES: Final = 64 * 1024
-LINGER_SECONDS: Final = 1.0
 ALLOWED_HOSTS: Final = frozenset(ipaddress.ip_address(host) for host in IMDS_HOSTS)
 
 Route = Literal["token", "list", "credentials", "unknown"]
@@ -317,7 +315,7 @@ class ImdsEndpoint:
         self.limited.warning(reason, "imds_request_refused", reason=reason, status=status)
 
 
-class _Handler(BoundedRequestHandler):
+class _Handler(LingeringHandler):
     server: _Server
 
     def respond(self) -> None:
@@ -363,32 +361,6 @@ class _Handler(BoundedRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self._linger()
-
-    def _linger(self) -> None:
-        """Half-close, then drain a bounded amount: closing with unread input (a PUT body)
-        sends a reset, which can make the client lose the answer."""
-        sock, monotonic = self.connection, self.server.app.clock.monotonic
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = monotonic() + LINGER_SECONDS
-            drained = 0
-            while drained < LINGER_BYTES:
-                remaining = deadline - monotonic()
-                if remaining <= 0:
-                    return
-                sock.settimeout(remaining)
-                chunk = sock.recv(16384)
-                if not chunk:
-                    return
-                drained += len(chunk)
-        except OSError:
-            return
 
 
 class _Server(LoopbackHTTPServer):
