@@ -26,6 +26,8 @@ DEBIAN=(--variant=apt --include=python3,python3-venv,ca-certificates bookworm)
 
 log() { printf 'image: %s\n' "$*" >&2; }
 
+mb() { awk -v bytes="$1" 'BEGIN { printf "%.1f MB", bytes / 1e6 }'; }
+
 podman_() { podman --runtime runc "$@"; }
 
 ensure_tools() {
@@ -77,12 +79,12 @@ report_size() {
     local base=$1 total base_size
     total=$(podman_ image inspect --format '{{.Size}}' "$IMAGE")
     base_size=$(podman_ image inspect --format '{{.Size}}' "$base")
-    log "$IMAGE: $((total / 1000000)) MB; base $base: $((base_size / 1000000)) MB;" \
-        "credfresh's layers: $(((total - base_size) / 1000000)) MB"
+    log "$IMAGE: $(mb "$total"); base $base: $(mb "$base_size");" \
+        "credfresh's layers: $(mb $((total - base_size)))"
     if podman_ image exists docker.io/library/python:3.11-slim; then
         local slim
         slim=$(podman_ image inspect --format '{{.Size}}' docker.io/library/python:3.11-slim)
-        log "on python:3.11-slim it would be about $(((slim + total - base_size) / 1000000)) MB"
+        log "on python:3.11-slim it would be about $(mb $((slim + total - base_size)))"
     else
         log "python:3.11-slim is not here (no registry): its size is not measured"
     fi
