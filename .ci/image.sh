@@ -10,6 +10,8 @@
 # or docker: then no tool is installed and no Debian base is built; BASE defaults to slim).
 # The build itself runs with --network none: everything it installs comes from the wheels.
 set -euo pipefail
+# A relative DIR is the caller's, not the repository's.
+[[ ${1:-} != context || -z ${2:-} ]] || set -- context "$(realpath -m "$2")"
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
