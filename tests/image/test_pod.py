@@ -52,7 +52,6 @@ def names() -> Iterator[list[str]]:
 def _image() -> None:
     assert image_exists(), f"{IMAGE} is not built: run `make image` first"
     with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         assert probe.connect_ex(("127.0.0.1", PORT)) != 0, f"port {PORT} is in use on the host"
 
 
