@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint types unit props torture soak bench clean
+.PHONY: demo test lint types unit props torture soak bench image image-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,16 @@ soak: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run.py
+
+# localhost/credfresh:dev from host-built wheels, on a Debian base built once with mmdebstrap
+# (podman, runc and mmdebstrap installed with apt-get if missing). BASE=python:3.11-slim
+# builds on that image instead; ENGINE=docker builds with docker.
+image: | $(BIN)/python
+	PYTHON=$(BIN)/python .ci/image.sh build
+
+# The pod pattern with real containers (tests/image, outside make test's testpaths).
+image-test: $(VENV)/.test-installed
+	$(BIN)/pytest -m image tests/image $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage .coverage.*

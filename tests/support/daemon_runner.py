@@ -23,7 +23,8 @@ class DaemonProcess:
     """A `credfresh run` subprocess whose stdout (JSON logs) goes to a file read as it grows.
 
     `launcher` replaces `python -m credfresh` (a console script, a wrapper); `argv_prefix`
-    goes before it (setpriv, a tracer).
+    goes before it (setpriv, a tracer). `command` replaces the whole argv (`podman run`, with
+    the image's own entry point and config path).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class DaemonProcess:
         preexec: Callable[[], object] | None = None,
         argv_prefix: Sequence[str] = (),
         launcher: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -45,17 +47,18 @@ class DaemonProcess:
         start = list(launcher) if launcher else [sys.executable, "-m", "credfresh"]
         self.started_at = time.time()
         self.started_mono = time.perf_counter()
+        argv = [
+            *argv_prefix,
+            *start,
+            "run",
+            "-c",
+            str(config_path),
+            "--log-format",
+            "json",
+            *extra_args,
+        ]
         self.proc = subprocess.Popen(
-            [
-                *argv_prefix,
-                *start,
-                "run",
-                "-c",
-                str(config_path),
-                "--log-format",
-                "json",
-                *extra_args,
-            ],
+            list(command) if command is not None else argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
