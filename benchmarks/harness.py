@@ -323,7 +323,7 @@ def managed_fresh(layout: Layout, names: Iterable[str]) -> tuple[int, int]:
     now = datetime.now(UTC)
     wanted = [view.managed.get(name) for name in names]
     present = [creds for creds in wanted if creds is not None]
-    return len(present), sum(1 for creds in present if creds.expiration > now)
+    return len(present), sum(1 for creds in present if creds.valid_at(now))
 
 
 def time_command(argv: Sequence[str], env: Mapping[str, str], runs: int) -> list[float]:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import Project
-from credfresh.credentials import format_time
+from credfresh.credentials import format_expiry
 from credfresh.credfile import store as credfile
 from credfresh.process.control_wire import socket_path
 from support.daemon_runner import DaemonProcess
@@ -83,7 +83,7 @@ class TestThroughTheDaemon:
         assert [m.group(1) for m in found if m] == ["app", "other"], result.stdout
         managed = credfile.read_managed(project.credentials_file, "test").managed
         assert [m.group(2) for m in found if m] == [
-            format_time(managed[name].expiration) for name in ("app", "other")
+            format_expiry(managed[name].expiration) for name in ("app", "other")
         ]
         result = run(project, "app", "--wait", "20s")
         assert result.returncode == 0, result.stderr

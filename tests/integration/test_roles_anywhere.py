@@ -123,7 +123,7 @@ class TestSource:
             anchor.project, creds.access_key_id, creds.secret_access_key, creds.session_token
         )
         assert ":assumed-role/" in arn
-        assert creds.expiration > datetime.now(UTC) + timedelta(minutes=50)
+        assert creds.valid_at(datetime.now(UTC) + timedelta(minutes=50))
 
     def test_intermediate_chain_and_traditional_key(self, anchor: Anchor) -> None:
         middle = issue("intermediate", issuer=anchor.ca, ca=True)

@@ -296,7 +296,7 @@ class TestReadManaged:
             creds.access_key_id,
             creds.secret_access_key,
             creds.session_token,
-            creds.expiration.replace(microsecond=0),
+            creds.expiration.replace(microsecond=0) if creds.expiration else None,
             creds.issued.replace(microsecond=0),
             creds.principal_arn,
         )

@@ -26,11 +26,29 @@ def creds(lifetime: float, issued: datetime = T0) -> Credentials:
     )
 
 
+def expires(c: Credentials) -> datetime:
+    """The expiry of a set that has one (every one built here but the static ones)."""
+    assert c.expiration is not None
+    return c.expiration
+
+
+def jittered(c: Credentials, before: float | None, rng: random.Random) -> datetime:
+    found = refresh.jittered_due_at(c, before, rng)
+    assert found is not None
+    return found
+
+
+def due_of(c: Credentials, before: float | None) -> datetime:
+    found = refresh.due_at(c, before)
+    assert found is not None
+    return found
+
+
 class TestDue:
     def test_window_is_refresh_before_for_long_sessions(self) -> None:
         """A one-hour session refreshes 20 minutes before expiry."""
         c = creds(3600)
-        assert refresh.due_at(c, 1200) == c.expiration - timedelta(minutes=20)
+        assert refresh.due_at(c, 1200) == expires(c) - timedelta(minutes=20)
 
     def test_window_is_half_life_for_short_sessions(self) -> None:
         """A 15-minute session refreshes at half-life, not constantly."""
@@ -54,8 +72,8 @@ class TestDue:
         """Jitter moves the run time earlier by at most 10% of the window, never later."""
         c = creds(lifetime)
         window = refresh.refresh_window(c, before)
-        when = refresh.jittered_due_at(c, before, random.Random(seed))
-        due = refresh.due_at(c, before)
+        when = jittered(c, before, random.Random(seed))
+        due = due_of(c, before)
         assert when <= due
         assert (due - when).total_seconds() <= 0.1 * window + 1e-6
 
@@ -84,7 +102,7 @@ class TestDefaultRefreshPoint:
         """Each lifetime band and each band edge gives the issue's refresh point."""
         c = creds(lifetime)
         assert refresh.refresh_window(c, None) == pytest.approx(window)
-        assert refresh.due_at(c, None) == c.expiration - timedelta(seconds=window)
+        assert refresh.due_at(c, None) == expires(c) - timedelta(seconds=window)
 
     @pytest.mark.parametrize(
         ("lifetime", "window"),
@@ -131,8 +149,8 @@ class TestDefaultRefreshPoint:
     def test_default_jitter_is_earlier_and_bounded(self, lifetime: float, seed: int) -> None:
         """Jitter is unchanged: earlier by at most 10% of the default window."""
         c = creds(lifetime)
-        when = refresh.jittered_due_at(c, None, random.Random(seed))
-        due = refresh.due_at(c, None)
+        when = jittered(c, None, random.Random(seed))
+        due = due_of(c, None)
         assert when <= due
         assert (due - when).total_seconds() <= 0.1 * refresh.refresh_window(c, None) + 1e-6
 

@@ -73,6 +73,7 @@ class TestAccept:
         """Expirations are read with or without fractional seconds."""
         for text in ("2026-11-28T13:00:00Z", "2026-11-28T13:00:00.123456Z"):
             creds, _ = accept_response(response(text), received_at=NOW, duration_seconds=3600)
+            assert creds.expiration is not None
             assert creds.expiration.replace(microsecond=0) == NOW + timedelta(hours=1)
 
     def test_past_expiry_refused(self) -> None:

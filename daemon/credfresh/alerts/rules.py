@@ -72,6 +72,7 @@ class ProfileFacts:
     role_arn: str | None = None
     expires_at: datetime | None = None
     refresh_at: datetime | None = None
+    static: bool = False  # a set that never expires is on disk: no expiry alert applies
     grace: timedelta = timedelta(0)
     #: When the profile's source itself ends (a Roles Anywhere certificate), and how long
     #: before that `source_expiring` warns; None: the source does not run out.
@@ -276,12 +277,16 @@ def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
     scheduler, a lost job, a write that never lands). A firing sts_error carries the expiry
     itself, so neither starts then; each resolves only when other credentials are on disk."""
     now, expires_at = draft.now, facts.expires_at
-    if expires_at is None:
+    if expires_at is None and not facts.static:
         return
     for old in ("expired", "expiring"):
         stale = draft.get(old, profile)
-        if stale is not None and not _same_second(stale.expires_at, expires_at):
+        if stale is not None and (
+            expires_at is None or not _same_second(stale.expires_at, expires_at)
+        ):
             draft.resolve(old, profile, "credentials refreshed", expires_at)
+    if expires_at is None:
+        return
     sts = draft.get("sts_error", profile)
     if sts is not None and sts.firing:
         return

@@ -285,6 +285,12 @@ def main(config_path: Path, profile: str, options: Options, ctx: Context) -> int
     creds = valid_credentials(
         light.credentials_file, light.owner, profile, ctx.clock, only=[profile]
     )
+    if creds.static:
+        raise ConsoleError(
+            f"profile {profile} holds long-term keys (a static copy): the console federation"
+            " endpoint takes temporary credentials only",
+            code="static_keys",
+        )
     partition = partition_of(creds.principal_arn, settings.role_arn)
     federation = federation_url(partition, ctx.environ)
     pool = connection_pool(federation, ctx.environ)

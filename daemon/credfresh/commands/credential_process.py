@@ -27,7 +27,7 @@ def valid_credentials(
     creds = credfile.read_managed(path, owner, only).managed.get(profile)
     if creds is None:
         raise NoCredentials.missing(profile, path)
-    if creds.expiration <= clock.now():
+    if creds.expiration is not None and creds.expiration <= clock.now():
         raise NoCredentials.expired(profile, format_time(creds.expiration))
     return creds
 

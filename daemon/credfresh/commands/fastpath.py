@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG: Final = "/etc/credfresh/config.yaml"
 #: A readable section: key id, secret, token, expiry, account id (None when unknown).
-Found = tuple[str, str, str, "datetime", str | None]
+Found = tuple[str, str, str, "datetime | None", str | None]  # token "", expiry None: static
 
 OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
@@ -152,14 +152,16 @@ def section_credentials(options: Mapping[str, str], owner: str | None) -> Found 
     access_key = value("aws_access_key_id")
     secret = value("aws_secret_access_key")
     token = value("aws_session_token")
-    if not (access_key and secret and token):
-        return None
+    expires = value(EXPIRES_KEY)
+    if not (access_key and secret) or token == "" or (expires is not None and token is None):
+        return None  # a static set has no expiry (a token only if its source gave one)
     try:
-        expiration = parse_time(value(EXPIRES_KEY) or "")
+        expiration = None if expires is None else parse_time(expires)
         parse_time(value(ISSUED_KEY) or "")
     except ValueError:
         return None
-    return access_key, secret, token, expiration, _account_of(value(PRINCIPAL_KEY) or "")
+    account = _account_of(value(PRINCIPAL_KEY) or "")
+    return access_key, secret, token or "", expiration, account
 
 
 def _account_of(principal_arn: str) -> str | None:
@@ -172,18 +174,22 @@ def process_json(
     access_key: str,
     secret: str,
     token: str,
-    expiration: datetime,
+    expiration: datetime | None,
     account: str | None = None,
 ) -> str:
     """The credential_process document, byte for byte what `credential-process` prints;
-    `AccountId` when the assumed role's ARN names the account (current SDKs read it)."""
+    `AccountId` when the assumed role's ARN names the account (current SDKs read it). A
+    static set has no `SessionToken` and no `Expiration` (both optional in the protocol;
+    without an expiry the SDK never calls again)."""
     document: dict[str, object] = {
         "Version": 1,
         "AccessKeyId": access_key,
         "SecretAccessKey": secret,
-        "SessionToken": token,
-        "Expiration": format_time(expiration),
     }
+    if token:
+        document["SessionToken"] = token
+    if expiration is not None:
+        document["Expiration"] = format_time(expiration)
     if account is not None:
         document["AccountId"] = account
     return json.dumps(document)
@@ -222,7 +228,9 @@ def read_process_json(
     """The JSON for `profile` from a credentials file, or None if not certain it is there."""
     data = _read_plain_file(credentials_file, euid)
     found = None if data is None else _credentials_in(data, profile, owner)
-    return None if found is None or found[3] <= now else process_json(*found)
+    if found is None or (found[3] is not None and found[3] <= now):
+        return None
+    return process_json(*found)
 
 
 def _credentials_in(data: bytes, profile: str, owner: str | None) -> Found | None:
@@ -357,7 +365,7 @@ def credential_process_from_file(credentials_file: str, profile: str, ctx: Conte
     found = _credentials_in(data, profile, None)
     if found is None:
         raise NoCredentials.missing(profile, path)
-    if found[3] <= ctx.clock.now():
+    if found[3] is not None and found[3] <= ctx.clock.now():
         raise NoCredentials.expired(profile, format_time(found[3]))
     ctx.out.write(process_json(*found) + "\n")
     return EXIT_OK

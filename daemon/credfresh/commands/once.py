@@ -71,7 +71,7 @@ def refresh_all(
         if not profile.chained or profile.source_profile is None:
             return None
         source = issued.get(profile.source_profile) or current.get(profile.source_profile)
-        if source is None or source.expiration <= clock.now():
+        if source is None or not source.valid_at(clock.now()):
             return None
         return source
 

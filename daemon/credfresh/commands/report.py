@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from credfresh.config.model import format_duration
-from credfresh.credentials import format_time
+from credfresh.credentials import NEVER, format_time
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from credfresh.sources.classify import Failure
 
 
-def refreshed_line(name: str, expiration: datetime, now: datetime) -> str:
+def refreshed_line(name: str, expiration: datetime | None, now: datetime) -> str:
+    if expiration is None or expiration == NEVER:
+        return f"refreshed {name}: static keys, never expire\n"
     left = format_duration((expiration - now).total_seconds())
     return f"refreshed {name}: expires {format_time(expiration)} (in {left})\n"
 

@@ -64,17 +64,16 @@ def status_rows(
             kind = "conflict"
         found = state.get(name)
         entry: Mapping[str, Any] = found if isinstance(found, dict) else {}
+        expires = creds.expiration if creds else None
+        due = refresh.due_at(creds, refresh_before) if creds else None
         rows.append(
             {
                 "profile": name,
                 "state": kind,
-                "expires_at": format_time(creds.expiration) if creds else None,
-                "remaining_seconds": (
-                    round((creds.expiration - now).total_seconds()) if creds else None
-                ),
-                "refresh_at": (
-                    format_time(refresh.due_at(creds, refresh_before)) if creds else None
-                ),
+                "static": creds is not None and creds.static,
+                "expires_at": format_time(expires) if expires else None,
+                "remaining_seconds": round((expires - now).total_seconds()) if expires else None,
+                "refresh_at": format_time(due) if due else None,
                 "source_expires_at": entry.get("source_expires_at"),
                 "role_arn": role_arn,
                 "last_error": entry.get("last_error_code"),
@@ -98,7 +97,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], now: datetime) -> str:
         [
             str(row["profile"]),
             str(row["state"]),
-            row["expires_at"] or "-",
+            "never" if row["static"] else row["expires_at"] or "-",
             "-" if row["remaining_seconds"] is None else format_duration(row["remaining_seconds"]),
             _refresh_cell(row.get("refresh_at"), now),
             row.get("source_expires_at") or "-",
@@ -137,9 +136,12 @@ def status(
     else:
         ctx.out.write(render_table(rows, now))
     ok = all(
-        row["remaining_seconds"] is not None
-        and row["remaining_seconds"] >= threshold
-        and row["remaining_seconds"] > 0
+        row["static"]
+        or (
+            row["remaining_seconds"] is not None
+            and row["remaining_seconds"] >= threshold
+            and row["remaining_seconds"] > 0
+        )
         for row in rows
     )
     return EXIT_OK if ok else EXIT_FAILED

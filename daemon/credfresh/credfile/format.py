@@ -205,19 +205,23 @@ def render_section(profile: str, creds: Credentials, owner: str) -> str:
     """The exact text credfresh writes for one profile (pure; ends with a newline).
 
     Raises ValueError (naming the profile and key, never a value) for a profile name that
-    would not read back as itself, or a value that is empty or spans lines.
+    would not read back as itself, or a value that is empty or spans lines. A static set has
+    no expiry key, and no `aws_session_token` unless its source gave one (long-term keys
+    do not); a set with an expiry always has a token.
     """
     _check_profile(profile)
     _check_owner(owner)
     fields = [
         ("aws_access_key_id", creds.access_key_id),
         ("aws_secret_access_key", creds.secret_access_key),
-        ("aws_session_token", creds.session_token),
-        (EXPIRES_KEY, format_time(creds.expiration)),
     ]
+    if creds.session_token or creds.expiration is not None:
+        fields.append(("aws_session_token", creds.session_token))
     account = account_id(creds.principal_arn)
     if account is not None:
-        fields.insert(3, (ACCOUNT_KEY, account))
+        fields.append((ACCOUNT_KEY, account))
+    if creds.expiration is not None:
+        fields.append((EXPIRES_KEY, format_time(creds.expiration)))
     if creds.principal_arn:
         fields.append((PRINCIPAL_KEY, creds.principal_arn))
     fields += [(OWNER_KEY, owner), (ISSUED_KEY, format_time(creds.issued))]
@@ -371,17 +375,18 @@ def _credentials_of(section: _Section) -> Credentials | None:
     access_key = section.value("aws_access_key_id")
     secret = section.value("aws_secret_access_key")
     token = section.value("aws_session_token")
-    if not (access_key and secret and token):
-        return None
+    expires = section.value(EXPIRES_KEY)
+    if not (access_key and secret) or token == "" or (expires is not None and token is None):
+        return None  # a static set has no expiry (a token only if its source gave one)
     try:
-        expiration = parse_time(section.value(EXPIRES_KEY) or "")
+        expiration = None if expires is None else parse_time(expires)
         issued = parse_time(section.value(ISSUED_KEY) or "")
     except ValueError:
         return None
     return Credentials(
         access_key_id=access_key,
         secret_access_key=secret,
-        session_token=token,
+        session_token=token or "",
         expiration=expiration,
         issued=issued,
         principal_arn=section.value(PRINCIPAL_KEY) or "",

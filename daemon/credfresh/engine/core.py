@@ -86,13 +86,16 @@ class EngineCore:
         self._dirty.set()
 
     def _schedule_next(self, name: str, now: datetime) -> None:
-        """Due profiles run now; fresh ones at their jittered due time (always earlier)."""
+        """Due profiles run now; fresh ones at their jittered due time (always earlier); a
+        static set is not rescheduled by time (`static_changed` refetches it)."""
         profile = self._config.profiles[name]
         creds = self._current.get(name)
         if creds is None or refresh.is_due(now, creds, profile.refresh_before):
             self._schedule(name, now)
-        else:
-            self._schedule(name, refresh.jittered_due_at(creds, profile.refresh_before, self._rng))
+            return
+        when = refresh.jittered_due_at(creds, profile.refresh_before, self._rng)
+        if when is not None:
+            self._schedule(name, when)
 
     def expected_run(self, name: str, now: datetime) -> datetime | None:
         """When a profile should next run: its due time, or its retry time while failing."""
@@ -166,7 +169,7 @@ class EngineCore:
         if self.alerts is not None:
             now = self.clock.now()
             for name, creds in sorted(landed.items()):
-                self.alerts.refresh_succeeded(name, now, creds.expiration)
+                self.alerts.refresh_succeeded(name, now, creds.expiration)  # None: static
             self.alerts.write_succeeded(now)
             self._update_gauges()
         self._dirty.set()
@@ -214,6 +217,7 @@ class EngineCore:
                     role_arn=profile.role_arn,
                     expires_at=disk.expiration if disk else None,
                     refresh_at=refresh.due_at(disk, profile.refresh_before) if disk else None,
+                    static=disk is not None and disk.static,
                     grace=self.alert_grace(name),
                     source_expires_at=ends.get(name),
                     source_warning=timedelta(
@@ -226,6 +230,22 @@ class EngineCore:
                 for name, profile in self._config.profiles.items()
                 for disk in [self._written.get(name)]
             }
+
+    def static_changed(self) -> list[str]:
+        """Profiles holding a static set whose source files changed since it was read (the
+        wake-up refetches them); asked of the source, which knows the files."""
+        changed = getattr(self._source, "source_changed", None)
+        if changed is None:
+            return []
+        with self._lock:
+            held = [
+                profile
+                for name, profile in self._config.profiles.items()
+                if (creds := self._current.get(name)) is not None
+                and creds.static
+                and name not in self._running
+            ]
+        return [profile.name for profile in held if changed(profile)]
 
     def recheck_sources(self) -> None:
         """Ask the source when each profile's own source runs out (a certificate, an SSO

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from credfresh.credentials import Credentials, format_time
+from credfresh.credentials import Credentials, format_expiry
 from credfresh.engine import policy as refresh
 from credfresh.engine.core import WAKEUP_INTERVAL, EngineCore
 from credfresh.engine.ondemand import Ticket
@@ -78,6 +78,10 @@ class Engine(EngineCore):
             if profile.chained and name in self._first_pass and source in self._first_pass:
                 # Waits for its source (`_wake_dependants`), or the wake-up if that fails long.
                 self._schedule(name, now + timedelta(seconds=self.wakeup_interval))
+                continue
+            held = self._current.get(name)
+            if held is not None and held.static:
+                self._schedule(name, now)  # read again: its source may have changed meanwhile
                 continue
             self._schedule_next(name, now)
         self._update_gauges()
@@ -157,7 +161,7 @@ class Engine(EngineCore):
             return None
         with self._lock:
             parent = self._current.get(profile.source_profile)
-        if parent is None or parent.expiration <= self.clock.now():
+        if parent is None or not parent.valid_at(self.clock.now()):
             return None
         return parent
 
@@ -199,13 +203,13 @@ class Engine(EngineCore):
             "refreshed",
             profile=profile.name,
             role_arn=profile.role_arn,
-            expires_at=format_time(creds.expiration),
+            expires_at=format_expiry(creds.expiration),
             took_ms=round(took * 1000),
             **({"recovered": True} if recovered else {}),
         )
         if self.metrics is not None:
             self.metrics.refresh(profile.name, "success", took)
-            self.metrics.set_expiry(profile.name, creds.expiration.timestamp())
+            self.metrics.set_expiry(profile.name, creds.expiration)  # None: static, no gauge
             self.metrics.set_last_success(profile.name, creds.issued.timestamp())
         self._schedule_next(profile.name, self.clock.now())
         self._wake_dependants(profile.name)
@@ -327,6 +331,8 @@ class Engine(EngineCore):
         """Every 30 s: beat, re-check due times, restore edited sections, report expiry."""
         self._heartbeat = self.clock.monotonic()
         now = self.clock.now()
+        for name in self.static_changed():
+            self._schedule(name, now)
         self._recheck_jobs(now)
         self._heal(now)
         self._report_expired(now)
@@ -371,7 +377,7 @@ class Engine(EngineCore):
                 if name not in self._config.profiles:
                     continue
                 newest = self._current.get(name, wrote)
-                if not same_on_disk(view.managed.get(name), wrote) and newest.expiration > now:
+                if not same_on_disk(view.managed.get(name), wrote) and newest.valid_at(now):
                     restore[name] = newest
         for name in sorted(restore):
             reason = "missing" if view.managed.get(name) is None else "changed"
@@ -388,7 +394,7 @@ class Engine(EngineCore):
                     state.state = refresh.state_of(now, creds, profile.refresh_before)
                 newly = (
                     creds is not None
-                    and creds.expiration <= now
+                    and not creds.valid_at(now)
                     and name not in self._expired_reported
                 )
                 if newly:
@@ -398,7 +404,7 @@ class Engine(EngineCore):
                     "credentials_expired",
                     profile=name,
                     role_arn=profile.role_arn,
-                    expired_at=format_time(creds.expiration),
+                    expired_at=format_expiry(creds.expiration),
                     error_code=state.last_error_code if state else None,
                 )
 
@@ -450,7 +456,7 @@ class Engine(EngineCore):
             keep = {
                 name: creds
                 for name, creds in self._current.items()
-                if name in self._config.profiles and creds.expiration > now
+                if name in self._config.profiles and creds.valid_at(now)
             }
             self._written = {}
         old_writer.submit(removals=old_names)

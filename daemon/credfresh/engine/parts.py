@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from credfresh.credentials import Credentials, format_time
+from credfresh.credentials import NEVER, Credentials, format_expiry
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -94,10 +94,13 @@ def same_on_disk(found: Credentials | None, wrote: Credentials) -> bool:
     written (to the second), not as held."""
 
     def key(c: Credentials) -> tuple[str, ...]:
-        return (c.access_key_id, c.secret_access_key, c.session_token, format_time(c.expiration))
+        return (c.access_key_id, c.secret_access_key, c.session_token, format_expiry(c.expiration))
 
     return found is not None and key(found) == key(wrote)
 
 
 def expiry(creds: Credentials | None) -> datetime | None:
-    return creds.expiration if creds is not None else None
+    """The expiry the views judge: None for nothing, `NEVER` for a static set."""
+    if creds is None:
+        return None
+    return NEVER if creds.expiration is None else creds.expiration

@@ -68,18 +68,23 @@ def sdk_windows_hit(lifetime: float, refresh_before: float | None) -> list[tuple
     return [(sdk, seconds) for sdk, seconds in sdk_windows(lifetime) if window < seconds]
 
 
-def due_at(creds: Credentials, refresh_before: float | None) -> datetime:
+def due_at(creds: Credentials, refresh_before: float | None) -> datetime | None:
+    """When these credentials are due; None for a static set, never due by time (a change
+    of its source files refetches it)."""
+    if creds.expiration is None:
+        return None
     return creds.expiration - timedelta(seconds=refresh_window(creds, refresh_before))
 
 
 def is_due(now: datetime, creds: Credentials, refresh_before: float | None) -> bool:
-    return now >= due_at(creds, refresh_before)
+    due = due_at(creds, refresh_before)
+    return due is not None and now >= due
 
 
 def state_of(now: datetime, creds: Credentials | None, refresh_before: float | None) -> State:
     if creds is None:
         return "missing"
-    if now >= creds.expiration:
+    if not creds.valid_at(now):
         return "expired"
     if is_due(now, creds, refresh_before):
         return "due"
@@ -88,8 +93,11 @@ def state_of(now: datetime, creds: Credentials | None, refresh_before: float | N
 
 def jittered_due_at(
     creds: Credentials, refresh_before: float | None, rng: random.Random | None = None
-) -> datetime:
-    """The due time moved EARLIER by up to 10% of the window, so a fleet spreads out."""
+) -> datetime | None:
+    """The due time moved EARLIER by up to 10% of the window, so a fleet spreads out; None
+    for a static set."""
+    if creds.expiration is None:
+        return None
     window = refresh_window(creds, refresh_before)
     fraction = (rng or random).uniform(0.0, JITTER_FRACTION)
     return creds.expiration - timedelta(seconds=window * (1 + fraction))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 from credfresh.config.model import CONTAINER_HOSTS, PROFILE_NAME
 from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.context import Clock, SystemClock
-from credfresh.credentials import Credentials, account_id, format_time
+from credfresh.credentials import Credentials, account_id, endpoint_unavailable, format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
     LOG_INTERVAL,
@@ -70,7 +70,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def credentials_body(creds: Credentials) -> dict[str, str]:
-    """The JSON botocore's container provider reads (`Token`, not `SessionToken`)."""
+    """The JSON botocore's container provider reads (`Token`, not `SessionToken`); only for
+    a set that `endpoint_unavailable` passes."""
+    assert creds.expiration is not None
     body = {
         "AccessKeyId": creds.access_key_id,
         "SecretAccessKey": creds.secret_access_key,
@@ -327,16 +329,15 @@ class CredentialsEndpoint:
             if not self.known(name):
                 raise _Refusal(404, "unknown profile", "unknown_profile")
             creds = self.current(name)
-            now = self.clock.now()
-            if creds is None or creds.expiration <= now:
-                reason = "missing" if creds is None else "expired"
+            reason = endpoint_unavailable(creds, self.clock.now())
+            if creds is None or reason is not None:
                 self.limited.warning(
                     f"unavailable:{reason}:{name}",
                     "container_credentials_unavailable",
                     profile=name,
                     reason=reason,
                 )
-                return Answer(503, {"error": "no valid credentials", "reason": reason})
+                return Answer(503, {"error": "no valid credentials", "reason": str(reason)})
             return Answer(200, credentials_body(creds))
         except _Refusal as refusal:
             if refusal.status != 405:

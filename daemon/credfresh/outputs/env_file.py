@@ -29,13 +29,16 @@ ENV_FILE_MODE: Final = 0o600
 
 
 def render_env(creds: Credentials, region: str | None) -> bytes:
-    """The file's bytes: one `KEY=value` a line, in a fixed order (pure)."""
+    """The file's bytes: one `KEY=value` a line, in a fixed order (pure); a static set has
+    no token or expiry line."""
     pairs = [
         ("AWS_ACCESS_KEY_ID", creds.access_key_id),
         ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key),
-        ("AWS_SESSION_TOKEN", creds.session_token),
-        ("AWS_CREDENTIAL_EXPIRATION", format_time(creds.expiration)),
     ]
+    if creds.session_token:
+        pairs.append(("AWS_SESSION_TOKEN", creds.session_token))
+    if creds.expiration is not None:
+        pairs.append(("AWS_CREDENTIAL_EXPIRATION", format_time(creds.expiration)))
     if region:
         pairs.append(("AWS_REGION", region))
     account = account_id(creds.principal_arn)

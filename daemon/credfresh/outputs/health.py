@@ -10,7 +10,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from credfresh.context import Clock, SystemClock
-from credfresh.credentials import format_time
+from credfresh.credentials import NEVER, format_time
 from credfresh.outputs.http import (
     JSON_CONTENT_TYPE,
     LOG_INTERVAL,
@@ -67,7 +67,9 @@ def readiness(
         body: dict[str, object] = {
             "profile": profile,
             "ready": problem is None,
-            "expires_at": None if expires_at is None else format_time(expires_at),
+            "expires_at": (
+                None if expires_at is None or expires_at == NEVER else format_time(expires_at)
+            ),
         }
         if problem is not None:
             body["reason"] = problem

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from credfresh.config.model import IMDS_HOSTS, OVERFLOW_UID
 from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.context import Clock, SystemClock
-from credfresh.credentials import Credentials, account_id, format_time
+from credfresh.credentials import Credentials, account_id, endpoint_unavailable, format_time
 from credfresh.outputs.http import (
     LOG_INTERVAL,
     REQUEST_TIMEOUT,
@@ -91,7 +91,9 @@ def route(path: str) -> tuple[Route, str]:
 
 
 def credentials_document(creds: Credentials) -> dict[str, str]:
-    """EC2's security-credentials answer, plus `AccountId` when the role ARN has one."""
+    """EC2's security-credentials answer, plus `AccountId` when the role ARN has one; only
+    for a set that `endpoint_unavailable` passes."""
+    assert creds.expiration is not None
     body = {
         "Code": "Success",
         "LastUpdated": format_time(creds.issued),
@@ -299,8 +301,8 @@ class ImdsEndpoint:
 
     def _credentials(self) -> Answer:
         creds = self.current(self.profile)
-        if creds is None or creds.expiration <= self.clock.now():
-            reason = "missing" if creds is None else "expired"
+        reason = endpoint_unavailable(creds, self.clock.now())
+        if creds is None or reason is not None:
             self.limited.warning(
                 f"unavailable:{reason}",
                 "imds_credentials_unavailable",

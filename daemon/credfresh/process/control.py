@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 from credfresh.config.model import format_duration
-from credfresh.credentials import Credentials
+from credfresh.credentials import NEVER, Credentials
 from credfresh.errors import CODES, CredfileError
 from credfresh.outputs.http import LOG_INTERVAL, RateLimitedLog
 from credfresh.process import control_wire as wire
@@ -71,7 +71,7 @@ def outcomes(
     for name in names:
         result = results.get(name)
         if isinstance(result, Credentials):
-            found.append(wire.Outcome(name, expires_at=result.expiration))
+            found.append(wire.Outcome(name, expires_at=result.expiration or NEVER))
         else:
             found.append(wire.Outcome(name, failure=result or timeout))
     return wire.Answer(outcomes=tuple(found))

@@ -28,7 +28,6 @@ PERMANENT_CODES: Final = ROTATION_CODES | frozenset(
         "certificate_unreadable",
         "certificate_expired",
         "copy_loop",
-        "copy_without_expiry",
         "sso_session_expired",
         "source_misconfigured",
     }
@@ -100,8 +99,6 @@ HINTS: Final[Mapping[str, str]] = {
     "certificate_not_yet_valid": "the certificate is not valid yet: check this machine's clock",
     "copy_loop": "the copied profile resolves to a section credfresh itself writes: copy the "
     "AWS profile that holds the real source (or chain a role with role_arn)",
-    "copy_without_expiry": "the source's credentials have no expiry (long-term keys): use "
-    "them as source_profile of a role instead of copying them",
     "sso_session_expired": "the SSO session has ended: run aws sso login",
     "source_misconfigured": "botocore cannot resolve the source profile: check its keys in "
     "the AWS config (aws configure list --profile NAME)",

@@ -160,7 +160,7 @@ class StsClients:
                         config=self._config(region, profile),
                         aws_access_key_id=source.access_key_id,
                         aws_secret_access_key=source.secret_access_key,
-                        aws_session_token=source.session_token,
+                        aws_session_token=source.session_token or None,
                     )
                     cached = (source.access_key_id, track_connections(chained, self._pools))
                     self._chained[key] = cached

@@ -5,6 +5,9 @@ Each fetch resolves through a new botocore Session, so botocore's in-memory cach
 back credentials it would only refresh later (its windows are not credfresh's); the disk
 caches botocore keeps for SSO stay in use. Credentials handed back unchanged are then
 simply refetched at half their remaining time (`engine.policy`'s lifetime / 2 cap).
+
+A source without an expiry (long-term keys) gives a static set: copied as it is, never due
+by time, and fetched again when the AWS files botocore read for it change (`static_watch`).
 """
 
 from __future__ import annotations
@@ -14,28 +17,32 @@ import dataclasses
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from credfresh.config.model import DEFAULT_CHAIN
-from credfresh.credentials import parse_time
+from credfresh.credentials import Credentials, parse_time
 from credfresh.credfile.format import OWNER_KEY
 from credfresh.sources.base import Issued
 from credfresh.sources.classify import Failure, SourceError, classify
 from credfresh.sources.clients import call_deadline
 from credfresh.sources.deadline import CallGuard, within_deadline
 from credfresh.sources.response import accept_response
+from credfresh.sources.static_watch import digest_of
 
 if TYPE_CHECKING:
     from credfresh.config.model import Profile, StsSettings
     from credfresh.context import Clock
-    from credfresh.credentials import Credentials
+
+Digest = tuple[tuple[str, str], ...]
 
 #: A copied credential set may live up to this long (SSO role sessions end within 12 h;
 #: instance profiles within about 6 h): longer is refused as a broken answer.
 MAX_COPY_SECONDS: Final = 36 * 3600
+ZERO: Final = timedelta(0)
 
 
 def resolved_profile(source_profile: str) -> str | None:
@@ -102,12 +109,15 @@ class CopySource:
         self._clock = clock
         self._home = home
         self._sso_caches: dict[str, Path] = {}
+        self._static: dict[str, tuple[tuple[str, ...], Digest]] = {}  # files, their digest
+        self._lock = threading.Lock()
         self._guard = CallGuard(
             2 * max(1, settings.max_concurrency), name="credfresh-copy", clock=clock
         )
 
-    def _resolve(self, profile: Profile) -> tuple[Any, datetime | None]:
-        """The frozen credentials and their expiry, through a new botocore Session."""
+    def _resolve(self, profile: Profile) -> tuple[Any, datetime | None, Digest | None]:
+        """The frozen credentials, their expiry and (for a static set) the digest of the AWS
+        files read, through a new botocore Session."""
         import botocore.session
         from botocore.exceptions import BotoCoreError, ProfileNotFound
 
@@ -117,6 +127,8 @@ class CopySource:
         if self._credentials_file:
             session.set_config_variable("credentials_file", self._credentials_file)
         self._remember_sso_cache(profile.name, session)
+        files = self._files_of(session)
+        before = digest_of(files, self._home)  # taken first: a later edit still differs
         try:
             credentials = session.get_credentials()
             frozen = credentials.get_frozen_credentials() if credentials is not None else None
@@ -142,7 +154,27 @@ class CopySource:
                 classify("copy_loop", "the source resolves to a section credfresh writes"),
                 profile.name,
             )
-        return frozen, expiry_of(credentials)
+        expiry = expiry_of(credentials)
+        with self._lock:
+            if expiry is None:
+                self._static[profile.name] = (files, before)
+            else:
+                self._static.pop(profile.name, None)
+        return frozen, expiry, before if expiry is None else None
+
+    def _files_of(self, session: Any) -> tuple[str, ...]:
+        """The AWS config and shared credentials files this session reads."""
+        found = (session.get_config_variable(v) for v in ("config_file", "credentials_file"))
+        return tuple(value for value in found if isinstance(value, str) and value)
+
+    def source_changed(self, profile: Profile) -> bool:
+        """Whether the AWS files a static copy was read from hold something else now."""
+        with self._lock:
+            known = self._static.get(profile.name)
+        if known is None:
+            return False
+        files, digest = known
+        return digest_of(files, self._home) != digest
 
     def _remember_sso_cache(self, profile: str, session: Any) -> None:
         if self._home is None:
@@ -168,10 +200,12 @@ class CopySource:
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         deadline = call_deadline(self._settings)
         resolve = functools.partial(self._resolve, profile)
-        frozen, expiry = within_deadline(self._guard, resolve, deadline, profile.name)
-        if expiry is None or not frozen.token:
+        frozen, expiry, _ = within_deadline(self._guard, resolve, deadline, profile.name)
+        if expiry is None:
+            return Issued(credentials=static_credentials(frozen, self._clock.now()), skew=ZERO)
+        if not frozen.token:
             raise SourceError(
-                classify("copy_without_expiry", "the source's credentials do not expire"),
+                classify("invalid_response", "the source's credentials expire but have no token"),
                 profile.name,
             )
         response = {
@@ -189,6 +223,17 @@ class CopySource:
         except SourceError as exc:
             raise SourceError(exc.failure, profile.name) from None
         return Issued(credentials=credentials, skew=skew)
+
+
+def static_credentials(frozen: Any, now: datetime) -> Credentials:
+    """A set without an expiry as botocore froze it (long-term keys: no token either)."""
+    return Credentials(
+        access_key_id=frozen.access_key,
+        secret_access_key=frozen.secret_key,
+        session_token=frozen.token or "",
+        expiration=None,
+        issued=now,
+    )
 
 
 def _failure_of(exc: Exception) -> Failure:

@@ -45,6 +45,12 @@ class SourceSet:
         expiry = getattr(source, "source_expiry", None)
         return expiry(profile) if expiry is not None else None
 
+    def source_changed(self, profile: Profile) -> bool:
+        """A static copy's AWS files changed since it was read (the wake-up refetches it)."""
+        source = self.built(profile.kind)
+        changed = getattr(source, "source_changed", None)
+        return bool(changed(profile)) if changed is not None else False
+
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         kind = "assume_role" if profile.kind == "web_identity" else profile.kind
         return self.source_for(kind).fetch(profile, parent)
