@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from credfresh.cli import main
@@ -98,6 +99,44 @@ class TestReaderMatchesCredfile:
                 creds.expiration,
                 account_id(creds.principal_arn),
             )
+
+    @PROPS
+    @given(credentials_files(), st.data())
+    def test_rendered_sections_of_each_kind(self, model: FileModel, data: st.DataObject) -> None:
+        """Sections credfresh renders (temporary; static with or without a token), whole or
+        with a key dropped, read the same on both paths next to generated ones."""
+        kind = data.draw(st.sampled_from(["temporary", "static", "static-token"]))
+        base = make_creds(data.draw(st.integers(0, 99)), principal=data.draw(st.booleans()))
+        creds = dataclasses.replace(
+            base,
+            session_token="" if kind == "static" else base.session_token,
+            expiration=base.expiration if kind == "temporary" else None,
+        )
+        name = data.draw(st.sampled_from(["rendered", *model.managed]))
+        merged = credfile.merge(model.text, OWNER, {name: creds})
+        assume(not merged.conflicts)
+        text = merged.text
+        drop = data.draw(st.sampled_from(["", "aws_session_token", "x_security", "x_credfresh_i"]))
+        for line in credfile.render_section(name, creds, OWNER).splitlines(keepends=True):
+            if drop and line.startswith(drop):
+                text = text.replace(line, "", 1)
+        view = credfile.view_of(text, OWNER, [name])
+        held = view.managed.get(name)
+        options = fastpath.section_options(fastpath.split_lines(text), name)
+        found = None if options is None else fastpath.section_credentials(options, OWNER)
+        if held is None:
+            assert found is None
+            return
+        assert found == (
+            held.access_key_id,
+            held.secret_access_key,
+            held.session_token,
+            held.expiration,
+            account_id(held.principal_arn),
+        )
+        if not drop:
+            assert held.session_token == creds.session_token
+            assert held.static == creds.static
 
     @PROPS
     @given(st.sampled_from(PARSER_FRAGMENTS))

@@ -281,9 +281,7 @@ def _expiry_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
         return
     for old in ("expired", "expiring"):
         stale = draft.get(old, profile)
-        if stale is not None and (
-            expires_at is None or not _same_second(stale.expires_at, expires_at)
-        ):
+        if stale is not None and not _same_second(stale.expires_at, expires_at):
             draft.resolve(old, profile, "credentials refreshed", expires_at)
     if expires_at is None:
         return
@@ -344,9 +342,9 @@ def _source_rules(draft: _Draft, profile: str, facts: ProfileFacts) -> None:
     )
 
 
-def _same_second(a: datetime | None, b: datetime) -> bool:
+def _same_second(a: datetime | None, b: datetime | None) -> bool:
     """The file keeps times to the second: a restart reads back what was held finer."""
-    return a is not None and abs(a - b) < timedelta(seconds=1)
+    return a is not None and b is not None and abs(a - b) < timedelta(seconds=1)
 
 
 def _expiry_message(kind: Kind, expires_at: datetime, now: datetime) -> str:
