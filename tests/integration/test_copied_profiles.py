@@ -1,12 +1,16 @@
 """Copied profiles end to end: a credential_process source and the default chain (a container
 credentials endpoint, as Pod Identity serves), each copied by `credfresh run` into the file
-and used for a real GetCallerIdentity; and the loop and no-expiry refusals."""
+and used for a real GetCallerIdentity; long-term keys copied as a static set that follows a
+rotation of the source key; and the loop refusal."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,13 +19,17 @@ from typing import Any
 import boto3
 import pytest
 
+import conftest
 from conftest import Project
 from credfresh.config.model import Profile, StsSettings
 from credfresh.context import SystemClock
 from credfresh.credfile import store as credfile
+from credfresh.devsts.service import DevSTS
+from credfresh.devsts.walkthrough import SETUP_ACCESS_KEY_ID, SETUP_SECRET
 from credfresh.sources.classify import SourceError
 from credfresh.sources.copy import CopySource, is_credfresh_section
 from support.daemon_runner import DaemonProcess, env_with
+from support.waiting import wait_until
 
 PROCESS = """\
 import json, sys
@@ -60,9 +68,19 @@ def caller(project: Project, section: Any) -> str:
         region_name="us-east-1",
         aws_access_key_id=section.access_key_id,
         aws_secret_access_key=section.secret_access_key,
-        aws_session_token=section.session_token,
+        aws_session_token=section.session_token or None,
     )
     return str(client.get_caller_identity()["Arn"])
+
+
+CONSUMER = """\
+import sys
+import boto3
+session = boto3.session.Session(profile_name=sys.argv[1])
+client = session.client("sts", endpoint_url=sys.argv[2], region_name="us-east-1")
+frozen = session.get_credentials().get_frozen_credentials()
+print(client.get_caller_identity()["Arn"], frozen.token is None)
+"""
 
 
 @pytest.fixture
@@ -158,15 +176,31 @@ class TestSource:
         assert first.session_token
         assert "from-process" in caller(project, first)
 
-    def test_static_keys_are_refused_and_loops_detected(self, project: Project) -> None:
+    def test_static_keys_are_copied_and_watched(self, project: Project) -> None:
+        """Long-term keys give a static set; only an edit of the user's sections (not of
+        credfresh's own) counts as a change; a credfresh section is a loop."""
         source = copier(project)
-        with pytest.raises(SourceError) as refused:
-            source.fetch(copy_profile("copied", "base"))
-        assert refused.value.failure.code == "copy_without_expiry"
-        assert not is_credfresh_section(str(project.credentials_file), "base")
+        profile = copy_profile("copied", "base")
+        creds = source.fetch(profile).credentials
+        assert creds.static
+        assert (creds.access_key_id, creds.session_token) == (
+            project.walkthrough.access_key_id,
+            "",
+        )
+        assert not source.source_changed(profile)
         with project.credentials_file.open("a") as handle:
-            handle.write("[mine]\naws_access_key_id = A\nx_credfresh_owner = test\n")
+            handle.write(
+                "\n[mine]\naws_access_key_id = A\naws_secret_access_key = B\n"
+                "x_credfresh_owner = test\n"
+            )
+        assert not source.source_changed(profile)
         assert is_credfresh_section(str(project.credentials_file), "mine")
+        assert not is_credfresh_section(str(project.credentials_file), "base")
+        Path(project.env["AWS_CONFIG_FILE"]).write_text("[profile other]\nregion = eu-west-1\n")
+        assert source.source_changed(profile)
+        with pytest.raises(SourceError) as refused:
+            source.fetch(copy_profile("copied", "mine"))
+        assert refused.value.failure.code == "copy_loop"
 
     def test_missing_profile(self, project: Project) -> None:
         source = copier(project)
@@ -208,3 +242,101 @@ class TestDaemon:
         assert "pod-" in caller(project, view["from-chain"])
         assert "chained" in caller(project, view["on-top"])
         assert container_endpoint.calls >= 1
+
+
+class TestStaticCopy:
+    def test_static_keys_follow_the_source_without_a_restart(
+        self, project: Project, sts: DevSTS, tmp_path: Path
+    ) -> None:
+        """A copy of an AWS profile holding an IAM user's long-term key: its section has the
+        keys only and works for GetCallerIdentity; credential-process prints no SessionToken
+        or Expiration and a real boto3 credential_process consumer uses it; the container
+        endpoint refuses it; after the key is rotated in the AWS file the copy follows."""
+        original = sts.walkthrough
+        own = sts.setup_walkthrough(prefix="static-copy")
+        sts.walkthrough = original
+        conftest.SECRETS[own.secret_access_key] = "the static source secret"
+        iam = boto3.client(
+            "iam",
+            endpoint_url=sts.upstream_url,
+            region_name="us-east-1",
+            aws_access_key_id=SETUP_ACCESS_KEY_ID,
+            aws_secret_access_key=SETUP_SECRET,
+        )
+        keys = f"[keys]\naws_access_key_id = {own.access_key_id}\n"
+        keys += f"aws_secret_access_key = {own.secret_access_key}\n"
+        with project.credentials_file.open("a") as handle:
+            handle.write("\n" + keys)
+        token = tmp_path / "endpoint-token"
+        token.write_text("s3cr3t-endpoint-token-for-tests")
+        token.chmod(0o600)
+        project.document["container_credentials"] = {
+            "listen": "127.0.0.1:0",
+            "token_file": str(token),
+        }
+        project.document["profiles"] = {"copy": {"source_profile": "keys"}}
+        project.write_config()
+        config = str(project.config_path)
+        command = f"{sys.executable} -m credfresh credential-process copy -c {config}"
+        Path(project.env["AWS_CONFIG_FILE"]).write_text(
+            f"[profile consumer]\ncredential_process = {command}\n"
+        )
+        env = env_with(project.env, CREDFRESH_WAKEUP_INTERVAL="1")
+        with DaemonProcess(project.config_path, env, tmp_path / "daemon.log") as proc:
+            proc.wait_event("ready", 30)
+            section = credfile.read_managed(project.credentials_file, "test").managed["copy"]
+            assert section.static
+            assert section.access_key_id == own.access_key_id
+            assert caller(project, section) == own.user_arn
+            text = project.credentials_file.read_text()
+            copied = text[text.index("[copy]") :]
+            assert "aws_session_token" not in copied
+            assert "x_security_token_expires" not in copied
+            printed = subprocess.run(
+                [sys.executable, "-m", "credfresh", "credential-process", "copy", "-c", config],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert sorted(json.loads(printed)) == ["AccessKeyId", "SecretAccessKey", "Version"]
+            script = tmp_path / "consumer.py"
+            script.write_text(CONSUMER)
+            used = subprocess.run(
+                [sys.executable, str(script), "consumer", project.sts.url],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            assert used == [own.user_arn, "True"]
+            port = proc.named("endpoint_listening")[0]["port"]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/credentials/copy",
+                headers={"Authorization": "s3cr3t-endpoint-token-for-tests"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 503
+            assert json.loads(refused.value.read())["reason"] == "static_keys"
+
+            new_key = iam.create_access_key(UserName=own.user_name)["AccessKey"]
+            conftest.SECRETS[new_key["SecretAccessKey"]] = "the rotated static secret"
+            iam.delete_access_key(UserName=own.user_name, AccessKeyId=own.access_key_id)
+            text = project.credentials_file.read_text()
+            rotated = keys.replace(own.access_key_id, new_key["AccessKeyId"]).replace(
+                own.secret_access_key, new_key["SecretAccessKey"]
+            )
+            project.credentials_file.write_text(text.replace(keys, rotated))
+
+            def followed() -> bool:
+                view = credfile.read_managed(project.credentials_file, "test").managed
+                return bool(view["copy"].access_key_id == new_key["AccessKeyId"])
+
+            wait_until(followed, 15, "the copy holds the rotated key")
+            section = credfile.read_managed(project.credentials_file, "test").managed["copy"]
+            assert caller(project, section) == own.user_arn
+            refreshed = proc.named("refreshed")
+            assert [e["expires_at"] for e in refreshed] == ["never", "never"]
+            assert not [e for e in proc.events() if "expir" in str(e.get("event"))]
+            assert proc.stop() == 0
