@@ -15,7 +15,7 @@ import structlog
 from conftest import Project
 from credfresh.config.model import Config, Profile
 from credfresh.config.validate import load_config
-from credfresh.credentials import Credentials
+from credfresh.credentials import NEVER, Credentials
 from credfresh.credfile.format import FileView
 from credfresh.credfile.store import WriteResult
 from credfresh.engine import policy
@@ -374,3 +374,49 @@ class TestRefreshNow:
         rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
         thread.join(10.0)
         assert got["a"].code == "unknown_profile"
+
+
+class StaticSource(FakeSource):
+    """Issues static sets (no token, no expiry) and says when their files changed."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.changed: set[str] = set()
+
+    def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
+        self.calls.append((profile.name, None))
+        self.changed.discard(profile.name)
+        key = f"AKIA{profile.name.upper():0<12}{len(self.calls):04d}"
+        return Issued(Credentials(key, "s", "", None, self.clock.now()), timedelta(0))
+
+    def source_changed(self, profile: Profile) -> bool:
+        return profile.name in self.changed
+
+
+def test_static_set_is_not_rescheduled_and_follows_its_files(make: Any) -> None:
+    """A static set is fetched once, never due by time, never expired; a change of its
+    files (the wake-up asks the source) fetches it again; a restart reads it again."""
+    rig = make(a={})
+    rig.source = StaticSource(rig.clock)
+    rig.engine._source = rig.source
+    rig.engine.start({})
+    assert rig.step() == ["a"]
+    assert rig.store.sections["a"].static
+    assert rig.scheduler.next_run("a") is None
+    rig.clock.at = T0 + timedelta(days=400)
+    rig.engine.wakeup()
+    assert rig.step() == []
+    snap = rig.engine.snapshot()
+    assert snap.on_disk["a"] == NEVER
+    assert snap.states["a"].state == "fresh"
+    rig.source.changed.add("a")
+    rig.engine.wakeup()
+    assert rig.step() == ["a"]
+    assert rig.store.sections["a"].access_key_id.endswith("0002")
+    rig.engine.stop(grace=1.0)
+    again = make(a={})
+    again.source = StaticSource(again.clock)
+    again.engine._source = again.source
+    again.store.sections["a"] = rig.store.sections["a"]
+    again.engine.start({})
+    assert again.step() == ["a"]
