@@ -29,8 +29,9 @@ CODES: Final = {
     "federation_invalid": "the federation endpoint's answer was not a sign-in token",
     "proxy_plain_http": "credentials go through a proxy over https only",
     "proxy_invalid": "HTTPS_PROXY or HTTP_PROXY must be an http(s) URL",
-    "static_keys": "the profile holds long-term keys (a static copy): the console takes "
-    "temporary credentials only; use a role chained on it",
+    "static_keys": "the profile holds long-term keys (a static copy): the console and the "
+    "container endpoint (which exec serves through) take temporary credentials only; use a "
+    "role chained on it",
     "sink_failed": "the alert_failed event says why the delivery failed",
     "no_daemon": "no daemon runs for this config: start it, or refresh without one with "
     "`credfresh once --force`",

@@ -16,7 +16,7 @@ from credfresh.commands import exec_rules as rules
 from credfresh.commands.exec import shared_file_for
 from credfresh.config.model import Config
 from credfresh.config.validate import build_config
-from credfresh.credentials import Credentials
+from credfresh.credentials import NEVER, Credentials
 from credfresh.credfile.memory import MemoryStore
 from credfresh.engine.state import ProfileState
 
@@ -249,3 +249,12 @@ class TestSharedFileOnDisk:
         assert shared_file_for(environ, tmp_path, config) == os.devnull
         ours.unlink()
         assert shared_file_for(environ, tmp_path, config) == os.devnull
+
+
+def test_a_served_static_copy_is_refused() -> None:
+    """The container endpoint does not serve a static copy, so exec would start a child that
+    only fails; a static copy that is only a chained role's source is fine."""
+    later = T0 + timedelta(hours=1)
+    held = {"copy": NEVER, "role": later}
+    assert rules.start_verdict(["copy", "role"], held, {}, T0, ["role"]) == ("ready", [])
+    assert rules.start_verdict(["copy"], held, {}, T0, ["copy"]) == ("static_keys", ["copy"])

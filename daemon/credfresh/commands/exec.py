@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from credfresh.commands import exec_rules as rules
-from credfresh.errors import EXIT_FAILED, ConfigError, CredfreshError, UsageError
+from credfresh.errors import CODES, EXIT_FAILED, ConfigError, CredfreshError, UsageError
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -204,10 +204,18 @@ def _wait_ready(engine: Engine, run: Run, ctx: Context, log: BoundLogger) -> int
     deadline = ctx.clock.monotonic() + run.timeout
     while True:
         snap = engine.snapshot()
-        verdict, which = rules.start_verdict(names, snap.on_disk, snap.states, ctx.clock.now())
+        verdict, which = rules.start_verdict(
+            names, snap.on_disk, snap.states, ctx.clock.now(), run.chosen
+        )
         if verdict == "ready":
             return None
         timed_out = ctx.clock.monotonic() >= deadline
+        if verdict == "static_keys":
+            log.error("exec_start_failed", profiles=which, reason=verdict)
+            for name in which:
+                ctx.err.write(f"credfresh: exec: {name}: {CODES['static_keys']}\n")
+            ctx.err.write("credfresh: exec: the command was not run\n")
+            return EXIT_FAILED
         if verdict == "failed" or timed_out:
             reason = "permanent_error" if verdict == "failed" else "start_timeout"
             log.error("exec_start_failed", profiles=which, reason=reason)

@@ -11,6 +11,8 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar
 
+from credfresh.credentials import NEVER
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -45,7 +47,7 @@ FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 SI_KERNEL: Final = 0x80
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]", re.ASCII)
 
-Verdict = Literal["ready", "failed", "waiting"]
+Verdict = Literal["ready", "failed", "static_keys", "waiting"]
 
 
 class Linked(Protocol):
@@ -103,9 +105,15 @@ def start_verdict(
     held: Mapping[str, datetime | None],
     states: Mapping[str, ProfileState],
     now: datetime,
+    served: Sequence[str] = (),
 ) -> tuple[Verdict, list[str]]:
     """`ready` once every profile holds valid credentials; `failed` (with the names) when one
-    without them failed permanently (the child would only fail); else `waiting`."""
+    without them failed permanently (the child would only fail); `static_keys` when a
+    `served` one holds a static copy (the container endpoint does not serve it); else
+    `waiting`."""
+    static = [n for n in served if held.get(n) == NEVER]
+    if static:
+        return "static_keys", static
     missing = [n for n in profiles if (expires := held.get(n)) is None or expires <= now]
     if not missing:
         return "ready", []
