@@ -385,6 +385,8 @@ class StaticSource(FakeSource):
 
     def fetch(self, profile: Profile, parent: Credentials | None = None) -> Issued:
         self.calls.append((profile.name, None))
+        if code := self.fail.get(profile.name):
+            raise SourceError(classify(code, "injected"))
         self.changed.discard(profile.name)
         key = f"AKIA{profile.name.upper():0<12}{len(self.calls):04d}"
         return Issued(Credentials(key, "s", "", None, self.clock.now()), timedelta(0))
@@ -413,6 +415,16 @@ def test_static_set_is_not_rescheduled_and_follows_its_files(make: Any) -> None:
     rig.engine.wakeup()
     assert rig.step() == ["a"]
     assert rig.store.sections["a"].access_key_id.endswith("0002")
+    rig.source.fail["a"] = "source_misconfigured"
+    rig.source.changed.add("a")
+    rig.engine.wakeup()
+    rig.step()
+    retry = rig.scheduler.next_run("a")
+    assert retry is not None
+    assert retry > rig.clock.at
+    rig.engine.wakeup()
+    assert rig.scheduler.next_run("a") == retry, "a failing copy keeps its backoff"
+    assert rig.store.sections["a"].access_key_id.endswith("0002"), "the last good set stays"
     rig.engine.stop(grace=1.0)
     again = make(a={})
     again.source = StaticSource(again.clock)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from credfresh.alerts.records import AlertState
 from credfresh.alerts.rules import Policy, ProfileFacts, on_tick
 from credfresh.commands import fastpath
+from credfresh.commands.refresh import render
 from credfresh.commands.report import refreshed_line
 from credfresh.commands.status import status_rows
 from credfresh.credentials import NEVER, Credentials, endpoint_unavailable, format_expiry
@@ -16,6 +17,8 @@ from credfresh.engine import policy as refresh
 from credfresh.engine.parts import expiry, same_on_disk
 from credfresh.outputs.env_file import render_env
 from credfresh.outputs.health import readiness
+from credfresh.process import control_wire as wire
+from credfresh.process.control import outcomes
 from credfresh.sources.static_watch import ABSENT, files_digest, text_digest
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -137,6 +140,13 @@ class TestOutputs:
         assert (rows[0]["expires_at"], rows[0]["refresh_at"]) == (None, None)
         assert "never expire" in refreshed_line("copy", None, T0)
         assert "never expire" in refreshed_line("copy", NEVER, T0)
+
+    def test_refresh_answer_says_never(self) -> None:
+        """`credfresh refresh` hears NEVER over the control socket and prints `never`."""
+        answer = outcomes(["copy"], {"copy": static()}, 5.0)
+        back = wire.parse_answer(wire.format_answer(answer))
+        out, err, status = render(back, T0)
+        assert (out, err, status) == ("refreshed copy: static keys, never expire\n", "", 0)
 
 
 class TestAlerts:

@@ -233,7 +233,8 @@ class EngineCore:
 
     def static_changed(self) -> list[str]:
         """Profiles holding a static set whose source files changed since it was read (the
-        wake-up refetches them); asked of the source, which knows the files."""
+        wake-up refetches them); asked of the source, which knows the files. A failing one
+        is left to its retry schedule (its backoff)."""
         changed = getattr(self._source, "source_changed", None)
         if changed is None:
             return []
@@ -244,6 +245,7 @@ class EngineCore:
                 if (creds := self._current.get(name)) is not None
                 and creds.static
                 and name not in self._running
+                and not (self._states.get(name) or ProfileState()).consecutive_failures
             ]
         return [profile.name for profile in held if changed(profile)]
 
