@@ -251,7 +251,8 @@ class TestStaticCopy:
         """A copy of an AWS profile holding an IAM user's long-term key: its section has the
         keys only and works for GetCallerIdentity; credential-process prints no SessionToken
         or Expiration and a real boto3 credential_process consumer uses it; the container
-        endpoint refuses it; after the key is rotated in the AWS file the copy follows."""
+        endpoint refuses it; /readyz counts it ready; after the key is rotated in the AWS
+        file the copy follows."""
         original = sts.walkthrough
         own = sts.setup_walkthrough(prefix="static-copy")
         sts.walkthrough = original
@@ -274,6 +275,7 @@ class TestStaticCopy:
             "listen": "127.0.0.1:0",
             "token_file": str(token),
         }
+        project.document["http"] = {"listen": "127.0.0.1:0"}
         project.document["profiles"] = {"copy": {"source_profile": "keys"}}
         project.write_config()
         config = str(project.config_path)
@@ -310,6 +312,15 @@ class TestStaticCopy:
                 check=True,
             ).stdout.split()
             assert used == [own.user_arn, "True"]
+            health = proc.named("http_listening")[0]["port"]
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{health}/readyz?profile=copy", timeout=10
+            ) as ready:
+                assert json.loads(ready.read()) == {
+                    "profile": "copy",
+                    "ready": True,
+                    "expires_at": None,
+                }
             port = proc.named("endpoint_listening")[0]["port"]
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/credentials/copy",
