@@ -76,6 +76,7 @@ image: | $(BIN)/python
 	PYTHON=$(BIN)/python .ci/image.sh build
 
 # The pod pattern with real containers (tests/image, outside make test's testpaths).
+# ENGINE=docker runs it with docker.
 image-test: $(VENV)/.test-installed
 	$(BIN)/pytest -m image tests/image $(PYTEST_ARGS)
 

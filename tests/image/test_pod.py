@@ -27,7 +27,18 @@ import yaml
 from conftest import Project
 from support import TESTS_DIR
 from support.daemon_runner import DaemonProcess
-from support.podman import IMAGE, UID, ConfigMapDir, image_exists, podman, run_argv, volume
+from support.engine import (
+    IMAGE,
+    UID,
+    ConfigMapDir,
+    engine,
+    healthcheck,
+    image_exists,
+    remove,
+    run_argv,
+    tmpfs,
+    volume,
+)
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.image
@@ -35,7 +46,7 @@ pytestmark = pytest.mark.image
 LIFETIME = 10  # seconds each issued credential lives: a refresh about every 5 s
 CYCLES = 3
 PORT = 9464  # the port the image's HEALTHCHECK asks
-GRACE = 10  # podman stop's grace period (seconds) before SIGKILL
+GRACE = 10  # `stop`'s grace period (seconds) before SIGKILL
 TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
 
 
@@ -45,7 +56,7 @@ def names() -> Iterator[list[str]]:
     started: list[str] = []
     yield started
     for name in started:
-        podman("rm", "--force", "--ignore", "--time", "0", name)
+        remove(name)
 
 
 @pytest.fixture(autouse=True)
@@ -101,9 +112,9 @@ def app_lines(app: DaemonProcess) -> list[dict[str, Any]]:
 
 
 def stop(name: str, proc: DaemonProcess) -> tuple[int, float]:
-    """`podman stop` with the grace period; the container's exit code and the seconds taken."""
+    """`stop` with the grace period; the container's exit code and the seconds taken."""
     started = time.monotonic()
-    done = podman("stop", "--time", str(GRACE), name, timeout=GRACE + 30)
+    done = engine("stop", "--time", str(GRACE), name, timeout=GRACE + 30)
     assert done.returncode == 0, done.stderr
     code = proc.proc.wait(timeout=30)
     return code, time.monotonic() - started
@@ -133,7 +144,7 @@ def test_pod_pattern(
     request: pytest.FixtureRequest,
 ) -> None:
     """Ready only with credentials on disk, healthy, zero app errors over three refresh cycles,
-    a ConfigMap swap adds a profile without a restart, and `podman stop` exits 0 in time."""
+    a ConfigMap swap adds a profile without a restart, and `stop` exits 0 in time."""
     sts = project.sts
     sts.proxy.lifetime = LIFETIME
     credentials = layout["aws"] / "credentials"
@@ -155,8 +166,7 @@ def test_pod_pattern(
             *volume(layout["config"], "/etc/credfresh", read_only=True),
             *volume(layout["aws"], "/home/credfresh/.aws"),
             *volume(layout["token"], TOKEN_DIR, read_only=True),
-            "--mount",
-            "type=tmpfs,destination=/var/lib/credfresh,tmpfs-mode=0700,chown=true",
+            *tmpfs("/var/lib/credfresh"),
         ),
     )
     stack.enter_context(proc)
@@ -166,7 +176,7 @@ def test_pod_pattern(
     sts.proxy.remove_fault(held)
     wait_until(lambda: readyz() == 200, 30, "/readyz 200")
     assert "app" in sections(credentials), "ready before the credentials were in the volume"
-    health = podman("healthcheck", "run", sidecar)
+    health = healthcheck(sidecar)
     assert health.returncode == 0, health.stdout + health.stderr
 
     app_name = f"app-{uuid.uuid4().hex[:8]}"
@@ -222,5 +232,5 @@ def test_pod_pattern(
 
     code, took = stop(sidecar, proc)
     assert code == 0
-    assert took < GRACE, f"podman stop took {took:.1f} s: SIGKILL after the grace period"
+    assert took < GRACE, f"stop took {took:.1f} s: SIGKILL after the grace period"
     assert [e.get("clean") for e in proc.named("stopped")] == [True]

@@ -40,6 +40,7 @@ from credfresh.config.model import AlertSettings
 from credfresh.observe.logs import Redactor
 from support import examples
 from support.daemon_runner import DaemonProcess, env_with
+from support.recording import RecordingLogger
 from support.waiting import wait_until
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -496,28 +497,6 @@ class TestProperties:
 # The manager with real sinks ----------------------------------------------------------------
 
 
-class Recorder:
-    """A structlog-like logger that keeps (level, event, fields) for assertions."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-
-    def _add(self, level: str, event: str, kw: dict[str, Any]) -> None:
-        with self._lock:
-            self.lines.append((level, event, kw))
-
-    def info(self, event: str, **kw: Any) -> None:
-        self._add("info", event, kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._add("warning", event, kw)
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [kw for _, name, kw in self.lines if name == event]
-
-
 class Receiver:
     """A loopback HTTP server that records requests and answers with queued statuses."""
 
@@ -631,7 +610,7 @@ class TestAlertManager:
             command=(sys.executable, str(dump_script(tmp_path)), str(out)),
             command_timeout=10,
         )
-        log = Recorder()
+        log = RecordingLogger()
         manager = AlertManager(
             settings_, redactor=Redactor(), logger=log, host="web-1", environ=base_env()
         )
@@ -653,7 +632,7 @@ class TestAlertManager:
 
     def test_observations_never_wait_for_stuck_sinks(self, silent: str) -> None:
         """With a webhook that never answers and a command that sleeps, calls return at once."""
-        log = Recorder()
+        log = RecordingLogger()
         sinks: list[Sink] = [
             WebhookSink(silent, environ={}, timeout=1.0),
             CommandSink(
@@ -725,7 +704,7 @@ class TestAlertManager:
         manager = AlertManager(
             AlertSettings(webhook_url=f"{receiver.url}/hook"),
             redactor=redactor,
-            logger=Recorder(),
+            logger=RecordingLogger(),
             host="h",
             environ={},
         )
@@ -766,7 +745,7 @@ class TestAlertManager:
             def close(self) -> None:
                 pass
 
-        log = Recorder()
+        log = RecordingLogger()
         manager = AlertManager(
             AlertSettings(),
             redactor=Redactor(),
@@ -786,7 +765,7 @@ class TestAlertManager:
 
     def test_state_round_trips_through_the_manager(self) -> None:
         """`to_dict` and `load` carry a firing alert across managers; garbage is discarded."""
-        log = Recorder()
+        log = RecordingLogger()
         first = AlertManager(AlertSettings(), redactor=Redactor(), logger=log, host="h", sinks=[])
         first.refresh_failed(
             "app", role_arn=ARN, code="AccessDenied", message="m", permanent=True, now=T0
@@ -807,7 +786,7 @@ class TestAlertManager:
 
     def test_reconfigure_swaps_sinks_only_when_they_change(self, receiver: Receiver) -> None:
         """A reload with new timings keeps the sinks; a new webhook URL gets a new sink."""
-        log = Recorder()
+        log = RecordingLogger()
         manager = AlertManager(
             AlertSettings(webhook_url=f"{receiver.url}/a"),
             redactor=Redactor(),
@@ -860,7 +839,7 @@ class TestWebhookSink:
         redactor = Redactor()
         url = "https://hooks.slack.example/services/T000/B000/XXXXsekrit?token=abc12345"
         manager = AlertManager(
-            AlertSettings(webhook_url=url), redactor=redactor, logger=Recorder(), environ={}
+            AlertSettings(webhook_url=url), redactor=redactor, logger=RecordingLogger(), environ={}
         )
         line = (
             "Retrying (...) after connection broken: /services/T000/B000/XXXXsekrit?token=abc12345"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import secrets
@@ -173,10 +174,12 @@ class RawProxy:
                         if not chunk:
                             break
                         data += chunk
-                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 except OSError:
                     pass
+                # Recorded before the answer: the client may exit, and the test look, at once.
                 self.received.append(data)
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
 
     def requests(self) -> list[dict[str, str]]:
         """Request line and Proxy-Authorization of each request received."""

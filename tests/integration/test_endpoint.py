@@ -31,6 +31,7 @@ from credfresh.outputs.container import (
     parse_listen,
 )
 from credfresh.outputs.http import MAX_HEAD_BYTES
+from support.recording import RecordingLogger
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ROLE = "arn:aws:sts::123456789012:assumed-role/app/credfresh-app"
@@ -51,25 +52,6 @@ def fake_credentials(
     SECRETS[creds.secret_access_key] = "a fake secret access key"
     SECRETS[creds.session_token] = "a fake session token"
     return creds
-
-
-class Recorder:
-    """A logger that keeps (level, event, fields) for assertions."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append(("info", event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append(("warning", event, kw))
-
-    def events(self) -> list[str]:
-        return [event for _, event, _ in self.lines]
-
-    def text(self) -> str:
-        return repr(self.lines)
 
 
 class Profiles:
@@ -108,12 +90,12 @@ def profiles() -> Profiles:
 
 
 @pytest.fixture
-def log() -> Recorder:
-    return Recorder()
+def log() -> RecordingLogger:
+    return RecordingLogger()
 
 
 def make_endpoint(
-    token_file: Path, profiles: Profiles, log: Recorder, listen: str = "127.0.0.1:0"
+    token_file: Path, profiles: Profiles, log: RecordingLogger, listen: str = "127.0.0.1:0"
 ) -> CredentialsEndpoint:
     return CredentialsEndpoint(
         listen,
@@ -129,7 +111,7 @@ def make_endpoint(
 
 @pytest.fixture
 def server(
-    token_file: Path, profiles: Profiles, log: Recorder, token: str
+    token_file: Path, profiles: Profiles, log: RecordingLogger, token: str
 ) -> Iterator[CredentialsEndpoint]:
     endpoint = make_endpoint(token_file, profiles, log)
     endpoint.start()
@@ -210,14 +192,14 @@ class TestListen:
         ],
     )
     def test_other_addresses_refused_at_construction(
-        self, listen: str, token_file: Path, profiles: Profiles, log: Recorder
+        self, listen: str, token_file: Path, profiles: Profiles, log: RecordingLogger
     ) -> None:
         """Any other bind address is a ValueError even when the schema was bypassed."""
         with pytest.raises(ValueError, match="container endpoint listen"):
             make_endpoint(token_file, profiles, log, listen)
 
     def test_link_local_address_constructs_without_binding(
-        self, token_file: Path, profiles: Profiles, log: Recorder
+        self, token_file: Path, profiles: Profiles, log: RecordingLogger
     ) -> None:
         """169.254.170.23 is accepted by validation; nothing binds until start()."""
         endpoint = make_endpoint(token_file, profiles, log, "169.254.170.23:80")
@@ -227,7 +209,7 @@ class TestListen:
         """[::1] binds an IPv6 socket and serves like IPv4."""
         if not socket.has_ipv6:
             pytest.skip("no IPv6")
-        endpoint = make_endpoint(token_file, profiles, Recorder(), "[::1]:0")
+        endpoint = make_endpoint(token_file, profiles, RecordingLogger(), "[::1]:0")
         try:
             endpoint.start()
         except OSError:
@@ -422,7 +404,7 @@ class TestAuthorization:
         assert reply.status == 400
 
     def test_token_file_change_is_picked_up(
-        self, server: CredentialsEndpoint, token: str, token_file: Path, log: Recorder
+        self, server: CredentialsEndpoint, token: str, token_file: Path, log: RecordingLogger
     ) -> None:
         """A rewritten token file takes effect on the next request: old token 401, new 200."""
         assert request(server, "/v1/credentials/app", token).status == 200
@@ -438,7 +420,12 @@ class TestAuthorization:
 
     @pytest.mark.parametrize("state", ["missing", "empty", "blank", "huge", "binary"])
     def test_unusable_token_file_refuses_everyone(
-        self, server: CredentialsEndpoint, token: str, token_file: Path, log: Recorder, state: str
+        self,
+        server: CredentialsEndpoint,
+        token: str,
+        token_file: Path,
+        log: RecordingLogger,
+        state: str,
     ) -> None:
         """A missing, empty, oversized or binary token file refuses every request, logged once."""
         if state == "missing":
@@ -459,7 +446,7 @@ class TestAuthorization:
         assert unusable[0][0] == "warning"
 
     def test_trailing_newline_is_tolerated_with_a_warning(
-        self, server: CredentialsEndpoint, token: str, token_file: Path, log: Recorder
+        self, server: CredentialsEndpoint, token: str, token_file: Path, log: RecordingLogger
     ) -> None:
         """`echo token > file` still works here, with a warning that botocore would refuse it."""
         token_file.write_text(token + "\n")
@@ -467,7 +454,7 @@ class TestAuthorization:
         assert "container_token_file_newline" in log.events()
 
     def test_refusals_are_logged_without_secrets_and_rate_limited(
-        self, server: CredentialsEndpoint, token: str, log: Recorder
+        self, server: CredentialsEndpoint, token: str, log: RecordingLogger
     ) -> None:
         """Wrong tokens log one line per interval with the reason, never the token sent."""
         wrong = secrets.token_urlsafe(32)
@@ -496,7 +483,7 @@ class TestProfiles:
         server: CredentialsEndpoint,
         token: str,
         profiles: Profiles,
-        log: Recorder,
+        log: RecordingLogger,
         case: tuple[Credentials | None, str],
     ) -> None:
         """A known profile without unexpired credentials is 503 with the reason, logged once."""
@@ -584,7 +571,7 @@ class TestProfiles:
         server: CredentialsEndpoint,
         token: str,
         profiles: Profiles,
-        log: Recorder,
+        log: RecordingLogger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """A crashing lookup answers 500, logs its type, and writes nothing to stderr."""
@@ -737,7 +724,7 @@ class TestHardening:
         assert captured.out == ""
 
     def test_stop_releases_the_port(
-        self, token_file: Path, profiles: Profiles, log: Recorder
+        self, token_file: Path, profiles: Profiles, log: RecordingLogger
     ) -> None:
         """After stop() the port accepts no connection; stop() twice is harmless."""
         endpoint = make_endpoint(token_file, profiles, log)

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import urllib3
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from credfresh.observe.metrics import Metrics
 from credfresh.outputs.health import HttpServer, liveness, readiness
+from support.recording import RecordingLogger
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 EXPIRIES: dict[str, datetime | None] = {
@@ -22,17 +22,6 @@ EXPIRIES: dict[str, datetime | None] = {
     "stale": NOW - timedelta(minutes=1),
     "none": None,
 }
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
 
 
 class App:
@@ -58,12 +47,12 @@ def app() -> App:
 
 
 @pytest.fixture
-def log() -> Recorder:
-    return Recorder()
+def log() -> RecordingLogger:
+    return RecordingLogger()
 
 
 @pytest.fixture
-def server(app: App, log: Recorder) -> Iterator[HttpServer]:
+def server(app: App, log: RecordingLogger) -> Iterator[HttpServer]:
     http = HttpServer(
         "127.0.0.1",
         0,
@@ -167,7 +156,7 @@ class TestEndpoints:
         app: App,
         server: HttpServer,
         client: urllib3.PoolManager,
-        log: Recorder,
+        log: RecordingLogger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """A crashing check answers 500, logs its type, and writes nothing to stderr."""
@@ -177,7 +166,7 @@ class TestEndpoints:
 
         server.health = broken
         assert get(client, server, "/healthz").status == 500
-        assert log.lines == [
+        assert log.pairs() == [
             ("http_handler_failed", {"path": "/healthz", "error": "RuntimeError", "suppressed": 0})
         ]
         assert capsys.readouterr().err == ""

@@ -33,6 +33,7 @@ from credfresh.outputs.imds import (
     set_hop_limit,
     token_ttl,
 )
+from support.recording import RecordingLogger
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROLE = "arn:aws:sts::123456789012:assumed-role/app/credfresh-app"
@@ -277,26 +278,12 @@ class Clock:
         return self.mono
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [kw for name, kw in self.lines if name == event]
-
-
 class Setup:
     """An endpoint decided in-process: a fake clock, a recorder, a settable current."""
 
     def __init__(self, *, allow_v1: bool = False) -> None:
         self.clock = Clock()
-        self.log = Recorder()
+        self.log = RecordingLogger()
         self.creds: Credentials | None = fake_credentials()
         self.endpoint = ImdsEndpoint(
             "127.0.0.1:0",
@@ -333,7 +320,7 @@ class TestAnswers:
         assert got.status == 200
         assert json.loads(got.body) == credentials_document(setup.creds)  # type: ignore[arg-type]
         assert not got.hop_limited
-        assert setup.log.lines == []
+        assert setup.log.pairs() == []
 
     def test_other_uids_are_refused_first_and_logged_with_the_uid_only(self, setup: Setup) -> None:
         token = setup.token()
@@ -399,7 +386,7 @@ class TestAnswers:
         token = setup.token()
         for path in ("/", "/latest/meta-data/", "/latest/meta-data/iam/info", CREDS + "other"):
             assert setup.ask("GET", path, tokens=(token,)).status == 404
-        assert setup.log.lines == []  # SDKs probe other paths: not worth a line
+        assert setup.log.pairs() == []  # SDKs probe other paths: not worth a line
 
     def test_methods(self, setup: Setup) -> None:
         token = setup.token()
@@ -519,7 +506,7 @@ class TestServed:
             "app",
             current=lambda name: creds,
             allow_uids=allowed,
-            log=Recorder(),
+            log=RecordingLogger(),
             poll_interval=0.05,
         )
         endpoint.start()
@@ -546,7 +533,7 @@ class TestServed:
             "app",
             current=lambda name: None,
             allow_uids={os.geteuid()},
-            log=Recorder(),
+            log=RecordingLogger(),
             poll_interval=0.05,
         )
         endpoint.start()

@@ -22,6 +22,7 @@ from credfresh.errors import CODES, CredfileError, UsageError
 from credfresh.process import control
 from credfresh.process import control_wire as wire
 from credfresh.sources.classify import Failure, classify
+from support.recording import RecordingLogger
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -207,19 +208,8 @@ class TestClientLines:
                 client.parse_wait(bad)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append((event, kw))
-
-
 def serve(
-    path: Path, *, euid: int, log: Recorder, results: Mapping[str, Any] | None = None
+    path: Path, *, euid: int, log: RecordingLogger, results: Mapping[str, Any] | None = None
 ) -> control.ControlServer:
     def refresh(names: Collection[str], wait: float) -> Mapping[str, Any]:
         return dict(results or {})
@@ -247,7 +237,7 @@ class TestServer:
         with socket.socket(socket.AF_UNIX) as stale:
             stale.bind(wire.unix_address(deep, directory))  # bound, never listening
         os.close(directory)
-        log = Recorder()
+        log = RecordingLogger()
         server = serve(deep, euid=os.geteuid(), log=log, results={"a": creds()})
         try:
             assert stat.S_IMODE(deep.lstat().st_mode) == 0o600
@@ -262,7 +252,7 @@ class TestServer:
 
     def test_another_uid_is_refused_and_logged(self, tmp_path: Path) -> None:
         """SO_PEERCRED: a peer whose uid is not the daemon's is refused; the log says the uid."""
-        log = Recorder()
+        log = RecordingLogger()
         path = tmp_path / "state.json.sock"
         server = serve(path, euid=os.geteuid() + 1, log=log)
         try:
@@ -270,10 +260,10 @@ class TestServer:
         finally:
             server.stop()
         assert answer.error == "control_refused"
-        assert ("control_refused", {"suppressed": 0, "uid": os.geteuid()}) in log.lines
+        assert ("control_refused", {"suppressed": 0, "uid": os.geteuid()}) in log.pairs()
 
     def test_a_bad_request_is_refused(self, tmp_path: Path) -> None:
-        log = Recorder()
+        log = RecordingLogger()
         path = tmp_path / "state.json.sock"
         server = serve(path, euid=os.geteuid(), log=log)
         try:
@@ -284,22 +274,22 @@ class TestServer:
         finally:
             server.stop()
         assert wire.parse_answer(line).error == "bad_request"
-        assert log.lines[-1][0] == "control_request_invalid"
+        assert log.pairs()[-1][0] == "control_request_invalid"
 
     def test_something_else_in_the_way_is_not_replaced(self, tmp_path: Path) -> None:
         path = tmp_path / "state.json.sock"
         path.write_text("mine")
         with pytest.raises(CredfileError, match="something else is there"):
-            serve(path, euid=os.geteuid(), log=Recorder())
+            serve(path, euid=os.geteuid(), log=RecordingLogger())
         assert path.read_text() == "mine"
 
     def test_a_socket_still_served_is_not_taken_over(self, tmp_path: Path) -> None:
         """Two configs naming one state file: the second daemon leaves the first's socket."""
         path = tmp_path / "state.json.sock"
-        first = serve(path, euid=os.geteuid(), log=Recorder(), results={"a": creds()})
+        first = serve(path, euid=os.geteuid(), log=RecordingLogger(), results={"a": creds()})
         try:
             with pytest.raises(CredfileError, match="another credfresh serves"):
-                serve(path, euid=os.geteuid(), log=Recorder())
+                serve(path, euid=os.geteuid(), log=RecordingLogger())
             answer = client.ask(path, wire.Request(("a",), 5.0), SystemClock())
             assert answer.outcomes == (wire.Outcome("a", expires_at=LATER),)
         finally:

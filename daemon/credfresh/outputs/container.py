@@ -70,8 +70,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def credentials_body(creds: Credentials) -> dict[str, str]:
-    """The JSON botocore's container provider reads (`Token`, not `SessionToken`); only for
-    a set that `endpoint_unavailable` passes."""
+    """The JSON botocore's container provider reads (`Token`, not `SessionToken`), and the
+    core of EC2's security-credentials answer (`outputs/imds.py`); `AccountId` when the role
+    ARN has one. Only for a set that `endpoint_unavailable` passes."""
     assert creds.expiration is not None
     body = {
         "AccessKeyId": creds.access_key_id,

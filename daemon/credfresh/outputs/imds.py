@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Final, Literal
 from credfresh.config.model import IMDS_HOSTS, OVERFLOW_UID
 from credfresh.config.model import parse_listen as parse_host_port
 from credfresh.context import Clock, SystemClock
-from credfresh.credentials import Credentials, account_id, endpoint_unavailable, format_time
+from credfresh.credentials import Credentials, endpoint_unavailable, format_time
+from credfresh.outputs.container import credentials_body
 from credfresh.outputs.http import (
     LOG_INTERVAL,
     REQUEST_TIMEOUT,
@@ -91,22 +92,13 @@ def route(path: str) -> tuple[Route, str]:
 
 
 def credentials_document(creds: Credentials) -> dict[str, str]:
-    """EC2's security-credentials answer, plus `AccountId` when the role ARN has one; only
-    for a set that `endpoint_unavailable` passes."""
-    assert creds.expiration is not None
-    body = {
+    """EC2's security-credentials answer: the container endpoint's fields, and three more."""
+    return {
         "Code": "Success",
         "LastUpdated": format_time(creds.issued),
         "Type": "AWS-HMAC",
-        "AccessKeyId": creds.access_key_id,
-        "SecretAccessKey": creds.secret_access_key,
-        "Token": creds.session_token,
-        "Expiration": format_time(creds.expiration),
+        **credentials_body(creds),
     }
-    account = account_id(creds.principal_arn)
-    if account is not None:
-        body["AccountId"] = account
-    return body
 
 
 def set_hop_limit(sock: socket.socket, hops: int) -> None:

@@ -1,8 +1,11 @@
-"""podman as the image tests drive it: runc, this sandbox's rlimits, the hardened run flags,
+"""The container engine as the image tests drive it (podman with runc, or docker with
+`ENGINE=docker`): this sandbox's rlimits, the hardened run flags, the spellings that differ,
 and a directory shaped like a mounted ConfigMap."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -10,7 +13,10 @@ from pathlib import Path
 
 IMAGE = "localhost/credfresh:dev"
 UID = 10001
-PODMAN = ("podman", "--runtime", "runc")  # crun cannot run here (cgroups in hybrid mode)
+ENGINE = os.environ.get("ENGINE", "podman")
+DOCKER = ENGINE == "docker"
+#: crun cannot run here (cgroups in hybrid mode): podman gets runc; docker uses runc anyway.
+COMMAND = ("docker",) if DOCKER else ("podman", "--runtime", "runc")
 LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")  # raising is refused
 HARDENED = (
     "--read-only",
@@ -22,21 +28,48 @@ HARDENED = (
 )
 
 
-def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def engine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
 def image_exists(image: str = IMAGE) -> bool:
-    return podman("image", "exists", image).returncode == 0
+    verb = ("image", "inspect") if DOCKER else ("image", "exists")
+    return engine(*verb, image).returncode == 0
+
+
+def remove(name: str) -> None:
+    """Remove a container, gone or not."""
+    if DOCKER:
+        engine("rm", "--force", name)
+    else:
+        engine("rm", "--force", "--ignore", "--time", "0", name)
+
+
+def healthcheck(name: str) -> subprocess.CompletedProcess[str]:
+    """Run the image's HEALTHCHECK once, now: podman has a command for it; with docker, its
+    `CMD` from the image's config is run in the container, as dockerd would."""
+    if not DOCKER:
+        return engine("healthcheck", "run", name)
+    found = engine("image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", IMAGE)
+    test = json.loads(found.stdout)
+    assert test[0] == "CMD", test
+    return engine("exec", name, *test[1:])
+
+
+def tmpfs(target: str, uid: int = UID) -> tuple[str, ...]:
+    """A private tmpfs, mode 0700, owned by the container's user."""
+    if DOCKER:
+        return ("--tmpfs", f"{target}:rw,mode=0700,uid={uid},gid={uid}")
+    return ("--mount", f"type=tmpfs,destination={target},tmpfs-mode=0700,chown=true")
 
 
 def run_argv(name: str, *options: str, args: tuple[str, ...] = ()) -> list[str]:
-    """`podman run` of the image in the foreground, as the pod runs it: the host network (the
+    """`run` of the image in the foreground, as the pod runs it: the host network (the
     dev STS is on its loopback), no root, no capabilities, a read-only root."""
     return [
-        *PODMAN,
+        *COMMAND,
         "run",
         "--rm",
         "--name",
