@@ -16,7 +16,7 @@ from conftest import Project
 from credfresh.config.model import Config, Profile
 from credfresh.config.validate import load_config
 from credfresh.credentials import NEVER, Credentials
-from credfresh.credfile.format import FileView
+from credfresh.credfile.memory import MemoryStore
 from credfresh.credfile.store import WriteResult
 from credfresh.engine import policy
 from credfresh.engine.batcher import BatchWriter
@@ -101,15 +101,12 @@ class FakeSource:
         return Issued(creds, timedelta(0))
 
 
-class MemoryStore:
-    """The credentials file as a dict; counts writes."""
+class RecordingStore(MemoryStore):
+    """The engine's in-memory store, counting writes."""
 
     def __init__(self) -> None:
-        self.sections: dict[str, Credentials] = {}
+        super().__init__()
         self.writes: list[set[str]] = []
-
-    def read_managed(self, path: Path, owner: str) -> FileView:
-        return FileView(dict(self.sections), frozenset(), frozenset())
 
     def write_profiles(
         self,
@@ -121,11 +118,8 @@ class MemoryStore:
         adopt: Collection[str] = (),
         on_event: Any = None,
     ) -> WriteResult:
-        self.sections.update(updates)
-        for name in removals:
-            self.sections.pop(name, None)
         self.writes.append(set(updates) | set(removals))
-        return WriteResult(path, True, tuple(updates), tuple(removals), {})
+        return super().write_profiles(path, owner, updates, removals, adopt=adopt)
 
 
 class Rig:
@@ -134,7 +128,7 @@ class Rig:
         self.clock = FakeClock()
         self.scheduler = ManualScheduler(self.clock)
         self.source = FakeSource(self.clock)
-        self.store = MemoryStore()
+        self.store = RecordingStore()
         parts = Parts(
             source_factory=lambda cfg: self.source,
             scheduler=self.scheduler,

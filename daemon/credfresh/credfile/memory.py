@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 
 
 class MemoryStore:
-    """Sections by profile name; every write lands at once and nothing is foreign."""
+    """Sections by profile name (`sections`, which a test may edit as a hand edit would);
+    every write lands at once and nothing is foreign."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sections: dict[str, Credentials] = {}
+        self.sections: dict[str, Credentials] = {}
 
     def read_managed(self, path: Path, owner: str) -> FileView:
         with self._lock:
-            return FileView(dict(self._sections), frozenset(), frozenset())
+            return FileView(dict(self.sections), frozenset(), frozenset())
 
     def write_profiles(  # noqa: PLR0913 - mirrors credfile.store.write_profiles
         self,
@@ -39,10 +40,10 @@ class MemoryStore:
         on_event: EventCallback | None = None,
     ) -> WriteResult:
         with self._lock:
-            removed = tuple(sorted(name for name in removals if name in self._sections))
+            removed = tuple(sorted(name for name in removals if name in self.sections))
             for name in removed:
-                del self._sections[name]
-            self._sections.update(updates)
+                del self.sections[name]
+            self.sections.update(updates)
         return WriteResult(
             path=path,
             written=bool(updates or removed),
