@@ -16,9 +16,13 @@ from credfresh.alerts.records import AlertState
 from credfresh.alerts.rules import Policy, on_hook_failed, on_hook_succeeded
 from credfresh.config.model import Config, HookSpec
 from credfresh.config.validate import load_config
+from credfresh.context import SystemClock
 from credfresh.errors import ConfigError
+from credfresh.observe.logs import Redactor
 from credfresh.observe.metrics import Metrics
 from credfresh.outputs.hooks import (
+    HookDeps,
+    Hooks,
     hook_environ,
     hook_name,
     outcome_failure,
@@ -27,6 +31,7 @@ from credfresh.outputs.hooks import (
     send_signal,
 )
 from credfresh.process.child import Child, Outcome, last_line
+from support.recording import RecordingLogger
 
 ARN = "arn:aws:iam::123456789012:role/app"
 HOME = Path("/home/tester")
@@ -229,3 +234,25 @@ class TestAlert:
     def test_a_success_before_the_third_sends_nothing(self) -> None:
         state = self.fail(AlertState(), 2).state
         assert on_hook_succeeded(state, self.POLICY, hook="a,b", now=NOW).events == ()
+
+
+class TestWorkers:
+    def test_a_hook_a_reload_dropped_ends_its_thread(self, tmp_path: Path) -> None:
+        """The hook runs what is pending, then its worker ends: no idle thread per old hook."""
+        log = RecordingLogger()
+        hooks = Hooks(
+            HookDeps(environ={}, euid=None, log=log, redactor=Redactor(), clock=SystemClock())
+        )
+        hooked = config(
+            tmp_path,
+            {"profiles": {"a": {"role_arn": ARN, "on_refresh": {"command": ["/bin/true"]}}}},
+        )
+        plain = config(tmp_path, {"profiles": {"a": {"role_arn": ARN}}})
+        hooks.written(hooked, {"a": object()})  # type: ignore[dict-item]
+        [worker] = hooks._workers.values()
+        hooks.written(plain, {"a": object()})  # type: ignore[dict-item]
+        worker.join(30)
+        assert not worker.alive
+        assert hooks._workers == {}
+        assert [kw["profiles"] for kw in log.named("hook_ran")] == [["a"]]
+        hooks.close()

@@ -151,8 +151,6 @@ class Hooks:
 
     def written(self, config: Config, updates: Mapping[str, Credentials]) -> None:
         runs = runs_for(config, updates)
-        if not runs:
-            return
         with self._lock:
             if self._closed:
                 return
@@ -161,6 +159,9 @@ class Hooks:
                 if worker is None:
                     worker = self._workers[run.spec] = HookWorker(run.spec, self._deps)
                 worker.submit(config, run.profiles)
+            configured = {p.on_refresh for p in config.profiles.values() if p.on_refresh}
+            for spec in [spec for spec in self._workers if spec not in configured]:
+                self._workers.pop(spec).retire()  # a reload dropped or changed it
 
     def close(self, timeout: float = 2.0) -> None:
         """Kill hooks still running and drop pending runs: the daemon is stopping."""
@@ -188,6 +189,7 @@ class HookWorker:
         self._pending: set[str] = set()
         self._config: Config | None = None
         self._stopped = False
+        self._retired = False
         self._failures = 0
         self._thread = threading.Thread(target=self._loop, name="credfresh-hook", daemon=True)
         self._thread.start()
@@ -196,6 +198,12 @@ class HookWorker:
         with self._cond:
             self._pending.update(profiles)
             self._config = config
+            self._cond.notify()
+
+    def retire(self) -> None:
+        """End the thread once what is pending has run (the hook left the config)."""
+        with self._cond:
+            self._retired = True
             self._cond.notify()
 
     def stop(self) -> None:
@@ -208,12 +216,16 @@ class HookWorker:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopped:
+                while not self._pending and not self._stopped and not self._retired:
                     self._cond.wait()
-                if self._stopped:
+                if self._stopped or not self._pending:
                     return
                 profiles = tuple(sorted(self._pending))
                 self._pending.clear()
