@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,11 @@ def scanned_logs(project: Project, leak_watch: Any) -> Iterator[None]:
 
 
 def start(
-    project: Project, profiles: list[str], command: list[str], **extra: str
+    project: Project,
+    profiles: list[str],
+    command: list[str],
+    prefix: Sequence[str] = (),
+    **extra: str,
 ) -> tuple[subprocess.Popen[str], Path]:
     """`credfresh exec` with JSON logs in a file and a TMPDIR of its own."""
     tmp = project.root / "tmp"
@@ -41,7 +45,7 @@ def start(
     selected = [arg for name in profiles for arg in ("--profile", name)]
     if "--" not in command:
         command = ["--", *command]
-    argv = [*project.argv("exec", "--log-format", "json", *selected), *command]
+    argv = [*prefix, *project.argv("exec", "--log-format", "json", *selected), *command]
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             argv,
@@ -142,6 +146,24 @@ def test_signals_are_forwarded(project: Project, signum: signal.Signals) -> None
     assert status == 128 + signum, log.read_text()[-2000:]
     assert named(log, "exec_signal_forwarded")[0]["signal"] == signum.name
     assert list((project.root / "tmp").iterdir()) == []
+
+
+def test_ignored_signals_stay_ignored(project: Project) -> None:
+    """Under `nohup` (SIGHUP ignored): exec neither takes nor forwards it, and the child
+    inherits the ignoring; SIGTERM still goes through."""
+    project.profile("app")
+    project.write_config()
+    script = "grep ^SigIgn: /proc/$$/status; exec sleep 120"
+    proc, log = start(project, ["app"], ["sh", "-c", script], prefix=["nohup"])
+    wait_until(lambda: named(log, "exec_child_started"), 20, "the child started")
+    proc.send_signal(signal.SIGHUP)  # discarded at once: ignored and not blocked
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    status, out = finish(proc, 30)
+    assert status == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    ignored = int(out.split()[1], 16)
+    assert ignored & (1 << (signal.SIGHUP - 1)), out
+    assert [e["signal"] for e in named(log, "exec_signal_forwarded")] == ["SIGTERM"]
 
 
 def test_permanent_failure_runs_nothing(project: Project) -> None:

@@ -9,7 +9,9 @@ daemon of the same config. The decisions are `commands.exec_rules`'.
 Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGCHLD are blocked in every thread from the
 start and taken with `sigtimedwait` on the main thread, so each is seen with its sender's
 `si_code` (a terminal's Ctrl-C reached the child already) and none is lost before the child
-exists; the child gets the mask and dispositions it would have had.
+exists; the child gets the mask and dispositions it would have had. One exec started with
+ignored (`nohup`, a script's `cmd &`) leaves ignored: blocked, it would still be queued and
+taken, and the child would lose the ignoring it inherits.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ STOP_GRACE: Final = 2.0
 #: wakes it at once).
 START_POLL: Final = 0.1
 CHILD_POLL: Final = 1.0
-WAITED: Final = (*rules.FORWARDED, signal.SIGCHLD)
-#: Reset to the default in the child: Python ignores SIGPIPE and SIGXFSZ.
-CHILD_DEFAULTS: Final = (*WAITED, signal.SIGPIPE, signal.SIGXFSZ)
+#: Reset to the default in the child: Python ignores SIGPIPE and SIGXFSZ. (Signals with a
+#: handler, SIGINT's, are reset by the exec itself; ignored ones stay ignored.)
+CHILD_DEFAULTS: Final = (signal.SIGPIPE, signal.SIGXFSZ)
 EXIT_NOT_EXECUTABLE: Final = 126
 EXIT_NOT_FOUND: Final = 127
 
@@ -76,16 +78,22 @@ def main(request: Request, ctx: Context) -> int:
         raise UsageError(str(exc)) from None
     if timeout <= 0:
         raise UsageError("exec: --start-timeout must be more than 0s")
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # before any thread exists
+    forwarded = tuple(s for s in rules.FORWARDED if signal.getsignal(s) != signal.SIG_IGN)
+    waited = (*forwarded, signal.SIGCHLD)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # before any thread exists
     logging = Logging(ctx.err, fmt=request.log_format, level=request.log_level)
     logging.install()
     try:
         config, chosen = _load(request, ctx, logging.get())
         with _private_token(ctx.environ) as (token_file, token):
             logging.redactor.add(token)
-            run = Run(config, chosen, command, token_file, timeout, mask)
+            run = Run(config, chosen, command, token_file, timeout, mask, forwarded)
             return _serve_and_run(run, ctx, logging)
     finally:
+        # Signals that came after the child ended are dropped, not delivered on unblocking:
+        # exec exits with the child's status.
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         logging.uninstall()
 
@@ -153,6 +161,8 @@ class Run:
     token_file: Path
     timeout: float
     mask: set[int | signal.Signals]
+    #: The signals exec forwards: those of `rules.FORWARDED` it was not started ignoring.
+    forwarded: tuple[signal.Signals, ...] = rules.FORWARDED
 
 
 def _serve_and_run(run: Run, ctx: Context, logging: Logging) -> int:
@@ -221,7 +231,7 @@ def _wait_ready(engine: Engine, run: Run, ctx: Context, log: BoundLogger) -> int
             log.error("exec_start_failed", profiles=which, reason=reason)
             _report(which, snap.states, run.timeout if timed_out else None, ctx)
             return EXIT_FAILED
-        info = signal.sigtimedwait(rules.FORWARDED, START_POLL)
+        info = signal.sigtimedwait(run.forwarded, START_POLL)
         if info is not None:
             log.info("exec_interrupted", signal=signal.Signals(info.si_signo).name)
             return 128 + info.si_signo
@@ -291,7 +301,7 @@ def _run_child(run: Run, env: Mapping[str, str], ctx: Context, log: BoundLogger)
         return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
     log.info("exec_child_started", pid=pid, program=os.path.basename(name))
     while True:
-        info = signal.sigtimedwait(WAITED, CHILD_POLL)
+        info = signal.sigtimedwait((*run.forwarded, signal.SIGCHLD), CHILD_POLL)
         if (
             info is not None
             and info.si_signo != signal.SIGCHLD
