@@ -338,7 +338,10 @@ class TestStaticCopy:
             rotated = keys.replace(own.access_key_id, new_key["AccessKeyId"]).replace(
                 own.secret_access_key, new_key["SecretAccessKey"]
             )
-            project.credentials_file.write_text(text.replace(keys, rotated))
+            staged = project.credentials_file.with_name("credentials.rotating")
+            staged.write_text(text.replace(keys, rotated))  # as a tool that rewrites it would:
+            staged.chmod(0o600)
+            staged.replace(project.credentials_file)  # whole, never half-written for a reader
 
             def followed() -> bool:
                 view = credfile.read_managed(project.credentials_file, "test").managed

@@ -426,3 +426,18 @@ def test_static_set_is_not_rescheduled_and_follows_its_files(make: Any) -> None:
     again.store.sections["a"] = rig.store.sections["a"]
     again.engine.start({})
     assert again.step() == ["a"]
+
+
+def test_static_set_on_disk_of_an_sts_profile_is_not_trusted(make: Any) -> None:
+    """Only a copy holds long-term keys: an STS profile whose section reads as static (it was
+    a copy before a config change) is not fresh at start, so nothing reports it ready."""
+    rig = make(a={})
+    rig.store.sections["a"] = Credentials("AKIAOLDSTATIC0000001", "s", "", None, T0)
+    rig.engine.start({})
+    snap = rig.engine.snapshot()
+    assert not snap.first_pass_done
+    assert snap.states["a"].state != "fresh"
+    assert rig.step() == ["a"]
+    assert rig.store.sections["a"].expiration is not None
+    assert rig.engine.snapshot().first_pass_done
+    rig.engine.stop(grace=1.0)

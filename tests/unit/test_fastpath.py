@@ -166,6 +166,19 @@ class TestReaderMatchesCredfile:
             credfile.EXPIRES_KEY,
             credfile.ISSUED_KEY,
         )
+        assert (fastpath.STATIC_KEY, fastpath.STATIC_VALUE) == (
+            credfile.STATIC_KEY,
+            credfile.STATIC_VALUE,
+        )
+
+    @pytest.mark.parametrize("token", [None, "IQoJ"])
+    @pytest.mark.parametrize("expires", [None, "2026-12-02T13:00:00Z"])
+    @pytest.mark.parametrize("static", [None, "true", "yes"])
+    def test_the_expiry_rule_is_the_credfile_one(
+        self, token: str | None, expires: str | None, static: str | None
+    ) -> None:
+        fields = (token, expires, static)
+        assert fastpath._expiry_rule(*fields) == credfile.expiry_rule(*fields)
 
 
 class TestArguments:

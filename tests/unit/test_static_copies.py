@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from credfresh.alerts.records import AlertState
 from credfresh.alerts.rules import Policy, ProfileFacts, on_tick
@@ -11,6 +15,8 @@ from credfresh.commands import fastpath
 from credfresh.commands.refresh import render
 from credfresh.commands.report import refreshed_line
 from credfresh.commands.status import status_rows
+from credfresh.config.model import Profile, StsSettings
+from credfresh.context import SystemClock
 from credfresh.credentials import NEVER, Credentials, endpoint_unavailable, format_expiry
 from credfresh.credfile.format import merge, render_section, view_of
 from credfresh.engine import policy as refresh
@@ -19,7 +25,10 @@ from credfresh.outputs.env_file import render_env
 from credfresh.outputs.health import readiness
 from credfresh.process import control_wire as wire
 from credfresh.process.control import outcomes
-from credfresh.sources.static_watch import ABSENT, files_digest, text_digest
+from credfresh.sources import static_watch
+from credfresh.sources.copy import CopySource
+from credfresh.sources.select import SourceSet
+from credfresh.sources.static_watch import ABSENT, FileDigests, files_digest, text_digest
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 OWNER = "test"
@@ -72,12 +81,14 @@ class TestPolicy:
 
 class TestFile:
     def test_section_has_keys_only(self) -> None:
-        """No aws_session_token, no expiry key; credfresh's owner, issue time and format."""
+        """No aws_session_token, no expiry key; the static marker, credfresh's owner, issue
+        time and format."""
         text = render_section("copy", static(), OWNER)
         assert text == (
             "[copy]\n"
             f"aws_access_key_id = {KEY}\n"
             f"aws_secret_access_key = {SECRET}\n"
+            "x_credfresh_static = true\n"
             f"x_credfresh_owner = {OWNER}\n"
             "x_credfresh_issued = 2026-12-02T12:00:00Z\n"
             "x_credfresh_format = 1\n"
@@ -90,6 +101,18 @@ class TestFile:
         assert "aws_session_token = IQoJsource\n" in text
         assert "x_security_token_expires" not in text
         assert view_of(text, OWNER).managed["copy"] == static("IQoJsource")
+
+    def test_a_temporary_section_stripped_of_its_expiry_is_damaged(self) -> None:
+        """Only the static marker lets a section go without an expiry: a temporary one
+        whose expiry line was removed is not taken for long-term keys."""
+        text = render_section("p", temporary(), OWNER)
+        assert "x_credfresh_static" not in text
+        stripped = "".join(line for line in text.splitlines(True) if "_expires" not in line)
+        assert view_of(stripped, OWNER).damaged == {"p"}
+        marked = render_section("copy", static(), OWNER)
+        assert "x_credfresh_static = true\n" in marked
+        unmarked = "".join(line for line in marked.splitlines(True) if "_static" not in line)
+        assert view_of(unmarked, OWNER).damaged == {"copy"}
 
     def test_expiry_without_token_is_damaged(self) -> None:
         text = render_section("p", temporary(), OWNER)
@@ -182,3 +205,54 @@ class TestWatch:
             ("/a", text_digest(b"[x]\n")),
             ("/b", ABSENT),
         )
+
+
+class TestFileDigests:
+    def test_parsed_again_only_after_a_change(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The digest follows an edit; an unchanged file is not read again."""
+        reads: list[str] = []
+        real = static_watch.read_files
+
+        def counted(paths: Sequence[str], home: Path | None) -> dict[str, bytes | None]:
+            reads.extend(paths)
+            return real(paths, home)
+
+        monkeypatch.setattr(static_watch, "read_files", counted)
+        path = tmp_path / "credentials"
+        path.write_text("[base]\naws_access_key_id = AKIAONE\n")
+        digests = FileDigests(None)
+        first = digests.of([str(path)])
+        assert digests.of([str(path)]) == first
+        assert reads == [str(path)]
+        path.write_text("[base]\naws_access_key_id = AKIATWO\n")
+        assert digests.of([str(path)]) != first
+        assert len(reads) == 2
+        path.unlink()
+        assert digests.of([str(path)]) == ((str(path), ABSENT),)
+
+
+class TestSourceChanged:
+    def test_a_source_that_never_read_a_copy_says_changed(self) -> None:
+        """After a reload builds new sources, a held static copy is read again at the next
+        wake-up: the new source knows none of its files."""
+        profile = Profile(
+            name="copy",
+            role_arn="",
+            refresh_before=None,
+            role_session_name="credfresh-copy",
+            duration_seconds=3600,
+            region=None,
+            source_profile="base",
+            copy=True,
+        )
+
+        def made() -> CopySource:
+            return CopySource(StsSettings(), credentials_file=None, clock=SystemClock())
+
+        fresh = SourceSet({"copy": made})
+        assert fresh.source_changed(profile)  # not built yet
+        built = fresh.source_for("copy")
+        assert isinstance(built, CopySource)
+        assert built.source_changed(profile)  # built, but it never read this profile

@@ -31,6 +31,8 @@ OWNER_KEY: Final = "x_credfresh_owner"
 ISSUED_KEY: Final = "x_credfresh_issued"
 FORMAT_KEY: Final = "x_credfresh_format"
 EXPIRES_KEY: Final = "x_security_token_expires"
+STATIC_KEY: Final = "x_credfresh_static"
+STATIC_VALUE: Final = "true"
 PRINCIPAL_KEY: Final = "x_principal_arn"
 FORMAT_VERSION: Final = "1"
 DEFAULT_SECTION: Final = "DEFAULT"
@@ -136,6 +138,13 @@ def _add_option(options: dict[str, str], line: str) -> str:
     return key
 
 
+def _expiry_rule(token: str | None, expires: str | None, static: str | None) -> bool:
+    """`credfile.format.expiry_rule`, mirrored (a test compares them)."""
+    if static is not None:
+        return static == STATIC_VALUE and expires is None
+    return expires is not None and token is not None
+
+
 def section_credentials(options: Mapping[str, str], owner: str | None) -> Found | None:
     """Key id, secret, token, expiry and account of a readable section of ours (`owner`
     None: any credfresh owner's), else None; `credfile.view_of`'s checks in their order."""
@@ -153,8 +162,10 @@ def section_credentials(options: Mapping[str, str], owner: str | None) -> Found 
     secret = value("aws_secret_access_key")
     token = value("aws_session_token")
     expires = value(EXPIRES_KEY)
-    if not (access_key and secret) or token == "" or (expires is not None and token is None):
-        return None  # a static set has no expiry (a token only if its source gave one)
+    if not (access_key and secret) or token == "":
+        return None
+    if not _expiry_rule(token, expires, value(STATIC_KEY)):
+        return None
     try:
         expiration = None if expires is None else parse_time(expires)
         parse_time(value(ISSUED_KEY) or "")

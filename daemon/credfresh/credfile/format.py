@@ -19,6 +19,10 @@ OWNER_KEY = "x_credfresh_owner"
 ISSUED_KEY = "x_credfresh_issued"
 FORMAT_KEY = "x_credfresh_format"
 EXPIRES_KEY = "x_security_token_expires"
+#: Marks a static set (no expiry): without it, a section missing its expiry is damaged, so a
+#: temporary section stripped of that line is never taken for long-term keys.
+STATIC_KEY = "x_credfresh_static"
+STATIC_VALUE = "true"
 PRINCIPAL_KEY = "x_principal_arn"
 #: Read by current SDKs for account-based endpoints; from the assumed role's ARN.
 ACCOUNT_KEY = "aws_account_id"
@@ -224,6 +228,8 @@ def render_section(profile: str, creds: Credentials, owner: str) -> str:
         fields.append((EXPIRES_KEY, format_time(creds.expiration)))
     if creds.principal_arn:
         fields.append((PRINCIPAL_KEY, creds.principal_arn))
+    if creds.expiration is None:
+        fields.append((STATIC_KEY, STATIC_VALUE))
     fields += [(OWNER_KEY, owner), (ISSUED_KEY, format_time(creds.issued))]
     for key, value in fields:
         if not value or value != value.strip() or "\r" in value or "\n" in value:
@@ -369,6 +375,14 @@ class _Plan:
         return "".join(out)
 
 
+def expiry_rule(token: str | None, expires: str | None, static: str | None) -> bool:
+    """A token and an expiry, or the static marker, no expiry and a token only if the source
+    gave one: a temporary section stripped of its expiry is never taken for long-term keys."""
+    if static is not None:
+        return static == STATIC_VALUE and expires is None
+    return expires is not None and token is not None
+
+
 def _credentials_of(section: _Section) -> Credentials | None:
     if section.value(FORMAT_KEY) != FORMAT_VERSION:
         return None
@@ -376,8 +390,10 @@ def _credentials_of(section: _Section) -> Credentials | None:
     secret = section.value("aws_secret_access_key")
     token = section.value("aws_session_token")
     expires = section.value(EXPIRES_KEY)
-    if not (access_key and secret) or token == "" or (expires is not None and token is None):
-        return None  # a static set has no expiry (a token only if its source gave one)
+    if not (access_key and secret) or token == "":
+        return None
+    if not expiry_rule(token, expires, section.value(STATIC_KEY)):
+        return None
     try:
         expiration = None if expires is None else parse_time(expires)
         issued = parse_time(section.value(ISSUED_KEY) or "")

@@ -61,6 +61,8 @@ class Engine(EngineCore):
             for name, profile in self._config.profiles.items():
                 state = self._states[name] = saved.get(name) or ProfileState()
                 creds = view.managed.get(name) if view else None
+                if creds is not None and creds.static and profile.kind != "copy":
+                    creds = None  # only a copy holds long-term keys: an STS profile refreshes
                 if creds is not None:
                     self._current[name] = self._written[name] = creds
                     self._remember_secrets(name, creds)

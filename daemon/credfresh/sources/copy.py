@@ -31,7 +31,7 @@ from credfresh.sources.classify import Failure, SourceError, classify
 from credfresh.sources.clients import call_deadline
 from credfresh.sources.deadline import CallGuard, within_deadline
 from credfresh.sources.response import accept_response
-from credfresh.sources.static_watch import digest_of
+from credfresh.sources.static_watch import FileDigests
 
 if TYPE_CHECKING:
     from credfresh.config.model import Profile, StsSettings
@@ -110,6 +110,7 @@ class CopySource:
         self._home = home
         self._sso_caches: dict[str, Path] = {}
         self._static: dict[str, tuple[tuple[str, ...], Digest]] = {}  # files, their digest
+        self._digests = FileDigests(home)
         self._lock = threading.Lock()
         self._guard = CallGuard(
             2 * max(1, settings.max_concurrency), name="credfresh-copy", clock=clock
@@ -128,7 +129,7 @@ class CopySource:
             session.set_config_variable("credentials_file", self._credentials_file)
         self._remember_sso_cache(profile.name, session)
         files = self._files_of(session)
-        before = digest_of(files, self._home)  # taken first: a later edit still differs
+        before = self._digests.of(files)  # taken first: a later edit still differs
         try:
             credentials = session.get_credentials()
             frozen = credentials.get_frozen_credentials() if credentials is not None else None
@@ -172,9 +173,9 @@ class CopySource:
         with self._lock:
             known = self._static.get(profile.name)
         if known is None:
-            return False
+            return True  # not read by this source (built by a reload): read it to know
         files, digest = known
-        return digest_of(files, self._home) != digest
+        return self._digests.of(files) != digest
 
     def _remember_sso_cache(self, profile: str, session: Any) -> None:
         if self._home is None:

@@ -46,8 +46,11 @@ class SourceSet:
         return expiry(profile) if expiry is not None else None
 
     def source_changed(self, profile: Profile) -> bool:
-        """A static copy's AWS files changed since it was read (the wake-up refetches it)."""
+        """A static copy's AWS files changed since it was read, or are unknown to the source
+        in use (a reload built new ones): the wake-up refetches it."""
         source = self.built(profile.kind)
+        if source is None:
+            return profile.kind == "copy"  # a new set after a reload: it knows no file yet
         changed = getattr(source, "source_changed", None)
         return bool(changed(profile)) if changed is not None else False
 

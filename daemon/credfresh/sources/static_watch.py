@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -65,5 +67,31 @@ def read_files(paths: Sequence[str], home: Path | None) -> dict[str, bytes | Non
     return found
 
 
-def digest_of(paths: Sequence[str], home: Path | None) -> tuple[tuple[str, str], ...]:
-    return files_digest(read_files(paths, home))
+class FileDigests:
+    """Each file's `text_digest`, parsed again only when its stat says it changed: every
+    static copy asks at every wake-up, and one file is credfresh's own, rewritten often."""
+
+    def __init__(self, home: Path | None) -> None:
+        self._home = home
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def of(self, paths: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        return tuple((path, self._one(path)) for path in sorted(paths))
+
+    def _one(self, path: str) -> str:
+        where = expand(path, self._home)
+        try:
+            st = os.stat(where)
+        except OSError:
+            return ABSENT
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            cached = self._known.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found = read_files([path], self._home)[path]
+        digest = ABSENT if found is None else text_digest(found)
+        with self._lock:
+            self._known[path] = (stamp, digest)
+        return digest
