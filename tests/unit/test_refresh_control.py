@@ -284,9 +284,11 @@ class TestServer:
         assert path.read_text() == "mine"
 
     def test_a_socket_still_served_is_not_taken_over(self, tmp_path: Path) -> None:
-        """Two configs naming one state file: the second daemon leaves the first's socket."""
+        """Two configs naming one state file: the second daemon leaves the first's socket, and
+        its probe (a connect and close) costs the first no warning."""
         path = tmp_path / "state.json.sock"
-        first = serve(path, euid=os.geteuid(), log=RecordingLogger(), results={"a": creds()})
+        first_log = RecordingLogger()
+        first = serve(path, euid=os.geteuid(), log=first_log, results={"a": creds()})
         try:
             with pytest.raises(CredfileError, match="another credfresh serves"):
                 serve(path, euid=os.geteuid(), log=RecordingLogger())
@@ -295,3 +297,4 @@ class TestServer:
         finally:
             first.stop()
         assert not path.exists()
+        assert "control_request_invalid" not in first_log.events(), "the probe is no bad request"

@@ -228,6 +228,8 @@ class ControlServer:
         try:
             line = wire.read_line(conn, wire.MAX_REQUEST_BYTES, deadline, self.clock)
             request = wire.parse_request(line)
+        except wire.PeerGone:
+            return refusal("bad_request", "no request")  # a probe (`_served`): nothing to log
         except (ValueError, OSError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
             self.limited.warning(reason, "control_request_invalid", reason=reason)

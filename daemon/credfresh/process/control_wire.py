@@ -175,6 +175,11 @@ def parse_answer(line: bytes) -> Answer:
     return Answer(outcomes=tuple(_outcome(item) for item in items))
 
 
+class PeerGone(ValueError):
+    """The peer closed without sending a byte: another daemon's liveness probe, not a bad
+    request worth a warning."""
+
+
 def read_line(sock: socket.socket, limit: int, deadline: float, clock: Clock) -> bytes:
     """One line of at most `limit` bytes by `deadline` (monotonic): a trickling or silent
     peer gets TimeoutError, a flood or an early close ValueError."""
@@ -186,6 +191,8 @@ def read_line(sock: socket.socket, limit: int, deadline: float, clock: Clock) ->
         sock.settimeout(remaining)
         chunk = sock.recv(64 * 1024)
         if not chunk:
+            if not data:
+                raise PeerGone("the peer closed without a request")
             raise ValueError("the peer closed before a full line")
         data += chunk
         if len(data) > limit + 1:
