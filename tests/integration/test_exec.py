@@ -20,6 +20,16 @@ from support.daemon_runner import env_with, terminate
 from support.waiting import wait_until
 
 CHILD = str(TESTS_DIR / "support" / "exec_child.py")
+#: exec started with the signals it forwards at their defaults, whatever this run inherited
+#: (a test session under `nohup` ignores SIGHUP, and exec rightly keeps that).
+DEFAULT_SIGNALS = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
 LIFETIME = 5
 
 
@@ -35,10 +45,11 @@ def start(
     project: Project,
     profiles: list[str],
     command: list[str],
-    prefix: Sequence[str] = (),
+    prefix: Sequence[str] = tuple(DEFAULT_SIGNALS),
     **extra: str,
 ) -> tuple[subprocess.Popen[str], Path]:
-    """`credfresh exec` with JSON logs in a file and a TMPDIR of its own."""
+    """`credfresh exec` with JSON logs in a file and a TMPDIR of its own, started through
+    `prefix` (by default: with the forwarded signals at their defaults)."""
     tmp = project.root / "tmp"
     tmp.mkdir(exist_ok=True)
     log = project.root / f"exec-{len(list(project.root.glob('exec-*.log')))}.log"
@@ -70,6 +81,8 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
         out, _ = proc.communicate(timeout=timeout)
     finally:
         terminate(proc, 5)
+        if proc.stdout is not None:
+            proc.stdout.close()
     return proc.returncode, out
 
 
@@ -153,16 +166,19 @@ def test_ignored_signals_stay_ignored(project: Project) -> None:
     inherits the ignoring; SIGTERM still goes through."""
     project.profile("app")
     project.write_config()
-    script = "grep ^SigIgn: /proc/$$/status; exec sleep 120"
-    proc, log = start(project, ["app"], ["sh", "-c", script], prefix=["nohup"])
-    wait_until(lambda: named(log, "exec_child_started"), 20, "the child started")
+    report = project.root / "sigign"
+    script = (
+        f"grep ^SigIgn: /proc/$$/status > {report}.tmp; mv {report}.tmp {report}; exec sleep 120"
+    )
+    proc, log = start(project, ["app"], ["sh", "-c", script], prefix=[*DEFAULT_SIGNALS, "nohup"])
+    wait_until(report.exists, 20, "the child's report of what it ignores")
     proc.send_signal(signal.SIGHUP)  # discarded at once: ignored and not blocked
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
-    status, out = finish(proc, 30)
+    status, _ = finish(proc, 30)
     assert status == 128 + signal.SIGTERM, log.read_text()[-2000:]
-    ignored = int(out.split()[1], 16)
-    assert ignored & (1 << (signal.SIGHUP - 1)), out
+    ignored = int(report.read_text().split()[1], 16)
+    assert ignored & (1 << (signal.SIGHUP - 1)), report.read_text()
     assert [e["signal"] for e in named(log, "exec_signal_forwarded")] == ["SIGTERM"]
 
 
