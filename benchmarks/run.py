@@ -91,6 +91,14 @@ def _roles_anywhere(stub: Stub, quick: bool) -> Report:
     return bench_roles_anywhere.run(stub, rounds=3 if quick else 5)
 
 
+def _footprint(stub: Stub, quick: bool) -> Report:
+    import bench_footprint
+
+    if quick:
+        return bench_footprint.run(stub, runs=3, cycles=3, cold_runs=1)
+    return bench_footprint.run(stub)
+
+
 def _profile(stub: Stub, quick: bool) -> Report:
     import bench_profile
 
@@ -106,6 +114,7 @@ SCENARIOS: Final[dict[str, Callable[[Stub, bool], Report]]] = {
     "throttle": _throttle,
     "cycles": _cycles,
     "roles_anywhere": _roles_anywhere,
+    "footprint": _footprint,
     "profile": _profile,
 }
 # The profile (py-spy and tracemalloc, a few minutes) runs only when asked for by name.

@@ -70,7 +70,8 @@ class Engine(EngineCore):
                 state.expires_at = creds.expiration if creds else None
                 if state.state != "fresh":
                     self._first_pass.add(name)
-            if not self._first_pass:
+            nothing_due = not self._first_pass
+            if nothing_due:
                 self._first_pass_done.set()
         self._writer.start()
         self._scheduler.start(self._missed)
@@ -87,6 +88,8 @@ class Engine(EngineCore):
                 continue
             self._schedule_next(name, now)
         self._update_gauges()
+        if nothing_due and on_first_pass is not None:
+            on_first_pass()  # READY=1 at once: no tick's wait when every profile is fresh
 
     def stop(self, grace: float) -> bool:
         """Stop scheduling, give in-flight calls `grace` seconds, write what finished."""

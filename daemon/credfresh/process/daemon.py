@@ -310,7 +310,7 @@ class Daemon:
                     self.notifier.ready()
 
     def _reload(self, reason: str) -> None:
-        from credfresh.config.validate import load_config
+        from credfresh.config.isolated import load_isolated
 
         euid = self.ctx.euid
         unsafe = trust.path_problems(self.config.path, euid)
@@ -318,7 +318,7 @@ class Daemon:
             self._reject(reason, "config_unsafe", unsafe)
             return
         try:
-            new = load_config(
+            new = load_isolated(
                 self.config.path, self.ctx.environ, self.ctx.home, self.ctx.clock.now()
             )
         except ConfigError as exc:
@@ -406,14 +406,14 @@ def main(
 
 def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config | None:
     """The config, or None (said on stderr) when it is invalid or, as root, unsafe."""
-    from credfresh.config.validate import load_config
+    from credfresh.config.isolated import load_isolated
 
     if ctx.euid == 0 and (unsafe := trust.path_problems(config_path, 0)):
         log.error("config_unsafe", errors=unsafe, path=str(config_path))
         ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
         return None
     try:
-        config = load_config(config_path, ctx.environ, ctx.home, ctx.clock.now())
+        config = load_isolated(config_path, ctx.environ, ctx.home, ctx.clock.now())
     except ConfigError as exc:
         log.error(
             "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)

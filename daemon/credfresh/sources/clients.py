@@ -84,13 +84,11 @@ class StsClients:
     def __init__(
         self, settings: StsSettings, *, credentials_file: str | None = None, clock: Clock
     ) -> None:
-        import botocore.session
-
         self._settings = settings
         self._credentials_file = credentials_file
         self._lock = threading.Lock()
-        self._base = botocore.session.get_session()
-        self._quiet(self._base)
+        self._botocore_lock = threading.Lock()
+        self._loaded: tuple[botocore.session.Session, dict[str, type]] | None = None
         self._sessions: dict[str | None, botocore.session.Session] = {}
         self._clients: dict[ClientKey, Any] = {}
         self._chained: dict[ClientKey, tuple[str, Any]] = {}
@@ -98,7 +96,26 @@ class StsClients:
         self._guard = CallGuard(
             2 * max(1, settings.max_concurrency), name="credfresh-sts", clock=clock
         )
-        self._pools = tracking_pools(self._guard)
+
+    def _botocore(self) -> tuple[botocore.session.Session, dict[str, type]]:
+        """botocore's base session and pools, loaded on the first call: a daemon whose
+        profiles are all fresh on disk reaches READY=1 without importing botocore."""
+        with self._botocore_lock:
+            if self._loaded is None:
+                import botocore.session
+
+                base = botocore.session.get_session()
+                self._quiet(base)
+                self._loaded = (base, tracking_pools(self._guard))
+            return self._loaded
+
+    @property
+    def _base(self) -> botocore.session.Session:
+        return self._botocore()[0]
+
+    @property
+    def _pools(self) -> dict[str, type]:
+        return self._botocore()[1]
 
     def _quiet(self, session: botocore.session.Session) -> None:
         if self._credentials_file:

@@ -1,0 +1,263 @@
+"""The sidecar's footprint against botocore's own floor, both measured in this run.
+
+Floors: the peak RSS of a Python process that imports botocore and creates one STS client
+(what any boto3-based daemon pays), and the wall time of `python -c "import botocore.session"`.
+Then `credfresh run` with 10 profiles (spawn -> first STS call, READY=1 cold and with fresh
+profiles on disk, peak RSS after 10 refresh cycles with the container endpoint and the health
+server on, threads) and with 1,000 profiles (CPU per refresh at 0 ms STS latency, and a cold
+start at `max_concurrency` 64 and 50 ms latency against its latency bound).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Final
+
+from harness import (
+    Daemon,
+    Layout,
+    Report,
+    Row,
+    Stub,
+    base_env,
+    fresh_dir,
+    median,
+    profile_name,
+)
+from support.notify_listener import NotifyListener
+
+SMALL: Final = 10
+LARGE: Final = 1000
+RSS_RATIO: Final = 1.2
+FIRST_CALL_RATIO: Final = 1.5
+READY_RATIO: Final = 2.0
+MAX_CPU_MS: Final = 1.2
+COLD_CONCURRENCY: Final = 64
+COLD_LATENCY: Final = 0.05
+COLD_RATIO: Final = 2.0
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+CLIENT_FLOOR: Final = (
+    "import botocore.session\n"
+    "s = botocore.session.get_session()\n"
+    "c = s.create_client('sts', region_name='us-east-1', aws_access_key_id='AKIDFLOOR', "
+    "aws_secret_access_key='floor')\n"
+)
+FIRST_CALL_FLOOR: Final = (
+    "import sys, botocore.session\n"
+    "s = botocore.session.get_session()\n"
+    "c = s.create_client('sts', region_name='us-east-1', endpoint_url=sys.argv[1], "
+    "aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\n"
+    "c.assume_role(RoleArn=sys.argv[4], RoleSessionName='floor')\n"
+)
+
+
+def _peak_rss_mb(code: str, *args: str) -> float:
+    """Peak RSS (ru_maxrss of the child itself) of `python -c CODE`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=base_env(), stdout=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"floor script exited {proc.returncode}")
+    return usage.ru_maxrss / 1024
+
+
+def _wall(code: str) -> float:
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=base_env(), check=True)
+    return time.perf_counter() - began
+
+
+def _first_call_floor(stub: Stub) -> float:
+    """Spawn -> the STS's receipt of the call, for the smallest botocore program."""
+    walkthrough = stub.walkthrough
+    assert walkthrough is not None
+    stub.api.reset()
+    began = time.time()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FIRST_CALL_FLOOR,
+            stub.url,
+            walkthrough.access_key_id,
+            walkthrough.secret_access_key,
+            walkthrough.role_arn,
+        ],
+        env=base_env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return stub.request_times()[0] - began
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _small_layout(stub: Stub, name: str, *, outputs: bool = False) -> Layout:
+    layout = Layout(fresh_dir(name), stub)
+    document = layout.build(SMALL, short_lived=True)
+    if outputs:
+        token = layout.root / "endpoint.token"
+        token.write_text(secrets.token_hex(16))
+        token.chmod(0o600)
+        document["container_credentials"] = {"listen": "127.0.0.1:0", "token_file": str(token)}
+        document["http"] = {"listen": "127.0.0.1:0"}
+    layout.write_config(document)
+    return layout
+
+
+def _start_times(stub: Stub, runs: int, lifetime: float) -> dict[str, list[float]]:
+    """Per run: spawn -> first STS call and -> READY=1 (cold), then READY=1 with all fresh."""
+    found: dict[str, list[float]] = {"first": [], "ready": [], "ready_fresh": []}
+    for index in range(runs):
+        stub.prepare(lifetime=lifetime)
+        layout = _small_layout(stub, f"footprint-start-{index}")
+        with NotifyListener() as listener, Daemon(layout, env=layout.env(**listener.environ)) as d:
+            listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=30)
+            found["ready"].append(time.perf_counter() - d.started_mono)
+            found["first"].append(stub.request_times()[0] - d.started_at)
+        layout.prefill([profile_name(i) for i in range(SMALL)], timedelta(hours=1))
+        calls = stub.calls()
+        with NotifyListener() as listener, Daemon(layout, env=layout.env(**listener.environ)) as d:
+            listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=30)
+            found["ready_fresh"].append(time.perf_counter() - d.started_mono)
+        if stub.calls() != calls:
+            raise RuntimeError("a daemon with every profile fresh on disk called STS")
+    return found
+
+
+def _small_memory(stub: Stub, cycles: int, lifetime: float) -> tuple[float, int, int]:
+    """(peak RSS MB, threads, refreshes) of 10 profiles through `cycles` refresh cycles."""
+    stub.prepare(lifetime=lifetime)
+    layout = _small_layout(stub, "footprint-rss", outputs=True)
+    with Daemon(layout) as daemon:
+        daemon.on_disk([profile_name(i) for i in range(SMALL)], timeout=60)
+        wanted = SMALL * (cycles + 1)
+        daemon.wait_for(lambda _: stub.calls() >= wanted, (cycles + 2) * lifetime, "cycles")
+        return daemon.memory_kb()["VmHWM"] / 1024, _threads(daemon.pid), stub.calls()
+
+
+def _cpu_per_refresh(stub: Stub, lifetime: float, cycles: int) -> tuple[float, int]:
+    """(CPU ms per refresh, refreshes) of 1,000 profiles after the first pass, STS at 0 ms."""
+    stub.prepare(lifetime=lifetime, latency=0.0)
+    layout = Layout(fresh_dir("footprint-cpu"), stub)
+    layout.write_config(layout.build(LARGE, short_lived=True, max_concurrency=16))
+    with Daemon(layout) as daemon:
+        daemon.on_disk([profile_name(i) for i in range(LARGE)], timeout=120)
+        cpu0, calls0 = _cpu_s(daemon.pid), stub.calls()
+        target = calls0 + cycles * LARGE
+        daemon.wait_for(lambda _: stub.calls() >= target, (cycles + 2) * lifetime, "refreshes")
+        cpu1, calls1 = _cpu_s(daemon.pid), stub.calls()
+    refreshes = calls1 - calls0
+    return 1000 * (cpu1 - cpu0) / refreshes, refreshes
+
+
+def _cold_start(stub: Stub) -> tuple[float, float]:
+    """(first STS call -> all on disk, spawn -> all on disk) at 64 workers, 50 ms latency."""
+    stub.prepare(lifetime=None, latency=COLD_LATENCY)
+    layout = Layout(fresh_dir("footprint-cold"), stub)
+    layout.write_config(layout.build(LARGE, max_concurrency=COLD_CONCURRENCY))
+    with Daemon(layout) as daemon:
+        done = daemon.on_disk([profile_name(i) for i in range(LARGE)], timeout=120)
+        first = stub.request_times()[0]
+        return done - first, done - daemon.started_at
+
+
+def run(stub: Stub, *, runs: int = 5, cycles: int = 10, cold_runs: int = 3) -> Report:
+    """Every #20 row with its floor; `runs` start-ups and `cycles` refresh cycles."""
+    import_s = median(_wall("import botocore.session") for _ in range(runs + 2))
+    client_mb = median(_peak_rss_mb(CLIENT_FLOOR) for _ in range(3))
+    bare_mb = median(_peak_rss_mb("pass") for _ in range(3))
+    call_floor = median(_first_call_floor(stub) for _ in range(runs))
+    starts = _start_times(stub, runs, lifetime=60.0)
+    peak_mb, threads, calls = _small_memory(stub, cycles, lifetime=12.0)
+    cpu_ms, refreshes = _cpu_per_refresh(stub, lifetime=20.0, cycles=2 if cycles >= 10 else 1)
+    colds = [_cold_start(stub) for _ in range(cold_runs)]
+    stub.prepare(lifetime=None)
+    first, ready, fresh = (median(starts[k]) for k in ("first", "ready", "ready_fresh"))
+    phase = median(c[0] for c in colds)
+    whole = median(c[1] for c in colds)
+    bound = LARGE * COLD_LATENCY / COLD_CONCURRENCY
+    floor_rss = f"botocore + one STS client: {client_mb:.1f} MB (bare interpreter {bare_mb:.1f})"
+    floor_import = f'`python -c "import botocore.session"`: median {import_s:.3f} s'
+    rows = [
+        Row(
+            f"peak RSS, `credfresh run`, 10 profiles, {cycles} refresh cycles at lifetime 12 s "
+            f"({calls} refreshes), container endpoint and health server on; {threads} threads",
+            f"{peak_mb:.1f} MB",
+            f"<= {RSS_RATIO:g}x the floor",
+            floor_rss,
+            f"{peak_mb / client_mb:.2f}x",
+            ok=peak_mb <= RSS_RATIO * client_mb,
+        ),
+        Row(
+            f"spawn -> first STS call, 10 profiles (median of {runs})",
+            f"{first:.3f} s",
+            f"<= {FIRST_CALL_RATIO:g}x the floor",
+            f"{floor_import}; smallest botocore AssumeRole program: {call_floor:.3f} s",
+            f"{first / import_s:.2f}x ({first / call_floor:.2f}x the AssumeRole program)",
+            ok=first <= FIRST_CALL_RATIO * import_s,
+            why="creating botocore's STS client (endpoint rules, the service model) and "
+            f"importing botocore already take the smallest AssumeRole program {call_floor:.3f} s "
+            f"= {call_floor / import_s:.2f}x the import alone, before any credfresh code",
+        ),
+        Row(
+            f"spawn -> READY=1, 10 profiles fresh on disk (median of {runs}; 0 STS calls)",
+            f"{fresh:.3f} s",
+            f"<= {READY_RATIO:g}x the floor",
+            floor_import,
+            f"{fresh / import_s:.2f}x",
+            ok=fresh <= READY_RATIO * import_s,
+        ),
+        Row(
+            f"spawn -> READY=1, 10 profiles, nothing on disk (median of {runs})",
+            f"{ready:.3f} s",
+            "-",
+            floor_import,
+            f"{ready / import_s:.2f}x",
+        ),
+        Row(
+            f"CPU per refresh, 1,000 profiles, STS at 0 ms, after the first pass "
+            f"({refreshes} refreshes)",
+            f"{cpu_ms:.2f} ms",
+            f"<= {MAX_CPU_MS:g} ms",
+            ok=cpu_ms <= MAX_CPU_MS,
+        ),
+        Row(
+            f"cold start, 1,000 profiles, max_concurrency {COLD_CONCURRENCY}, STS 50 ms: first "
+            f"STS call -> all on disk (median of {cold_runs}; spawn -> all on disk {whole:.2f} s)",
+            f"{phase:.2f} s",
+            f"<= {COLD_RATIO:g}x the latency bound",
+            f"latency bound 1,000 x 50 ms / {COLD_CONCURRENCY} = {bound:.2f} s",
+            f"{phase / bound:.2f}x",
+            ok=phase <= COLD_RATIO * bound,
+        ),
+    ]
+    details = (
+        f"Floors: import botocore.session {import_s:.3f} s; botocore + STS client peak RSS "
+        f"{client_mb:.1f} MB; bare interpreter {bare_mb:.1f} MB; smallest AssumeRole program "
+        f"spawn -> call {call_floor:.3f} s.\n\n"
+        "spawn -> first STS call (s): " + ", ".join(f"{t:.3f}" for t in starts["first"]) + "\n\n"
+        "spawn -> READY=1 cold (s): " + ", ".join(f"{t:.3f}" for t in starts["ready"]) + "\n\n"
+        "spawn -> READY=1 fresh (s): "
+        + ", ".join(f"{t:.3f}" for t in starts["ready_fresh"])
+        + "\n\n"
+        "cold start at 64 workers, first call -> all on disk / spawn -> all on disk (s): "
+        + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in colds)
+    )
+    return Report(rows=rows, sections={"Footprint against botocore's floor": details})

@@ -1,0 +1,88 @@
+"""The daemon's config loader: validation in a forked child gives what in-process gives."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from credfresh.config import isolated
+from credfresh.config.validate import load_config
+from credfresh.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "credfresh.example.yaml"
+
+
+def _children() -> list[str]:
+    """This process's children still around (zombies included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(entry.name)
+    return found
+
+
+class TestLoadIsolated:
+    def test_same_config_as_in_process(self) -> None:
+        before = _children()
+        got = isolated.load_isolated(EXAMPLE, os.environ, Path.home())
+        assert got == load_config(EXAMPLE, os.environ, Path.home())
+        assert _children() == before
+
+    def test_same_problems_as_in_process(self, tmp_path: Path) -> None:
+        path = tmp_path / "bad.yaml"
+        path.write_text("profiles:\n  app: {role_arn: nope, colour: red}\n")
+        with pytest.raises(ConfigError) as in_process:
+            load_config(path, os.environ, Path.home())
+        with pytest.raises(ConfigError) as forked:
+            isolated.load_isolated(path, os.environ, Path.home())
+        assert forked.value.problems == in_process.value.problems
+        assert str(forked.value) == str(in_process.value)
+
+    def test_missing_file_is_the_same_error(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as forked:
+            isolated.load_isolated(tmp_path / "none.yaml", os.environ, Path.home())
+        assert forked.value.problems == [f"(file): not found: {tmp_path / 'none.yaml'}"]
+
+    def test_no_fork_validates_in_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def refuse() -> int:
+            raise OSError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(isolated.os, "fork", refuse)
+        assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
+
+    def test_garbage_or_silence_falls_back(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for data in (b"", b"not a pickle", pickle.dumps(("other", 1))):
+            monkeypatch.setattr(isolated, "_read_all", lambda fd, patience, d=data: d)
+            assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
+
+    def test_a_stuck_child_is_killed_and_reaped(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        before = _children()
+        monkeypatch.setattr(isolated, "CHILD_TIMEOUT", 0.0)
+        assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
+        assert _children() == before
+
+    def test_the_daemon_process_never_imports_pydantic(self, tmp_path: Path) -> None:
+        code = (
+            "import os, sys, pathlib\n"
+            "from credfresh.config.isolated import load_isolated\n"
+            f"c = load_isolated(pathlib.Path({str(EXAMPLE)!r}), os.environ, pathlib.Path.home())\n"
+            "print(len(c.profiles), 'pydantic' in sys.modules, 'pydantic_core' in sys.modules)\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        count, *loaded = done.stdout.split()
+        assert int(count) > 0
+        assert loaded == ["False", "False"]
