@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+from credfresh.threads import ElasticPool
+
 MISSED_RETRY: Final = 0.2
 WAKEUP_JOB: Final = "__credfresh_wakeup__"
 
@@ -43,14 +45,20 @@ class ApScheduler:
     """APScheduler's background scheduler: `workers` refresh threads and one control thread."""
 
     def __init__(self, workers: int) -> None:
-        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.executors.pool import BasePoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
+
+        class Executor(BasePoolExecutor):  # type: ignore[misc]
+            """APScheduler's pool executor over a pool whose idle threads end."""
+
+            def __init__(self, workers: int, name: str) -> None:
+                super().__init__(ElasticPool(workers, name=name))
 
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={
-                "default": ThreadPoolExecutor(workers),
-                "control": ThreadPoolExecutor(1),
+                "default": Executor(workers, "credfresh-refresh"),
+                "control": Executor(1, "credfresh-wakeup"),
             },
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )

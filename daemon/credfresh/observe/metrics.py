@@ -1,19 +1,19 @@
-"""Prometheus metrics on a registry of credfresh's own, for /metrics and the textfile collector."""
+"""Prometheus metrics for /metrics and the textfile collector, rendered here.
+
+The text exposition format 0.0.4 is a few lines of code; prometheus_client's import cost the
+daemon about 1 MB of RSS and 13 ms of start-up (benchmarks/PROFILE.md, "Footprint"). Its
+output is the reference: tests/unit/test_metrics.py checks the two are byte-identical.
+"""
 
 from __future__ import annotations
 
 import bisect
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
+from typing import Any, Final, Literal
 
 RefreshResult = Literal["success", "transient_error", "permanent_error"]
 ReloadResult = Literal["applied", "rejected", "unchanged"]
@@ -31,18 +31,17 @@ DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 #: The textfile is world-readable: node_exporter runs as another user, and no metric is a
 #: secret (profile names, counts and times). Credential files stay 0600.
 TEXTFILE_MODE: Final = 0o644
-CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Metrics(Collector):
-    """Every credfresh metric, kept as plain numbers and rendered by a custom collector.
+class Metrics:
+    """Every credfresh metric, kept as plain numbers and rendered at scrape time.
 
-    Families built at scrape time emit no `_created` series without the process-wide switch,
-    and `remove_profile` drops a profile from all at once. All methods are thread-safe.
+    No `_created` series; `remove_profile` drops a profile from all at once. All methods are
+    thread-safe.
     """
 
     def __init__(self, *, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
         self._bounds = (*sorted(float(b) for b in buckets if math.isfinite(b)), math.inf)
         self._profiles = 0
@@ -57,7 +56,6 @@ class Metrics(Collector):
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self._hooks = dict.fromkeys(HOOK_RESULTS, 0)
         self._alerts_firing = 0
-        self.registry.register(self)
 
     # Updates ---------------------------------------------------------------------------------
 
@@ -142,7 +140,7 @@ class Metrics(Collector):
 
     def render(self) -> bytes:
         """The text exposition format 0.0.4 (`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        return "".join(self._lines()).encode("utf-8")
 
     def write_textfile(self, path: Path, *, euid: int | None = None) -> bool:
         """`render()` for node_exporter's textfile collector, through the one atomic write.
@@ -153,7 +151,7 @@ class Metrics(Collector):
 
         return atomic_write(path, self.render(), mode=TEXTFILE_MODE, euid=euid)
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    def _lines(self) -> Iterator[str]:
         with self._lock:
             profiles, file_writes, firing = self._profiles, self._file_writes, self._alerts_firing
             tables: tuple[Mapping[Any, float], ...] = (
@@ -164,90 +162,119 @@ class Metrics(Collector):
                 self._source_expiry,
             )
             samples = [sorted(table.items()) for table in tables]
-            histogram = self._histogram(list(self._bucket_counts), self._duration_sum)
-            reloads = list(self._reloads.items())
-            hooks = list(self._hooks.items())
-        yield GaugeMetricFamily("credfresh_profiles", "Profiles in the config in force.", profiles)
-        for (family, name, doc, labels), rows in zip(_PER_PROFILE, samples, strict=True):
-            yield _labelled(family(name, doc, labels=labels), rows)
-        yield histogram
-        yield CounterMetricFamily(
-            "credfresh_file_writes_total",
-            "Times the credentials file was rewritten.",
-            value=file_writes,
+            counts, duration_sum = list(self._bucket_counts), self._duration_sum
+            reloads: Sequence[tuple[str, int]] = list(self._reloads.items())
+            hooks: Sequence[tuple[str, int]] = list(self._hooks.items())
+        yield from _family("credfresh_profiles", "gauge", "Profiles in the config in force.")
+        yield _sample("credfresh_profiles", (), profiles)
+        for (kind, name, doc, labels), rows in zip(_PER_PROFILE, samples, strict=True):
+            yield from _family(name, kind, doc)
+            for key, value in rows:
+                values = (key,) if isinstance(key, str) else key
+                yield _sample(name, tuple(zip(labels, values, strict=True)), value)
+        yield from self._histogram(counts, duration_sum)
+        yield from _family(
+            "credfresh_file_writes_total", "counter", "Times the credentials file was rewritten."
         )
-        yield _labelled(
-            CounterMetricFamily(
+        yield _sample("credfresh_file_writes_total", (), file_writes)
+        for name, doc, by_result in (
+            (
                 "credfresh_config_reloads_total",
                 "Config reloads by result: applied, rejected, unchanged.",
-                labels=["result"],
+                reloads,
             ),
-            reloads,
-        )
-        yield _labelled(
-            CounterMetricFamily(
+            (
                 "credfresh_hooks_total",
                 "on_refresh hook runs by result: success, failure, timeout.",
-                labels=["result"],
+                hooks,
             ),
-            hooks,
-        )
-        yield GaugeMetricFamily("credfresh_alerts_firing", "Alerts firing now.", value=firing)
+        ):
+            yield from _family(name, "counter", doc)
+            for result, count in by_result:
+                yield _sample(name, (("result", result),), count)
+        yield from _family("credfresh_alerts_firing", "gauge", "Alerts firing now.")
+        yield _sample("credfresh_alerts_firing", (), firing)
 
-    def _histogram(self, counts: list[int], duration_sum: float) -> HistogramMetricFamily:
-        histogram = HistogramMetricFamily(
-            "credfresh_refresh_duration_seconds",
-            "How long one refresh took, STS call and file write included.",
+    def _histogram(self, counts: list[int], duration_sum: float) -> Iterator[str]:
+        name = "credfresh_refresh_duration_seconds"
+        yield from _family(
+            name, "histogram", "How long one refresh took, STS call and file write included."
         )
-        cumulative, running = [], 0
+        running = 0
         for bound, count in zip(self._bounds, counts, strict=True):
             running += count
-            cumulative.append((_le(bound), float(running)))
-        histogram.add_metric([], cumulative, duration_sum)
-        return histogram
+            yield _sample(f"{name}_bucket", (("le", _le(bound)),), running)
+        yield _sample(f"{name}_count", (), running)
+        yield _sample(f"{name}_sum", (), duration_sum)
 
 
-_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
 #: The per-profile families, in exposition order: (type, name, help, labels).
 _PER_PROFILE: Final = (
     (
-        GaugeMetricFamily,
+        "gauge",
         "credfresh_credentials_expiry_timestamp_seconds",
         "When the credentials on disk for the profile expire (Unix time).",
-        ["profile"],
+        ("profile",),
     ),
     (
-        GaugeMetricFamily,
+        "gauge",
         "credfresh_last_success_timestamp_seconds",
         "When the profile was last refreshed successfully (Unix time).",
-        ["profile"],
+        ("profile",),
     ),
     (
-        CounterMetricFamily,
+        "counter",
         "credfresh_refresh_total",
         "Refresh attempts by result: success, transient_error, permanent_error.",
-        ["profile", "result"],
+        ("profile", "result"),
     ),
     (
-        CounterMetricFamily,
+        "counter",
         "credfresh_sts_errors_total",
         "Failed refreshes by STS error code.",
-        ["profile", "code"],
+        ("profile", "code"),
     ),
     (
-        GaugeMetricFamily,
+        "gauge",
         "credfresh_source_expiry_timestamp_seconds",
         "When the profile's source itself ends, e.g. its Roles Anywhere certificate (Unix time).",
-        ["profile"],
+        ("profile",),
     ),
 )
 
 
-def _labelled(family: _Family, samples: Iterable[tuple[str | tuple[str, ...], float]]) -> _Family:
-    """`family` with one sample per label value (or tuple of them), in the order given."""
-    for key, value in samples:
-        family.add_metric([key] if isinstance(key, str) else list(key), value)
-    return family
+def _family(name: str, kind: str, doc: str) -> tuple[str, str]:
+    text = doc.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {text}\n", f"# TYPE {name} {kind}\n"
+
+
+def _sample(name: str, labels: tuple[tuple[str, str], ...], value: float) -> str:
+    """One sample line; labels sorted by name and escaped, the value as Go prints it."""
+    if not labels:
+        return f"{name} {_go_float(value)}\n"
+    pairs = ",".join(
+        f'{key}="{_escape(text)}"' for key, text in sorted(labels, key=lambda pair: pair[0])
+    )
+    return f"{name}{{{pairs}}} {_go_float(value)}\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _go_float(value: float) -> str:
+    """A float as Prometheus's Go parser expects it: `+Inf`, `NaN`, `1.7e+09`, `0.25`."""
+    number = float(value)
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    if math.isnan(number):
+        return "NaN"
+    text = repr(number)
+    dot = text.find(".")
+    if number > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 def _le(bound: float) -> str:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 STOP_GRACE: Final = 5.0
 TICK: Final = 0.5
 STATUS_EVERY: Final = 10.0
+#: The state file and metrics textfile are rewritten at most this often while profiles
+#: change: at 1,000 profiles each rewrite renders them all (benchmarks/PROFILE.md, "Footprint").
+SAVE_EVERY: Final = 2.0
 
 
 class InstanceLock:
@@ -202,6 +205,7 @@ class Daemon:
     def _loop(self) -> None:
         last_status = 0.0
         last_ping = 0.0
+        last_save = -SAVE_EVERY
         ping_every = self.notifier.watchdog_interval()
         while True:
             self.wake.wait(TICK)
@@ -217,10 +221,11 @@ class Daemon:
                 self.log.info("ready", profiles=len(self.config.profiles))
                 self.notifier.ready()
                 last_status = 0.0
-            if self._ready and self.engine.take_dirty():
+            now = self.ctx.clock.monotonic()
+            if self._ready and now - last_save >= SAVE_EVERY and self.engine.take_dirty():
                 self._save_state()
                 self._write_textfile()
-            now = self.ctx.clock.monotonic()
+                last_save = now
             if ping_every and now - last_ping >= ping_every and self.probes.healthy():
                 self.notifier.watchdog()
                 last_ping = now

@@ -1,8 +1,9 @@
 """An overall deadline for blocking network calls: botocore's timeouts bound each read only,
 and an endpoint trickling one byte a second never trips a read timeout.
 
-Each call runs in a bounded helper thread; past the deadline the caller gets DeadlineExceeded,
-the late result is dropped, and the helper's sockets are shut down so it ends too.
+Each call runs in a helper thread of a bounded pool (helpers end when idle); past the deadline
+the caller gets DeadlineExceeded, the late result is dropped, and the helper's sockets are shut
+down so it ends too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from credfresh.context import Clock, SystemClock
+from credfresh.threads import ElasticPool
 
 T = TypeVar("T")
 
@@ -28,6 +30,8 @@ class _Outcome(Generic[T]):
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     value: T | None = None
     error: BaseException | None = None
+    ident: int | None = None
+    abandoned: bool = False
 
 
 class CallGuard:
@@ -41,7 +45,7 @@ class CallGuard:
         if limit < 1:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         self._slots = threading.BoundedSemaphore(limit)
-        self._name = name
+        self._pool = ElasticPool(limit, name=name)
         self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._tracked: dict[int, list[Any]] = {}
@@ -54,21 +58,17 @@ class CallGuard:
         if not self._slots.acquire(timeout=max(0.0, timeout)):
             raise DeadlineExceeded("no free call slot within the deadline")
         outcome: _Outcome[T] = _Outcome()
-        helper = threading.Thread(
-            target=self._helper, args=(call, outcome), name=self._name, daemon=True
-        )
         try:
-            helper.start()
+            self._pool.submit(self._helper, call, outcome)
         except BaseException:
             self._slots.release()
             raise
-        with self._lock:
-            if not outcome.done.is_set() and helper.ident is not None:
-                self._tracked.setdefault(helper.ident, [])
         if not outcome.done.wait(max(0.0, deadline - self._clock.monotonic())):
             with self._lock:
                 self.abandoned += 1
-            self._cut(helper.ident)
+                outcome.abandoned = True
+                ident = outcome.ident
+            self._cut(ident)
             raise DeadlineExceeded(f"no complete answer within {timeout:g} s")
         if outcome.error is not None:
             raise outcome.error
@@ -89,9 +89,13 @@ class CallGuard:
     def _helper(self, call: Callable[[], T], outcome: _Outcome[T]) -> None:
         ident = threading.get_ident()
         with self._lock:
-            self._tracked.setdefault(ident, [])
+            start = not outcome.abandoned  # a call abandoned before it began never begins
+            if start:
+                outcome.ident = ident
+                self._tracked.setdefault(ident, [])
         try:
-            outcome.value = call()
+            if start:
+                outcome.value = call()
         except BaseException as exc:  # handed to the caller, who decides
             outcome.error = exc
         finally:
