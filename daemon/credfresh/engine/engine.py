@@ -48,6 +48,7 @@ class Engine(EngineCore):
     ) -> None:
         super().__init__(config, parts, wakeup_interval=wakeup_interval)
         self._writer = self._make_writer(config)
+        self._dependants: tuple[Config, dict[str, tuple[Profile, ...]]] | None = None
 
     def start(
         self, saved: Mapping[str, ProfileState], on_first_pass: Callable[[], None] | None = None
@@ -222,17 +223,30 @@ class Engine(EngineCore):
     def _wake_dependants(self, source: str) -> None:
         """A chained profile waiting for this source runs now; fresh dependants are left be."""
         now = self.clock.now()
-        for name, profile in self._config.profiles.items():
-            if profile.chained and profile.source_profile == source:
-                with self._lock:
-                    state = self._states.get(name)
-                    creds = self._current.get(name)
-                    waiting = state is not None and (
-                        state.last_error_code == "source_unavailable"
-                        or refresh.state_of(now, creds, profile.refresh_before) != "fresh"
-                    )
-                if waiting:
-                    self._schedule(name, now)
+        for profile in self._dependants_of(source):
+            name = profile.name
+            with self._lock:
+                state = self._states.get(name)
+                creds = self._current.get(name)
+                waiting = state is not None and (
+                    state.last_error_code == "source_unavailable"
+                    or refresh.state_of(now, creds, profile.refresh_before) != "fresh"
+                )
+            if waiting:
+                self._schedule(name, now)
+
+    def _dependants_of(self, source: str) -> tuple[Profile, ...]:
+        """The chained profiles whose source is `source`, indexed once per config: a scan of
+        every profile after every refresh cost 1,000 profiles a million steps."""
+        config = self._config
+        cached = self._dependants
+        if cached is None or cached[0] is not config:
+            index: dict[str, list[Profile]] = {}
+            for profile in config.profiles.values():
+                if profile.chained and profile.source_profile is not None:
+                    index.setdefault(profile.source_profile, []).append(profile)
+            cached = self._dependants = (config, {k: tuple(v) for k, v in index.items()})
+        return cached[1].get(source, ())
 
     def _failed(self, profile: Profile, failure: Failure, took: float) -> None:
         now = self.clock.now()

@@ -72,29 +72,29 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: frozenset[str] = frozenset()
+        self._known: set[str] = set()
         self._index: dict[str, tuple[str, ...]] = {}
 
     def add(self, *secrets: str | None) -> None:
-        fresh = {s for s in secrets if s and len(s) >= _PREFIX} - self._known
-        if fresh:
-            with self._lock:
-                self._known = self._known | fresh
-                for secret in fresh:
-                    bucket = self._index.get(secret[:_PREFIX], ())
-                    self._index[secret[:_PREFIX]] = (*bucket, secret)
+        """Known from now on; in place (a copy of every known secret per refresh cost O(n))."""
+        with self._lock:
+            for secret in secrets:
+                if secret and len(secret) >= _PREFIX and secret not in self._known:
+                    self._known.add(secret)
+                    key = secret[:_PREFIX]
+                    self._index[key] = (*self._index.get(key, ()), secret)
 
     def forget(self, *secrets: str | None) -> None:
-        gone = {s for s in secrets if s} & self._known
-        if gone:
-            with self._lock:
-                self._known = self._known - gone
-                for secret in gone:
-                    left = tuple(s for s in self._index.get(secret[:_PREFIX], ()) if s != secret)
+        with self._lock:
+            for secret in secrets:
+                if secret and secret in self._known:
+                    self._known.discard(secret)
+                    key = secret[:_PREFIX]
+                    left = tuple(s for s in self._index.get(key, ()) if s != secret)
                     if left:
-                        self._index[secret[:_PREFIX]] = left
+                        self._index[key] = left
                     else:
-                        self._index.pop(secret[:_PREFIX], None)
+                        self._index.pop(key, None)
 
     def _by_prefix(self, value: str) -> str:
         """Many profiles: one lookup per position in the index add/forget keep (rebuilding it
@@ -111,10 +111,11 @@ class Redactor:
         return value
 
     def text(self, value: str) -> str:
-        known = self._known
-        if known:
-            if len(known) <= _SCAN_ALL_BELOW:
-                for secret in known:
+        if self._known:
+            if len(self._known) <= _SCAN_ALL_BELOW:
+                with self._lock:
+                    few = tuple(self._known)
+                for secret in few:
                     if secret in value:
                         value = value.replace(secret, REDACTED)
             else:

@@ -238,18 +238,12 @@ class Daemon:
         profile with valid credentials in memory has valid ones on disk. Not "nothing pending":
         short lifetimes keep joining the batch, and a failing disk keeps its own backoff.
         """
-        if not self.engine.snapshot().first_pass_done:
+        if not self.engine.first_pass_done():
             return False
         if not self._flushed:
             self._flushed = True
             self.engine.flush(timeout=5.0)
-        now = self.ctx.clock.now()
-        snap = self.engine.snapshot()
-        return all(
-            (expires := snap.on_disk.get(name)) is not None and expires > now
-            for name, held in snap.in_memory.items()
-            if held is not None and held > now
-        )
+        return self.engine.all_on_disk(self.ctx.clock.now())
 
     def _shutdown(self) -> bool:
         self.log.info("stopping")

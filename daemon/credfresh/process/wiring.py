@@ -231,9 +231,9 @@ class Probes:
         self._interval = wakeup_interval
 
     def health(self) -> tuple[bool, Mapping[str, object]]:
-        snap = self._engine.snapshot()
+        heartbeat, writer_alive = self._engine.pulse()
         return liveness(
-            self.clock.monotonic(), snap.heartbeat, self._interval, writer_alive=snap.writer_alive
+            self.clock.monotonic(), heartbeat, self._interval, writer_alive=writer_alive
         )
 
     def ready(self, profile: str | None) -> tuple[int, Mapping[str, object]]:
@@ -241,9 +241,9 @@ class Probes:
 
     def healthy(self) -> bool:
         """Scheduler beat within two wake-up intervals, writer thread alive (systemd watchdog)."""
-        snap = self._engine.snapshot()
-        age = self.clock.monotonic() - snap.heartbeat
-        return should_ping(age, self._interval, writer_alive=snap.writer_alive)
+        heartbeat, writer_alive = self._engine.pulse()
+        age = self.clock.monotonic() - heartbeat
+        return should_ping(age, self._interval, writer_alive=writer_alive)
 
     def status_line(self) -> str:
         now = self.clock.now()
