@@ -5,13 +5,17 @@ Floors: the peak RSS of a Python process that imports botocore and creates one S
 Then `credfresh run` with 10 profiles (spawn -> first STS call, READY=1 cold and with fresh
 profiles on disk, peak RSS after 10 refresh cycles with the container endpoint and the health
 server on, threads) and with 1,000 profiles (CPU per refresh at 0 ms STS latency, and a cold
-start at `max_concurrency` 64 and 50 ms latency against its latency bound).
+start at `max_concurrency` 64 and 50 ms latency against its latency bound). Daemons run with
+the sidecar image's environment (`GLIBC_TUNABLES` set, so `credfresh run` does not re-execute
+itself). The Roles Anywhere helper's model, one process per profile, is costed with
+`peer_helper/main.go`, a standard-library Go stand-in built here when `go` is installed.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from harness import (
+    BENCH_DIR,
+    OUT,
     Daemon,
     Layout,
     Report,
@@ -42,6 +48,7 @@ COLD_CONCURRENCY: Final = 64
 COLD_LATENCY: Final = 0.05
 COLD_RATIO: Final = 2.0
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+SIDECAR_ENV: Final = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
 
 CLIENT_FLOOR: Final = (
     "import botocore.session\n"
@@ -111,6 +118,40 @@ def _first_call_floor(stub: Stub) -> float:
     return stub.request_times()[0] - began
 
 
+def _helper_rss_mb(stub: Stub) -> float | None:
+    """VmHWM of the Go stand-in for one Roles Anywhere helper process; None without `go`."""
+    from credfresh.devsts.pki import issue
+
+    go = shutil.which("go")
+    if go is None:
+        return None
+    work = fresh_dir("footprint-helper")
+    binary = OUT / "peer_helper"
+    env = {**base_env(), "GO111MODULE": "off", "CGO_ENABLED": "0", "GOCACHE": str(OUT / "gocache")}
+    source = BENCH_DIR / "peer_helper" / "main.go"
+    subprocess.run([go, "build", "-o", str(binary), str(source)], env=env, check=True)
+    ca = issue("bench CA", ca=True)
+    cert, key = issue("bench.example", issuer=ca).write(work, "host")
+    proc = subprocess.Popen(
+        [str(binary), str(cert), str(key), stub.url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        if not proc.stdout.readline().startswith("ready"):
+            return None
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _sidecar(layout: Layout, listener: NotifyListener | None = None) -> Daemon:
+    """`credfresh run` with the image's environment (and a notify socket when given)."""
+    extra = dict(listener.environ) if listener is not None else {}
+    return Daemon(layout, env=layout.env(**extra, **SIDECAR_ENV))
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -139,13 +180,19 @@ def _start_times(stub: Stub, runs: int, lifetime: float) -> dict[str, list[float
     for index in range(runs):
         stub.prepare(lifetime=lifetime)
         layout = _small_layout(stub, f"footprint-start-{index}")
-        with NotifyListener() as listener, Daemon(layout, env=layout.env(**listener.environ)) as d:
+        with (
+            NotifyListener() as listener,
+            _sidecar(layout, listener) as d,
+        ):
             listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=30)
             found["ready"].append(time.perf_counter() - d.started_mono)
             found["first"].append(stub.request_times()[0] - d.started_at)
         layout.prefill([profile_name(i) for i in range(SMALL)], timedelta(hours=1))
         calls = stub.calls()
-        with NotifyListener() as listener, Daemon(layout, env=layout.env(**listener.environ)) as d:
+        with (
+            NotifyListener() as listener,
+            _sidecar(layout, listener) as d,
+        ):
             listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=30)
             found["ready_fresh"].append(time.perf_counter() - d.started_mono)
         if stub.calls() != calls:
@@ -157,7 +204,7 @@ def _small_memory(stub: Stub, cycles: int, lifetime: float) -> tuple[float, int,
     """(peak RSS MB, threads, refreshes) of 10 profiles through `cycles` refresh cycles."""
     stub.prepare(lifetime=lifetime)
     layout = _small_layout(stub, "footprint-rss", outputs=True)
-    with Daemon(layout) as daemon:
+    with _sidecar(layout) as daemon:
         daemon.on_disk([profile_name(i) for i in range(SMALL)], timeout=60)
         wanted = SMALL * (cycles + 1)
         daemon.wait_for(lambda _: stub.calls() >= wanted, (cycles + 2) * lifetime, "cycles")
@@ -195,10 +242,13 @@ def _cpu_per_refresh(stub: Stub) -> tuple[float, float]:
     layout = Layout(fresh_dir("footprint-cpu"), stub)
     layout.write_config(layout.build(LARGE, max_concurrency=16))
     names = [profile_name(i) for i in range(LARGE)]
-    with Daemon(layout) as daemon:
+    with _sidecar(layout) as daemon:
         daemon.on_disk(names, timeout=120)
         cold = _cpu_s(daemon.pid)
-    with NotifyListener() as listener, Daemon(layout, env=layout.env(**listener.environ)) as d:
+    with (
+        NotifyListener() as listener,
+        _sidecar(layout, listener) as d,
+    ):
         listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=60)
         start_up = _cpu_s(d.pid)
     return 1000 * (cold - start_up) / LARGE, start_up
@@ -210,7 +260,7 @@ def _cpu_steady(stub: Stub, lifetime: float, cycles: int) -> tuple[float, int]:
     stub.prepare(lifetime=lifetime, latency=0.0)
     layout = Layout(fresh_dir("footprint-steady"), stub)
     layout.write_config(layout.build(LARGE, short_lived=True, max_concurrency=16))
-    with Daemon(layout) as daemon:
+    with _sidecar(layout) as daemon:
         daemon.on_disk([profile_name(i) for i in range(LARGE)], timeout=120)
         cpu0, calls0 = _cpu_s(daemon.pid), stub.calls()
         target = calls0 + cycles * LARGE
@@ -225,7 +275,7 @@ def _cold_start(stub: Stub) -> tuple[float, float]:
     stub.prepare(lifetime=None, latency=COLD_LATENCY)
     layout = Layout(fresh_dir("footprint-cold"), stub)
     layout.write_config(layout.build(LARGE, max_concurrency=COLD_CONCURRENCY))
-    with Daemon(layout) as daemon:
+    with _sidecar(layout) as daemon:
         done = daemon.on_disk([profile_name(i) for i in range(LARGE)], timeout=120)
         first = stub.request_times()[0]
         return done - first, done - daemon.started_at
@@ -243,6 +293,7 @@ def run(stub: Stub, *, runs: int = 5, cycles: int = 10, cold_runs: int = 3) -> R
     cpu_ms, start_cpu = _cpu_per_refresh(stub)
     steady_ms, refreshes = _cpu_steady(stub, lifetime=20.0, cycles=2 if cycles >= 10 else 1)
     colds = [_cold_start(stub) for _ in range(cold_runs)]
+    helper_mb = _helper_rss_mb(stub)
     stub.prepare(lifetime=None)
     first, ready, fresh = (median(starts[k]) for k in ("first", "ready", "ready_fresh"))
     phase = median(c[0] for c in colds)
@@ -316,6 +367,20 @@ def run(stub: Stub, *, runs: int = 5, cycles: int = 10, cold_runs: int = 3) -> R
             ok=phase <= COLD_RATIO * bound,
         ),
     ]
+    if helper_mb is not None:
+        rows.append(
+            Row(
+                "Roles Anywhere helper's model, one process per profile (a standard-library Go "
+                "stand-in: certificate loaded, one fetch, serving; the real helper adds the AWS "
+                "SDK for Go)",
+                f"{helper_mb:.1f} MB per process: 10 profiles {10 * helper_mb:.0f} MB, "
+                f"1,000 profiles {LARGE * helper_mb / 1024:.1f} GB",
+                "-",
+                f"credfresh: one process, {peak_mb:.1f} MB for 10 profiles (1,000: the 10-cycle "
+                "row)",
+                f"{10 * helper_mb / peak_mb:.2f}x at 10 profiles",
+            )
+        )
     details = (
         f"Floors: import botocore.session {import_s:.3f} s; botocore + STS client peak RSS "
         f"{client_mb:.1f} MB; bare interpreter {bare_mb:.1f} MB; smallest AssumeRole program "

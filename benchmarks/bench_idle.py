@@ -24,7 +24,7 @@ from harness import (
 
 PROFILES: Final = 1000
 IDLE_SECONDS: Final = 60.0
-MAX_IDLE_PERCENT: Final = 0.5
+MAX_IDLE_PERCENT: Final = 0.2
 MAX_CREDENTIAL_PROCESS_S: Final = 0.120
 MAX_STATUS_S: Final = 0.400
 MAX_RELOAD_S: Final = 1.0

@@ -32,25 +32,76 @@ _OK: Final = "ok"
 _INVALID: Final = "invalid"
 
 
+class Pending:
+    """A validation started now in a forked child, its answer collected by `result()`: the
+    daemon imports its own modules meanwhile, on the other core. Leaving the `with` block
+    without asking kills and reaps a child still running."""
+
+    def __init__(
+        self,
+        path: Path,
+        environ: Mapping[str, str],
+        home: Path,
+        now: datetime | None = None,
+        *,
+        start: bool = True,
+    ) -> None:
+        self._args = (path, environ, home, now)
+        forking = start and hasattr(os, "fork")
+        self._child = _fork(path, environ, home, now) if forking else None
+
+    def __enter__(self) -> Pending:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+    def result(self) -> Config:
+        """`validate.load_config`'s result, or its ConfigError; in-process if the child failed."""
+        answer = self._collect()
+        if answer is not None:
+            kind, value = answer
+            if kind == _OK:
+                return value  # type: ignore[return-value]
+            problems, where = cast("tuple[list[str], str]", value)
+            raise ConfigError(list(problems), path=where)
+        from credfresh.config.validate import load_config
+
+        return load_config(*self._args)
+
+    def cancel(self) -> None:
+        if self._child is not None:
+            pid, fd = self._child
+            self._child = None
+            os.close(fd)
+            _reap(pid, kill=True)
+
+    def _collect(self) -> tuple[str, object] | None:
+        if self._child is None:
+            return None
+        pid, fd = self._child
+        self._child = None
+        data: bytes | None = None
+        try:
+            data = _read_all(fd, CHILD_TIMEOUT)
+        finally:
+            os.close(fd)
+            _reap(pid, kill=data is None)
+        return _decode(data) if data else None
+
+
 def load_isolated(
     path: Path, environ: Mapping[str, str], home: Path, now: datetime | None = None
 ) -> Config:
     """`validate.load_config`, run in a forked child; same result, same ConfigError."""
-    answer = _ask_child(path, environ, home, now) if hasattr(os, "fork") else None
-    if answer is not None:
-        kind, value = answer
-        if kind == _OK:
-            return value  # type: ignore[return-value]
-        problems, where = cast("tuple[list[str], str]", value)
-        raise ConfigError(list(problems), path=where)
-    from credfresh.config.validate import load_config
-
-    return load_config(path, environ, home, now)
+    with Pending(path, environ, home, now) as pending:
+        return pending.result()
 
 
-def _ask_child(
+def _fork(
     path: Path, environ: Mapping[str, str], home: Path, now: datetime | None
-) -> tuple[str, object] | None:
+) -> tuple[int, int] | None:
+    """(pid, read end) of a child validating the config; None when no child could start."""
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
@@ -62,14 +113,10 @@ def _ask_child(
         os.close(read_end)
         _child(write_end, path, environ, home, now)
     os.close(write_end)
-    data: bytes | None = None
-    try:
-        data = _read_all(read_end, CHILD_TIMEOUT)
-    finally:
-        os.close(read_end)
-        _reap(pid, kill=data is None)
-    if not data:
-        return None
+    return pid, read_end
+
+
+def _decode(data: bytes) -> tuple[str, object] | None:
     try:
         answer = pickle.loads(data)  # noqa: S301 - our own child, over our own pipe
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):

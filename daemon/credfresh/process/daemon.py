@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -33,6 +33,8 @@ from credfresh.process.allocator import tune_malloc
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
+    from credfresh.config.isolated import Pending
+    from credfresh.observe.logs import Logging
     from credfresh.process.watch import ConfigWatcher
     from credfresh.process.wiring import Wired
 
@@ -368,17 +370,32 @@ def main(
     ctx: Context,
 ) -> int:
     """Start the daemon; exit 2 on a bad config, 3 when another instance holds the lock."""
-    from credfresh.observe.logs import Logging
-    from credfresh.outputs.http import raise_fd_limit
-    from credfresh.process import wiring
+    from credfresh.config.isolated import Pending
 
-    tune_malloc(ctx.environ)
-    raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
-    logging = Logging(ctx.out, fmt=log_format, level=log_level)
-    logging.install()
+    unsafe = trust.path_problems(config_path, 0) if ctx.euid == 0 else []
+    # A forked child validates while this process imports the daemon, on the other core.
+    with Pending(config_path, ctx.environ, ctx.home, ctx.clock.now(), start=not unsafe) as pending:
+        from credfresh.observe.logs import Logging
+        from credfresh.outputs.http import raise_fd_limit
+        from credfresh.process import wiring
+
+        tune_malloc(ctx.environ)
+        raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
+        logging = Logging(ctx.out, fmt=log_format, level=log_level)
+        logging.install()
+        try:
+            config = _checked_config(config_path, ctx, logging.get(), pending, unsafe)
+        except BaseException:
+            logging.uninstall()
+            raise
+    return _serve(config, ctx, logging, wiring.build)
+
+
+def _serve(
+    config: Config | None, ctx: Context, logging: Logging, build: Callable[..., Wired]
+) -> int:
     log = logging.get()
     try:
-        config = _checked_config(config_path, ctx, log)
         if config is None:
             return EXIT_CONFIG
         lock = InstanceLock(config.credentials_file, ctx.euid)
@@ -395,7 +412,7 @@ def main(
             ctx.err.write(f"credfresh: refusing to start:\n  {exc}\n")
             return EXIT_CONFIG
         try:
-            parts = wiring.build(config, ctx, logging)
+            parts = build(config, ctx, logging)
             return Daemon(ctx=ctx, log=log, parts=parts).run()
         finally:
             lock.release()
@@ -403,16 +420,16 @@ def main(
         logging.uninstall()
 
 
-def _checked_config(config_path: Path, ctx: Context, log: BoundLogger) -> Config | None:
+def _checked_config(
+    config_path: Path, ctx: Context, log: BoundLogger, pending: Pending, unsafe: list[str]
+) -> Config | None:
     """The config, or None (said on stderr) when it is invalid or, as root, unsafe."""
-    from credfresh.config.isolated import load_isolated
-
-    if ctx.euid == 0 and (unsafe := trust.path_problems(config_path, 0)):
+    if unsafe:
         log.error("config_unsafe", errors=unsafe, path=str(config_path))
         ctx.err.write("credfresh: refusing to start:\n  " + "\n  ".join(unsafe) + "\n")
         return None
     try:
-        config = load_isolated(config_path, ctx.environ, ctx.home, ctx.clock.now())
+        config = pending.result()
     except ConfigError as exc:
         log.error(
             "config_rejected", error_code=exc.code, errors=exc.problems, path=str(config_path)
