@@ -58,7 +58,7 @@ class TestLoadIsolated:
         def refuse() -> int:
             raise OSError(11, "Resource temporarily unavailable")
 
-        monkeypatch.setattr(isolated.os, "fork", refuse)
+        monkeypatch.setattr(os, "fork", refuse)
         assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
 
     def test_garbage_or_silence_falls_back(self, monkeypatch: pytest.MonkeyPatch) -> None:
