@@ -12,14 +12,13 @@ import sys
 parser = configparser.RawConfigParser(interpolation=None)
 parser.read(sys.argv[2], encoding="utf-8")
 section = parser[sys.argv[1]]
-print(
-    json.dumps(
-        {
-            "Version": 1,
-            "AccessKeyId": section["aws_access_key_id"],
-            "SecretAccessKey": section["aws_secret_access_key"],
-            "SessionToken": section["aws_session_token"],
-            "Expiration": section["x_security_token_expires"],
-        }
-    )
-)
+document = {
+    "Version": 1,
+    "AccessKeyId": section["aws_access_key_id"],
+    "SecretAccessKey": section["aws_secret_access_key"],
+    "SessionToken": section["aws_session_token"],
+    "Expiration": section["x_security_token_expires"],
+}
+if "aws_account_id" in section:
+    document["AccountId"] = section["aws_account_id"]
+print(json.dumps(document))
