@@ -166,8 +166,13 @@ def make(project: Project) -> Iterator[Callable[..., Rig]]:
 def test_first_pass_fetches_and_writes_then_waits_for_the_due_time(make: Any) -> None:
     """Missing profiles run at once and land in one file; the next run is the jittered due time."""
     rig = make(a={}, b={})
-    rig.engine.start({})
+    signalled: list[str] = []
+    rig.engine.start({}, on_first_pass=lambda: signalled.append("x"))
+    assert signalled == []
+    assert not rig.engine.first_pass_done()
     assert sorted(rig.step()) == ["a", "b"]
+    assert signalled == ["x"]
+    assert rig.engine.all_on_disk(rig.clock.at)
     assert set(rig.store.sections) == {"a", "b"}
     creds = rig.store.sections["a"]
     due = policy.due_at(creds, rig.config.profiles["a"].refresh_before)
@@ -185,10 +190,17 @@ def test_restart_reuses_fresh_credentials_without_a_call(make: Any) -> None:
     rig.store.sections["a"] = Credentials(
         "ASIAKEPTKEPTKEPT0001", "s", "t", T0 + timedelta(hours=1), T0
     )
-    rig.engine.start({"a": ProfileState(consecutive_failures=0)})
+    signalled: list[str] = []
+    rig.engine.start(
+        {"a": ProfileState(consecutive_failures=0)}, on_first_pass=lambda: signalled.append("x")
+    )
+    assert signalled == ["x"], "nothing due: the first pass is over at start (READY at once)"
+    assert rig.engine.first_pass_done()
+    assert rig.engine.all_on_disk(T0)
     assert rig.step() == []
     assert rig.source.calls == []
     assert rig.engine.on_disk("a") == rig.store.sections["a"]
+    assert signalled == ["x"]
 
 
 def test_failure_backs_off_and_recovers(make: Any) -> None:
