@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from credfresh.process.systemd import should_ping
 from credfresh.sources.assume_role import StsSource
 from credfresh.sources.classify import SourceError
 from credfresh.sources.clients import call_deadline
-from credfresh.sources.deadline import CallGuard, DeadlineExceeded
+from credfresh.sources.deadline import CallGuard, DeadlineExceeded, _Outcome
 from credfresh.sources.response import accept_response
 from support.daemon_runner import DaemonProcess, env_with
 from support.notify_listener import NotifyListener
@@ -337,7 +339,7 @@ class TestConfigRegexes:
 class TestOverallDeadline:
     def test_trickling_sts_is_abandoned_and_freed(self, project: Project) -> None:
         """A 1 byte/s answer (every read quick) is abandoned as `timeout` at the deadline, and
-        the helper thread that read it ends too."""
+        the helper that read it is freed too (its socket is cut)."""
         settings = StsSettings(endpoint_url=project.sts.url, timeout=1.5)
         clients = StsSource(settings, credentials_file=str(project.credentials_file))
         project.profile("p")
@@ -347,7 +349,6 @@ class TestOverallDeadline:
         profile = load_config(project.config_path, project.env, Path.home()).profiles["p"]
         project.sts.proxy.trickle(0.5, times=1, when={"Action": "AssumeRole"})
         outcome: list[BaseException | object] = []
-        others = set(_helpers())
         started = time.monotonic()
         caller = threading.Thread(target=lambda: outcome.append(_attempt(clients, profile)))
         caller.start()
@@ -359,9 +360,9 @@ class TestOverallDeadline:
         assert not outcome[0].failure.permanent
         assert call_deadline(settings) - 0.1 <= took <= call_deadline(settings) + 3
         deadline = time.monotonic() + 20
-        while set(_helpers()) - others and time.monotonic() < deadline:
+        while clients.clients.calls_in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not set(_helpers()) - others, "the abandoned helper never ended"
+        assert clients.clients.calls_in_flight() == 0, "the abandoned helper was never freed"
         issued = clients.fetch(profile)
         assert issued.credentials.access_key_id
 
@@ -399,16 +400,44 @@ class TestCallGuard:
             release.set()
         assert guard.run(lambda: 2, 5) == 2
 
+    def test_a_late_cut_spares_the_next_call_on_the_same_thread(self) -> None:
+        """Helpers are pooled: once a call has ended, a cut decided for it (the caller's
+        deadline ran out as it finished) must not reach the next call its thread runs."""
+        guard = CallGuard(1)
+        first = guard.run(threading.get_ident, 5)
+        near, far = socket.socketpair()
+        connection = types.SimpleNamespace(sock=near)
+        entered, release = threading.Event(), threading.Event()
+
+        def second() -> int:
+            guard.track(connection)
+            entered.set()
+            release.wait(10)
+            return threading.get_ident()
+
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(guard.run(second, 10)))
+        runner.start()
+        try:
+            assert entered.wait(10)
+            ended: _Outcome[int] = _Outcome(ident=first)
+            ended.done.set()
+            guard._cut(ended)
+        finally:
+            release.set()
+            runner.join(10)
+        assert result == [first], "the second call ran on the first call's pooled thread"
+        far.sendall(b"x")
+        assert near.recv(1) == b"x", "the second call's connection was shut down"
+        near.close()
+        far.close()
+
 
 def _attempt(clients: StsSource, profile: Any) -> BaseException | object:
     try:
         return clients.fetch(profile)
     except SourceError as error:
         return error
-
-
-def _helpers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "credfresh-sts" and t.is_alive()]
 
 
 def _swallow(guard: CallGuard, release: threading.Event) -> None:

@@ -220,6 +220,10 @@ class StsClients:
             self._clients.pop(key, None)
             self._sessions.pop(profile.source_profile, None)
 
+    def calls_in_flight(self) -> int:
+        """STS calls still running in a helper, abandoned ones included."""
+        return self._guard.in_flight()
+
     def guarded(self, call: Callable[[], T], profile: str) -> T:
         """Run one STS call under the overall deadline; past it, a transient `timeout` (the
         abandoned call's result is dropped, never reaching the state)."""

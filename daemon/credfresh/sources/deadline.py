@@ -64,15 +64,16 @@ class CallGuard:
             self._slots.release()
             raise
         if not outcome.done.wait(max(0.0, deadline - self._clock.monotonic())):
-            with self._lock:
-                self.abandoned += 1
-                outcome.abandoned = True
-                ident = outcome.ident
-            self._cut(ident)
+            self._cut(outcome)
             raise DeadlineExceeded(f"no complete answer within {timeout:g} s")
         if outcome.error is not None:
             raise outcome.error
         return outcome.value  # type: ignore[return-value]
+
+    def in_flight(self) -> int:
+        """Calls whose helper still runs, abandoned ones included (they end once cut)."""
+        with self._lock:
+            return len(self._tracked)
 
     def track(self, connection: Any) -> None:
         """Remember a connection (its `sock` is cut on abandon) the current helper uses; a
@@ -105,10 +106,15 @@ class CallGuard:
                 outcome.done.set()
             self._slots.release()
 
-    def _cut(self, ident: int | None) -> None:
-        """Shut down the helper's sockets: its blocked read returns and the helper ends."""
+    def _cut(self, outcome: _Outcome[Any]) -> None:
+        """Abandon the call and shut down its helper's sockets: its blocked read returns and
+        the helper ends. Decided under the lock the helper finishes under: a pool thread may
+        take its next call the moment this one ends, and that call must not be cut."""
         with self._lock:
-            if ident is None or ident not in self._tracked:
+            self.abandoned += 1
+            outcome.abandoned = True
+            ident = outcome.ident
+            if ident is None or outcome.done.is_set() or ident not in self._tracked:
                 return
             self._abandoned.add(ident)
             connections = list(self._tracked[ident])
