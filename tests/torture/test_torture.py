@@ -1008,8 +1008,14 @@ def test_sts_outage_and_slowness(stub: DevSTS, tmp_path: Path, plan: OutagePlan)
             kept = {n: s["aws_access_key_id"] for n, s in read_ok(credentials, "start").items()}
             began = time.monotonic()
             samples = 0
+            ending: Callable[[], None] | None = None
             for kind in kinds:
+                # The next fault starts before the last one ends: switched the other way, a
+                # retry landing in the gap (a busy core can stretch it) would succeed.
                 end = fault_switch(stub, kind)
+                if ending is not None:
+                    ending()
+                ending = end
                 until = time.monotonic() + plan.phase_seconds
                 while time.monotonic() < until:
                     parsed = read_ok(credentials, f"during {kind}")
@@ -1018,7 +1024,8 @@ def test_sts_outage_and_slowness(stub: DevSTS, tmp_path: Path, plan: OutagePlan)
                     assert proc.proc.poll() is None
                     samples += 1
                     time.sleep(0.1)
-                end()
+            if ending is not None:
+                ending()
             outage = time.monotonic() - began
             expired_during = expired_sections(read_ok(credentials, "end of outage"), names)
             # A timing claim (fresh within 5 s), so the exact bound, not the patience rule.
