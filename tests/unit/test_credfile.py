@@ -304,6 +304,26 @@ class TestReadManaged:
         assert view.foreign == {"default", "team"}
         assert view.damaged == frozenset()
 
+    def test_store_parses_again_only_when_the_bytes_change(self, creds_path: Path) -> None:
+        """The engine's store keeps the last parse: same bytes, same view; any change of the
+        bytes (even one keeping the size and the time), a new parse."""
+        creds_path.parent.mkdir()
+        creds_path.write_text(FOREIGN)
+        write_profiles(creds_path, OWNER, {"p": make_creds(1)})
+        store = FileStore(os.geteuid())
+        first = store.read_managed(creds_path, OWNER)
+        assert store.read_managed(creds_path, OWNER) is first
+        assert store.read_managed(creds_path, "someone-else") is not first
+        before = creds_path.stat()
+        text = creds_path.read_text()
+        creds_path.write_text(text.replace("[team]", "[tean]"))
+        os.utime(creds_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        changed = store.read_managed(creds_path, OWNER)
+        assert changed is not first
+        assert changed.foreign == {"default", "tean"}
+        creds_path.unlink()
+        assert store.read_managed(creds_path, OWNER) == FileView({}, frozenset(), frozenset())
+
     def test_missing_file_is_an_empty_view(self, creds_path: Path) -> None:
         """Reading a file that does not exist yet is not an error."""
         assert read_managed(creds_path, OWNER) == FileView({}, frozenset(), frozenset())

@@ -453,3 +453,55 @@ def test_static_set_on_disk_of_an_sts_profile_is_not_trusted(make: Any) -> None:
     assert rig.store.sections["a"].expiration is not None
     assert rig.engine.snapshot().first_pass_done
     rig.engine.stop(grace=1.0)
+
+
+def _status_from_snapshot(rig: Any) -> tuple[int, list[tuple[str, str]], tuple[str, float] | None]:
+    """The status line's facts as the snapshot gives them: what `status_facts` must match."""
+    now = rig.clock.now()
+    snap = rig.engine.snapshot()
+    fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)
+    failing = [(n, e.last_error_code) for n, e in snap.states.items() if e.last_error_code]
+    upcoming = [
+        (name, (entry.next_attempt - now).total_seconds())
+        for name, entry in snap.states.items()
+        if entry.next_attempt is not None
+    ]
+    return fresh, failing, min(upcoming, key=lambda item: item[1]) if upcoming else None
+
+
+def test_status_facts_read_in_place_match_the_snapshot(make: Any) -> None:
+    """systemd's status line reads the tables in place; it says what a full copy would."""
+    rig = make(a={}, b={}, c={})
+    assert rig.engine.status_facts(rig.clock.now()) == (0, [], None)
+    rig.source.fail["b"] = "AccessDenied"
+    rig.engine.start({})
+    rig.step()
+    facts = rig.engine.status_facts(rig.clock.now())
+    assert facts == _status_from_snapshot(rig)
+    assert facts[0] == 2
+    assert facts[1] == [("b", "AccessDenied")]
+    assert facts[2] is not None
+    rig.clock.at = T0 + timedelta(days=1)
+    assert rig.engine.status_facts(rig.clock.now()) == _status_from_snapshot(rig)
+    assert rig.engine.status_facts(rig.clock.now())[0] == 0, "expired sets are not fresh"
+
+
+def test_same_on_disk_compares_the_keys_and_the_expiry_as_written() -> None:
+    """The file holds times to the second: a sub-second difference is the same section, any
+    other difference (a key, the token, a second) is not."""
+    from credfresh.engine.parts import same_on_disk
+
+    wrote = Credentials(
+        "ASIAEXAMPLE000000001", "s", "t", T0 + timedelta(hours=1, microseconds=9), T0
+    )
+    read = Credentials("ASIAEXAMPLE000000001", "s", "t", T0 + timedelta(hours=1), T0)
+    assert same_on_disk(read, wrote)
+    assert not same_on_disk(None, wrote)
+    assert not same_on_disk(
+        Credentials("ASIAEXAMPLE000000001", "s", "u", read.expiration, T0), wrote
+    )
+    assert not same_on_disk(
+        Credentials("ASIAEXAMPLE000000002", "s", "t", read.expiration, T0), wrote
+    )
+    later = T0 + timedelta(hours=1, seconds=1)
+    assert not same_on_disk(Credentials("ASIAEXAMPLE000000001", "s", "t", later, T0), wrote)

@@ -59,18 +59,27 @@ def read_managed(
     apply, so a planted file cannot feed credentials to credfresh. Stdlib only (on the fast
     path of `credential-process`). CredfileError `unparseable_file`, `unsafe_path`, `read_failed`.
     """
+    real, data = _read_bytes(path, euid)
+    return _view(real, data, owner, profiles)
+
+
+def _read_bytes(path: Path, euid: int | None) -> tuple[Path, bytes | None]:
+    """The file's real path and bytes (None when missing), read as a write would open it."""
     try:
         target = open_target(path, euid=euid)
     except FileNotFoundError:
-        return FileView({}, frozenset(), frozenset())
+        return path, None
     with target:
-        real = target.path
         try:
-            data = read_target(target)
+            return target.path, read_target(target)
         except OSError as exc:
             raise CredfileError(
-                f"could not read {real}: {exc.strerror or type(exc).__name__}", code="read_failed"
+                f"could not read {target.path}: {exc.strerror or type(exc).__name__}",
+                code="read_failed",
             ) from None
+
+
+def _view(real: Path, data: bytes | None, owner: str, profiles: Collection[str] | None) -> FileView:
     if data is None:
         return FileView({}, frozenset(), frozenset())
     try:
@@ -174,9 +183,18 @@ class FileStore:
     def __init__(self, euid: int) -> None:
         self.euid = euid
         self._in_place_reported: set[str] = set()
+        self._last_read: tuple[Path, str, bytes | None, FileView] | None = None
 
     def read_managed(self, path: Path, owner: str) -> FileView:
-        return read_managed(path, owner, euid=self.euid)
+        """Parsed again only when the bytes changed: the wake-up's heal reads the whole file
+        every 30 s, and parsing 1,000 sections was most of an idle daemon's CPU."""
+        real, data = _read_bytes(path, self.euid)
+        last = self._last_read
+        if last is not None and last[:3] == (real, owner, data):
+            return last[3]
+        view = _view(real, data, owner, None)
+        self._last_read = (real, owner, data, view)
+        return view
 
     def write_profiles(  # noqa: PLR0913  the Store protocol's signature
         self,

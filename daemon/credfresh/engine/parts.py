@@ -93,10 +93,15 @@ def same_on_disk(found: Credentials | None, wrote: Credentials) -> bool:
     """Does a section read back from the file hold what credfresh wrote? Times compare as
     written (to the second), not as held."""
 
-    def key(c: Credentials) -> tuple[str, ...]:
-        return (c.access_key_id, c.secret_access_key, c.session_token, format_expiry(c.expiration))
-
-    return found is not None and key(found) == key(wrote)
+    if found is None or (found.access_key_id, found.secret_access_key, found.session_token) != (
+        wrote.access_key_id,
+        wrote.secret_access_key,
+        wrote.session_token,
+    ):
+        return False
+    return found.expiration == wrote.expiration or format_expiry(found.expiration) == format_expiry(
+        wrote.expiration
+    )
 
 
 def expiry(creds: Credentials | None) -> datetime | None:

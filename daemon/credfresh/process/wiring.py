@@ -246,14 +246,4 @@ class Probes:
         return should_ping(age, self._interval, writer_alive=writer_alive)
 
     def status_line(self) -> str:
-        now = self.clock.now()
-        snap = self._engine.snapshot()
-        fresh = sum(1 for expires in snap.in_memory.values() if expires and expires > now)
-        failing = [(n, e.last_error_code) for n, e in snap.states.items() if e.last_error_code]
-        upcoming = [
-            (name, (entry.next_attempt - now).total_seconds())
-            for name, entry in snap.states.items()
-            if entry.next_attempt is not None
-        ]
-        nxt = min(upcoming, key=lambda item: item[1]) if upcoming else None
-        return status_line(fresh, failing, nxt)
+        return status_line(*self._engine.status_facts(self.clock.now()))
