@@ -70,6 +70,7 @@ class EngineCore:
         self._tickets: list[Ticket] = []  # open on-demand requests (`Engine.refresh_now`)
         self._rerun: set[str] = set()  # asked for while running: run again once it ends
         self._stopped = False
+        self._heap_settled = False  # the heap was told the current sources are built
 
     @property
     def config(self) -> Config:
@@ -129,6 +130,17 @@ class EngineCore:
             del generations[:-2]
         for old in stale:
             self.redactor.forget(old.secret_access_key, old.session_token)
+        if not self._heap_settled:
+            self._heap_settled = True
+            if self._parts.heap is not None:
+                self._parts.heap.settled()
+
+    def _replace_source(self, config: Config) -> None:
+        """New sources for new `sts` settings; the old ones may be frozen, so thaw first."""
+        if self._parts.heap is not None:
+            self._parts.heap.dropping()
+        self._heap_settled = False
+        self._source = self._parts.source_factory(config)
 
     def _file_event(self, name: str, fields: Mapping[str, object]) -> None:
         self.log.info(name, **fields)

@@ -448,7 +448,7 @@ class Engine(EngineCore):
                     expires_at=previous.expires_at if previous else None
                 )
         if old.sts != new.sts:
-            self._source = self._parts.source_factory(new)
+            self._replace_source(new)
         for name in removed:
             self._scheduler.cancel(name)
             if self.alerts is not None:

@@ -46,6 +46,14 @@ class Store(Protocol):
     ) -> WriteResult: ...
 
 
+class Heap(Protocol):
+    """The collector's view of the long-lived heap (`process.heap.FrozenHeap`)."""
+
+    def settled(self, *, collect: bool = False) -> None: ...
+
+    def dropping(self) -> None: ...
+
+
 class WriterFactory(Protocol):
     """Builds the batching writer of one credentials file (`BatchWriter`, tuned or not)."""
 
@@ -75,6 +83,9 @@ class Parts:
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     #: Outputs fed after each landed write, on the writer thread (env files, then hooks).
     after_write: Sequence[Callable[[Config, Mapping[str, Credentials]], None]] = ()
+    #: Told when sources issued their first credentials (botocore and its models are built)
+    #: and before sources are dropped.
+    heap: Heap | None = None
 
 
 @dataclasses.dataclass(frozen=True)

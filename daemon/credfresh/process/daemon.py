@@ -222,6 +222,7 @@ class Daemon:
                 self._ready = True
                 self.log.info("ready", profiles=len(self.config.profiles))
                 self.notifier.ready()
+                self._parts.heap.settled(collect=True)
                 last_status = 0.0
             now = self.ctx.clock.monotonic()
             if self._ready and now - last_save >= SAVE_EVERY and self.engine.take_dirty():

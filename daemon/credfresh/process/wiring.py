@@ -22,6 +22,7 @@ from credfresh.outputs.env_file import EnvFiles
 from credfresh.outputs.health import HttpServer, liveness, readiness
 from credfresh.outputs.hooks import HookDeps, Hooks
 from credfresh.process.control import start_control
+from credfresh.process.heap import FrozenHeap
 from credfresh.process.systemd import Notifier, should_ping, status_line
 from credfresh.process.watch import ConfigWatcher
 from credfresh.sources.assume_role import StsSource
@@ -46,6 +47,7 @@ class Wired:
     hooks: Hooks
     notifier: Notifier
     probes: Probes
+    heap: FrozenHeap
     servers: Callable[[], list[Any]]
     watcher: Callable[[Callable[[str], None]], ConfigWatcher]
     #: The control socket for `credfresh refresh` (None when it cannot be made).
@@ -57,6 +59,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
     log = logging.get()
     alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
     metrics = Metrics()
+    heap = FrozenHeap()
     hooks = Hooks(
         HookDeps(
             environ=ctx.environ,
@@ -83,6 +86,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         alerts=alerts,
         metrics=metrics,
         after_write=(EnvFiles(euid=ctx.euid, log=log).written, hooks.written),
+        heap=heap,
     )
     wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
     engine = Engine(config, parts, wakeup_interval=wakeup)
@@ -94,6 +98,7 @@ def build(config: Config, ctx: Context, logging: Logging) -> Wired:
         hooks=hooks,
         notifier=Notifier(ctx.environ),
         probes=probes,
+        heap=heap,
         servers=lambda: [
             *start_servers(config, engine, probes, metrics, log),
             *start_imds(config, engine, probes.clock, ctx.euid, log),
