@@ -122,6 +122,19 @@ class RecordingStore(MemoryStore):
         return super().write_profiles(path, owner, updates, removals, adopt=adopt)
 
 
+class HeapLog:
+    """The engine's `Heap`, recording what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def settled(self, *, collect: bool = False) -> None:
+        self.calls.append("settled")
+
+    def dropping(self) -> None:
+        self.calls.append("dropping")
+
+
 class Rig:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -129,6 +142,7 @@ class Rig:
         self.scheduler = ManualScheduler(self.clock)
         self.source = FakeSource(self.clock)
         self.store = RecordingStore()
+        self.heap = HeapLog()
         parts = Parts(
             source_factory=lambda cfg: self.source,
             scheduler=self.scheduler,
@@ -137,6 +151,7 @@ class Rig:
             writer_factory=lambda write, **kw: BatchWriter(write, linger=0.0, **kw),
             log=structlog.get_logger("test"),
             redactor=Redactor(),
+            heap=self.heap,
         )
         self.engine = Engine(config, parts, wakeup_interval=30.0)
 
@@ -505,3 +520,85 @@ def test_same_on_disk_compares_the_keys_and_the_expiry_as_written() -> None:
     )
     later = T0 + timedelta(hours=1, seconds=1)
     assert not same_on_disk(Credentials("ASIAEXAMPLE000000001", "s", "t", later, T0), wrote)
+
+
+def test_the_heap_settles_after_the_first_issue_and_thaws_before_sources_are_dropped(
+    make: Any, project: Project
+) -> None:
+    """Sources built and used: freeze once, not per refresh; new `sts` settings replace the
+    sources, so the heap thaws first (a frozen cycle is never freed), then settles again."""
+    rig = make(a={}, b={})
+    rig.engine.start({})
+    assert rig.heap.calls == []
+    assert sorted(rig.step()) == ["a", "b"]
+    assert rig.heap.calls == ["settled"]
+    project.profile("c")
+    project.write_config()
+    rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
+    rig.step()
+    assert rig.heap.calls == ["settled"], "the same sources: nothing to thaw"
+    project.document.setdefault("sts", {})["timeout"] = 7
+    project.write_config()
+    rig.engine.apply(load_config(project.config_path, project.env, Path.home()))
+    assert rig.heap.calls == ["settled", "dropping"]
+    rig.clock.at = T0 + timedelta(hours=1)
+    rig.step()
+    assert rig.heap.calls == ["settled", "dropping", "settled"]
+
+
+def _blocking_writer() -> tuple[BatchWriter, threading.Event, threading.Event]:
+    entered, release = threading.Event(), threading.Event()
+
+    def write(updates: Mapping[str, Credentials], removals: Collection[str]) -> dict[str, Any]:
+        entered.set()
+        release.wait(30)
+        return {}
+
+    writer = BatchWriter(
+        write,
+        on_written=lambda *_: None,
+        on_conflict=lambda *_: None,
+        on_failed=lambda *_: None,
+        linger=0.0,
+    )
+    writer.start()
+    return writer, entered, release
+
+
+def test_refresh_threads_step_aside_while_a_write_runs() -> None:
+    """A write in progress holds back a refresh thread until it ends; with nothing being
+    written the call returns at once."""
+    writer, entered, release = _blocking_writer()
+    began = time.monotonic()
+    writer.step_aside(longest=30)
+    assert time.monotonic() - began < 5, "nothing is being written"
+    writer.submit({"a": Credentials("ASIAEXAMPLE000000001", "s", "t", T0, T0)})
+    assert entered.wait(30)
+    through = threading.Event()
+
+    def refresh() -> None:
+        writer.step_aside(longest=30)
+        through.set()
+
+    aside = threading.Thread(target=refresh)
+    aside.start()
+    assert not through.wait(0.3), "a write in progress holds refresh threads back"
+    release.set()
+    assert through.wait(30)
+    aside.join(5)
+    assert writer.flush(30)
+    writer.stop(5)
+
+
+def test_a_stuck_write_holds_refresh_threads_back_only_so_long() -> None:
+    """A write stuck on a slow disk delays each refresh by `longest` at most."""
+    writer, entered, release = _blocking_writer()
+    writer.submit({"a": Credentials("ASIAEXAMPLE000000001", "s", "t", T0, T0)})
+    assert entered.wait(30)
+    began = time.monotonic()
+    writer.step_aside(longest=0.2)
+    waited = time.monotonic() - began
+    release.set()
+    assert 0.15 <= waited < 10
+    assert writer.flush(30)
+    writer.stop(5)

@@ -16,6 +16,8 @@ from credfresh.errors import CredfileError
 LINGER: Final = 0.4
 RETRY_MIN: Final = 1.0
 RETRY_MAX: Final = 30.0
+#: The longest a refresh thread waits for a write in progress (`step_aside`).
+STEP_ASIDE: Final = 0.5
 
 WriteFn = Callable[[Mapping[str, Credentials], Collection[str]], Mapping[str, CredfileError]]
 
@@ -51,6 +53,8 @@ class BatchWriter:
         self._started = False
         self._hurry = False
         self._failures = 0
+        self._not_writing = threading.Event()
+        self._not_writing.set()
         self._thread = threading.Thread(target=self._loop, name="credfresh-writer", daemon=True)
 
     def start(self) -> None:
@@ -78,6 +82,12 @@ class BatchWriter:
                 self._updates.pop(name, None)
                 self._removals.add(name)
             self._cond.notify_all()
+
+    def step_aside(self, longest: float = STEP_ASIDE) -> None:
+        """Refresh threads call this between their CPU bursts: while a write runs they wait
+        (at most `longest`, for a stuck disk), so the write does not share the GIL with 16
+        of them, which made it take 2-3x its time (benchmarks/PROFILE.md, "Heap")."""
+        self._not_writing.wait(longest)
 
     def pending(self) -> bool:
         with self._cond:
@@ -137,7 +147,11 @@ class BatchWriter:
         """Write one batch; return the delay before retrying it, or 0 when done."""
         started = self._clock.monotonic()
         try:
-            conflicts = self._write(updates, removals)
+            self._not_writing.clear()
+            try:
+                conflicts = self._write(updates, removals)
+            finally:
+                self._not_writing.set()
             for name, error in conflicts.items():
                 updates.pop(name, None)
                 self._on_conflict(name, error)

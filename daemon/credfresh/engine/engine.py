@@ -177,7 +177,9 @@ class Engine(EngineCore):
         try:
             if profile.chained and parent is None:
                 raise SourceError(classify("source_unavailable", "source has no valid credentials"))
+            self._writer.step_aside()
             issued = self._source.fetch(profile, parent)
+            self._writer.step_aside()
         except SourceError as exc:
             self._failed(profile, exc.failure, self.clock.monotonic() - started)
             return
