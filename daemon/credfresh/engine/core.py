@@ -217,30 +217,29 @@ class EngineCore:
 
     def alert_facts(self) -> dict[str, Any]:
         """What the alert rules judge: the credentials ON DISK (issued but unwritten ones help
-        no consumer), their refresh point, the grace."""
+        no consumer), their refresh point, the grace. Every 30 s for every profile, so what
+        does not vary by profile is computed once."""
         from credfresh.alerts.rules import ProfileFacts
 
         alerts = self._config.alerts
+        session_warning = timedelta(seconds=alerts.expiry_warning)
+        certificate_warning = timedelta(seconds=alerts.certificate_warning)
+        facts: dict[str, Any] = {}
         with self._lock:
-            ends = dict(self._source_ends)
-            return {
-                name: ProfileFacts(
+            for name, profile in self._config.profiles.items():
+                disk = self._written.get(name)
+                copy = profile.kind == "copy"
+                facts[name] = ProfileFacts(
                     role_arn=profile.role_arn,
                     expires_at=disk.expiration if disk else None,
                     refresh_at=refresh.due_at(disk, profile.refresh_before) if disk else None,
                     static=disk is not None and disk.static,
-                    grace=self.alert_grace(name),
-                    source_expires_at=ends.get(name),
-                    source_warning=timedelta(
-                        seconds=alerts.expiry_warning
-                        if profile.kind == "copy"
-                        else alerts.certificate_warning
-                    ),
-                    source_kind="SSO session" if profile.kind == "copy" else "certificate",
+                    grace=self._grace_for(self._retry_in.get(name, 0.0)),
+                    source_expires_at=self._source_ends.get(name),
+                    source_warning=session_warning if copy else certificate_warning,
+                    source_kind="SSO session" if copy else "certificate",
                 )
-                for name, profile in self._config.profiles.items()
-                for disk in [self._written.get(name)]
-            }
+        return facts
 
     def static_changed(self) -> list[str]:
         """Profiles holding a static set whose source files changed since it was read (the
@@ -276,7 +275,9 @@ class EngineCore:
         """How late past its refresh point a healthy daemon may land a profile's refresh: one
         wake-up (it catches a lost job), the retry delay it is in, one STS call's timeouts."""
         with self._lock:
-            retry = self._retry_in.get(name, 0.0)
+            return self._grace_for(self._retry_in.get(name, 0.0))
+
+    def _grace_for(self, retry: float) -> timedelta:
         return timedelta(seconds=self.wakeup_interval + retry + 2 * self._config.sts.timeout)
 
     def _update_gauges(self) -> None:

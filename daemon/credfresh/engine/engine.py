@@ -407,27 +407,28 @@ class Engine(EngineCore):
             self._writer.submit(restore)
 
     def _report_expired(self, now: datetime) -> None:
-        for name, profile in self._config.profiles.items():
-            with self._lock:
+        newly: list[tuple[Profile, Credentials, ProfileState | None]] = []
+        with self._lock:
+            for name, profile in self._config.profiles.items():
                 creds = self._current.get(name)
                 state = self._states.get(name)
                 if state is not None:
                     state.state = refresh.state_of(now, creds, profile.refresh_before)
-                newly = (
+                if (
                     creds is not None
                     and not creds.valid_at(now)
                     and name not in self._expired_reported
-                )
-                if newly:
+                ):
                     self._expired_reported.add(name)
-            if newly and creds is not None:
-                self.log.error(
-                    "credentials_expired",
-                    profile=name,
-                    role_arn=profile.role_arn,
-                    expired_at=format_expiry(creds.expiration),
-                    error_code=state.last_error_code if state else None,
-                )
+                    newly.append((profile, creds, state))
+        for profile, creds, state in newly:
+            self.log.error(
+                "credentials_expired",
+                profile=profile.name,
+                role_arn=profile.role_arn,
+                expired_at=format_expiry(creds.expiration),
+                error_code=state.last_error_code if state else None,
+            )
 
     def apply(self, new: Config) -> dict[str, list[str]]:
         """Switch to a validated config: fetch added and changed profiles now, remove the
