@@ -546,6 +546,23 @@ def test_the_heap_settles_after_the_first_issue_and_thaws_before_sources_are_dro
     assert rig.heap.calls == ["settled", "dropping", "settled"]
 
 
+def test_sets_read_back_from_the_file_do_not_settle_the_heap(make: Any) -> None:
+    """A restart with everything fresh on disk has built no botocore yet: the heap settles
+    only once a source issued."""
+    rig = make(a={})
+    rig.store.sections["a"] = Credentials(
+        "ASIAEXAMPLE000000001", "s", "t", T0 + timedelta(hours=1), T0
+    )
+    rig.engine.start({})
+    assert rig.engine.first_pass_done()
+    assert rig.step() == []
+    assert rig.heap.calls == []
+    rig.clock.at = T0 + timedelta(hours=1)
+    rig.engine.wakeup()
+    assert rig.step() == ["a"]
+    assert rig.heap.calls == ["settled"]
+
+
 def _blocking_writer() -> tuple[BatchWriter, threading.Event, threading.Event]:
     entered, release = threading.Event(), threading.Event()
 

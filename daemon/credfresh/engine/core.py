@@ -130,6 +130,10 @@ class EngineCore:
             del generations[:-2]
         for old in stale:
             self.redactor.forget(old.secret_access_key, old.session_token)
+
+    def _source_issued(self) -> None:
+        """A source issued credentials: botocore, its clients and models exist now, so the
+        heap may freeze them, once per set of sources (not for sets read back from the file)."""
         if not self._heap_settled:
             self._heap_settled = True
             if self._parts.heap is not None:

@@ -185,6 +185,7 @@ class Engine(EngineCore):
             return
         creds = issued.credentials
         self._remember_secrets(profile.name, creds)
+        self._source_issued()
         took = self.clock.monotonic() - started
         self._report_skew(issued.skew)
         with self._lock:
