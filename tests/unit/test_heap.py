@@ -49,3 +49,16 @@ def test_settled_with_collect_frees_the_garbage_first() -> None:
     del node
     FrozenHeap().settled(collect=True)
     assert alive() is None
+
+
+def test_what_was_dropped_after_a_thaw_is_not_frozen_again() -> None:
+    """Sources replaced: the thaw lets the old ones go, and settling the new ones collects
+    them first instead of freezing them back."""
+    node = Node()
+    alive = weakref.ref(node)
+    heap = FrozenHeap()
+    heap.settled()
+    heap.dropping()
+    del node
+    heap.settled()
+    assert alive() is None

@@ -86,7 +86,8 @@ class BatchWriter:
     def step_aside(self, longest: float = STEP_ASIDE) -> None:
         """Refresh threads call this between their CPU bursts: while a write runs they wait
         (at most `longest`, for a stuck disk), so the write does not share the GIL with 16
-        of them, which made it take 2-3x its time (benchmarks/PROFILE.md, "Heap")."""
+        of them, which made it take 2-3x its time (benchmarks/PROFILE.md, "Heap, idle and the
+        write inside the daemon")."""
         self._not_writing.wait(longest)
 
     def pending(self) -> bool:
