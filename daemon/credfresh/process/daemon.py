@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib
 import os
 import signal
 import sys
@@ -363,6 +364,16 @@ class Daemon:
         self.alerts.config_rejected(problems, self.ctx.clock.now())
 
 
+# What `run` always needs and the modules import lazily (other commands never use them):
+# loaded while the child may still be validating, not beside the first refresh's botocore.
+RUN_LIBRARIES: Final = (
+    "apscheduler.schedulers.background",
+    "apscheduler.executors.pool",
+    "apscheduler.triggers.date",
+    "watchdog.observers",
+)
+
+
 def main(
     config_path: Path,
     *,
@@ -380,6 +391,8 @@ def main(
         from credfresh.outputs.http import raise_fd_limit
         from credfresh.process import wiring
 
+        for name in RUN_LIBRARIES:
+            importlib.import_module(name)
         tune_malloc(ctx.environ)
         raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
         logging = Logging(ctx.out, fmt=log_format, level=log_level)
