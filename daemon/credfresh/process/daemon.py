@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import importlib
 import os
 import signal
@@ -30,6 +31,7 @@ from credfresh.errors import (
     CredfreshError,
 )
 from credfresh.process.allocator import tune_malloc
+from credfresh.process.heap import FrozenHeap
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -393,6 +395,10 @@ def main(
 
         for name in RUN_LIBRARIES:
             importlib.import_module(name)
+        # What was imported lives as long as the process: without this, the collections that
+        # botocore's import and first client set off walked it all (35-45 ms of start-up).
+        heap = FrozenHeap()
+        heap.settled()
         tune_malloc(ctx.environ)
         raise_fd_limit()  # the servers cap their connections; the rest is the daemon's own files
         logging = Logging(ctx.out, fmt=log_format, level=log_level)
@@ -402,7 +408,7 @@ def main(
         except BaseException:
             logging.uninstall()
             raise
-    return _serve(config, ctx, logging, wiring.build)
+    return _serve(config, ctx, logging, functools.partial(wiring.build, heap=heap))
 
 
 def _serve(

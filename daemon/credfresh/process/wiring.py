@@ -54,12 +54,15 @@ class Wired:
     control: Callable[[], Any] = lambda: None
 
 
-def build(config: Config, ctx: Context, logging: Logging) -> Wired:
-    """Every part, from one config and one context."""
+def build(
+    config: Config, ctx: Context, logging: Logging, *, heap: FrozenHeap | None = None
+) -> Wired:
+    """Every part, from one config and one context (and the heap, when `run` froze its
+    imports before the config came)."""
     log = logging.get()
     alerts = AlertManager(config.alerts, redactor=logging.redactor, logger=log, environ=ctx.environ)
     metrics = Metrics()
-    heap = FrozenHeap()
+    heap = heap or FrozenHeap()
     hooks = Hooks(
         HookDeps(
             environ=ctx.environ,
