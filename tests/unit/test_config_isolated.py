@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -86,3 +87,57 @@ class TestLoadIsolated:
         count, *loaded = done.stdout.split()
         assert int(count) > 0
         assert loaded == ["False", "False"]
+
+
+# Run in a fresh interpreter, so that no other test has imported the libraries already.
+START_UP = """
+import io, json, sys, pathlib
+from credfresh.config import isolated
+from credfresh.context import Context
+from credfresh.process import daemon
+
+order = []
+
+class Recording:
+    def settled(self, *, collect=False):
+        loaded = all(name in sys.modules for name in daemon.RUN_LIBRARIES)
+        order.append(f"settled with the libraries loaded: {loaded}")
+
+    def dropping(self):
+        order.append("dropping")
+
+result = isolated.Pending.result
+
+def recorded(pending):
+    order.append("config")
+    return result(pending)
+
+daemon.FrozenHeap = Recording
+isolated.Pending.result = recorded
+out, err = io.StringIO(), io.StringIO()
+code = daemon.main(pathlib.Path(sys.argv[1]), log_format="json", log_level=None,
+                   ctx=Context(out, err, {}))
+print(json.dumps({"code": code, "order": order}))
+"""
+
+
+class TestStartUp:
+    def test_run_loads_its_libraries_and_freezes_them_before_the_config(
+        self, tmp_path: Path
+    ) -> None:
+        """`run` imports APScheduler and watchdog, then freezes the heap, before it takes the
+        config from the validating child (a bad config ends the start there)."""
+        path = tmp_path / "credfresh.yaml"
+        path.write_text("profiles: [not, a, mapping]\n")
+        path.chmod(0o600)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+        done = subprocess.run(
+            [sys.executable, "-c", START_UP, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = json.loads(done.stdout.splitlines()[-1])
+        assert found["code"] == 2, done.stderr
+        assert found["order"] == ["settled with the libraries loaded: True", "config"]
