@@ -249,33 +249,9 @@ def _small_memory(stub: Stub, cycles: int, lifetime: float) -> tuple[float, int,
         return daemon.memory_kb()["VmHWM"] / 1024, _threads(daemon.pid), stub.calls()
 
 
-def _cpu_floor(stub: Stub, calls: int) -> float:
-    """botocore's own CPU per AssumeRole call (ms): one client, one thread, STS at 0 ms."""
-    walkthrough = stub.walkthrough
-    assert walkthrough is not None
-    stub.prepare(lifetime=None, latency=0.0)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CPU_FLOOR,
-            stub.url,
-            walkthrough.access_key_id,
-            walkthrough.secret_access_key,
-            walkthrough.role_arn,
-            str(calls),
-        ],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(done.stdout.split()[-1])
-
-
-def _pool_floor(stub: Stub, workers: int, latency: float) -> tuple[float, float]:
-    """(wall s, CPU ms a call) of 1,000 AssumeRole calls by botocore alone on `workers`
-    threads: what the daemon's concurrency costs before credfresh does anything."""
+def _floor_output(stub: Stub, code: str, latency: float, *extra: str) -> list[str]:
+    """The words a botocore floor program printed, run against the stub at `latency` with the
+    walkthrough's keys and role (then `extra`) as its arguments."""
     walkthrough = stub.walkthrough
     assert walkthrough is not None
     stub.prepare(lifetime=None, latency=latency)
@@ -283,20 +259,30 @@ def _pool_floor(stub: Stub, workers: int, latency: float) -> tuple[float, float]
         [
             sys.executable,
             "-c",
-            POOL_FLOOR,
+            code,
             stub.url,
             walkthrough.access_key_id,
             walkthrough.secret_access_key,
             walkthrough.role_arn,
-            str(workers),
-            str(LARGE),
+            *extra,
         ],
         env=base_env(),
         capture_output=True,
         text=True,
         check=True,
     )
-    wall, cpu = done.stdout.split()[-2:]
+    return done.stdout.split()
+
+
+def _cpu_floor(stub: Stub, calls: int) -> float:
+    """botocore's own CPU per AssumeRole call (ms): one client, one thread, STS at 0 ms."""
+    return float(_floor_output(stub, CPU_FLOOR, 0.0, str(calls))[-1])
+
+
+def _pool_floor(stub: Stub, workers: int, latency: float) -> tuple[float, float]:
+    """(wall s, CPU ms a call) of 1,000 AssumeRole calls by botocore alone on `workers`
+    threads: what the daemon's concurrency costs before credfresh does anything."""
+    wall, cpu = _floor_output(stub, POOL_FLOOR, latency, str(workers), str(LARGE))[-2:]
     return float(wall), float(cpu)
 
 
