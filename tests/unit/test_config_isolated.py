@@ -11,34 +11,22 @@ from pathlib import Path
 
 import pytest
 
+from credfresh import forked
 from credfresh.config import isolated
 from credfresh.config.validate import load_config
 from credfresh.errors import ConfigError
+from support import children
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "credfresh.example.yaml"
 
 
-def _children() -> list[str]:
-    """This process's children still around (zombies included)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.append(entry.name)
-    return found
-
-
 class TestLoadIsolated:
     def test_same_config_as_in_process(self) -> None:
-        before = _children()
+        before = children()
         got = isolated.load_isolated(EXAMPLE, os.environ, Path.home())
         assert got == load_config(EXAMPLE, os.environ, Path.home())
-        assert _children() == before
+        assert children() == before
 
     def test_same_problems_as_in_process(self, tmp_path: Path) -> None:
         path = tmp_path / "bad.yaml"
@@ -64,14 +52,14 @@ class TestLoadIsolated:
 
     def test_garbage_or_silence_falls_back(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for data in (b"", b"not a pickle", pickle.dumps(("other", 1))):
-            monkeypatch.setattr(isolated, "_read_all", lambda fd, patience, d=data: d)
+            monkeypatch.setattr(forked, "read_all", lambda fd, patience, d=data: d)
             assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
 
     def test_a_stuck_child_is_killed_and_reaped(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        before = _children()
+        before = children()
         monkeypatch.setattr(isolated, "CHILD_TIMEOUT", 0.0)
         assert isolated.load_isolated(EXAMPLE, os.environ, Path.home()).profiles
-        assert _children() == before
+        assert children() == before
 
     def test_the_daemon_process_never_imports_pydantic(self, tmp_path: Path) -> None:
         code = (
@@ -92,6 +80,7 @@ class TestLoadIsolated:
 # Run in a fresh interpreter, so that no other test has imported the libraries already.
 START_UP = """
 import io, json, sys, pathlib
+from credfresh import forked
 from credfresh.config import isolated
 from credfresh.context import Context
 from credfresh.process import daemon
