@@ -6,13 +6,12 @@ A write runs the path checks of `handles` once and works inside the directory th
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import stat
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from credfresh.context import Clock, SystemClock
@@ -48,7 +47,9 @@ _rename = os.rename
 class FileSnapshot:
     """A file as read, to notice another program replacing it before our rename.
 
-    Size and mtime alone miss a same-size rewrite inside one timestamp tick, hence the hash.
+    Size and mtime alone miss a same-size rewrite inside one timestamp tick, hence the bytes
+    (compared whole: cheaper than hashing them, and no OpenSSL in a forked writer). They hold
+    secrets, so they stay out of the repr.
     """
 
     exists: bool
@@ -58,7 +59,7 @@ class FileSnapshot:
     mtime_ns: int = 0
     uid: int = -1
     gid: int = -1
-    sha256: bytes = b""
+    data: bytes = field(default=b"", repr=False)
 
 
 _MISSING = FileSnapshot(exists=False)
@@ -84,13 +85,13 @@ def read_at(directory: DirHandle, name: str) -> tuple[bytes, FileSnapshot]:
         return b"", _MISSING
     try:
         st = os.fstat(fd)
-        data, digest = read_all(fd)
+        data = read_all(fd)
     except OSError as exc:
         raise failed("read", where, exc) from None
     finally:
         os.close(fd)
     return data, FileSnapshot(
-        True, st.st_dev, st.st_ino, len(data), st.st_mtime_ns, st.st_uid, st.st_gid, digest
+        True, st.st_dev, st.st_ino, len(data), st.st_mtime_ns, st.st_uid, st.st_gid, data
     )
 
 
@@ -109,7 +110,7 @@ def _unchanged_since(directory: DirHandle, name: str, expected: FileSnapshot) ->
     ):
         return False
     _, current = read_at(directory, name)
-    return current.sha256 == expected.sha256
+    return current.data == expected.data
 
 
 def _pid_alive(pid: int) -> bool:
@@ -319,9 +320,8 @@ def _write_at(  # noqa: PLR0913, PLR0917  atomic_write's arguments, passed on
     on_event: EventCallback | None,
 ) -> bool:
     directory, name, real = target.directory, target.name, target.path
-    digest = hashlib.sha256(data).digest()
     old = read_at(directory, name)[1] if expected is None else expected
-    if old.exists and old.sha256 == digest:
+    if old.exists and old.data == data:
         return False
     temp, fd = _create_temp(directory, name, mode)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import time
@@ -321,7 +320,7 @@ def read_target(target: Target) -> bytes | None:
     if fd is None:
         return None
     try:
-        return read_all(fd)[0]
+        return read_all(fd)
     finally:
         os.close(fd)
 
@@ -431,10 +430,9 @@ def file_lock(
         os.close(fd)
 
 
-def read_all(fd: int) -> tuple[bytes, bytes]:
-    """Everything `fd` holds and its sha256."""
+def read_all(fd: int) -> bytes:
+    """Everything `fd` holds."""
     chunks: list[bytes] = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
-    data = b"".join(chunks)
-    return data, hashlib.sha256(data).digest()
+    return b"".join(chunks)
