@@ -48,7 +48,6 @@ MAX_CPU_MS: Final = 1.2
 COLD_CONCURRENCY: Final = 64
 COLD_LATENCY: Final = 0.05
 COLD_RATIO: Final = 2.0
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 SIDECAR_ENV: Final = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
 
 CLIENT_FLOOR: Final = (
@@ -190,11 +189,6 @@ def _sidecar(layout: Layout, listener: NotifyListener | None = None) -> Daemon:
     return Daemon(layout, env=layout.env(**extra, **SIDECAR_ENV))
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -296,13 +290,13 @@ def _cpu_per_refresh(stub: Stub, botocore_load: float) -> tuple[float, float]:
     names = [profile_name(i) for i in range(LARGE)]
     with _sidecar(layout) as daemon:
         daemon.on_disk(names, timeout=120)
-        cold = _cpu_s(daemon.pid)
+        cold = daemon.cpu_seconds()
     with (
         NotifyListener() as listener,
         _sidecar(layout, listener) as d,
     ):
         listener.wait_for(lambda m: m.fields.get("READY") == "1", timeout=60)
-        start_up = _cpu_s(d.pid)
+        start_up = d.cpu_seconds()
     return 1000 * (cold - start_up - botocore_load) / LARGE, start_up
 
 
@@ -314,10 +308,10 @@ def _cpu_steady(stub: Stub, lifetime: float, cycles: int) -> tuple[float, int]:
     layout.write_config(layout.build(LARGE, short_lived=True, max_concurrency=16))
     with _sidecar(layout) as daemon:
         daemon.on_disk([profile_name(i) for i in range(LARGE)], timeout=120)
-        cpu0, calls0 = _cpu_s(daemon.pid), stub.calls()
+        cpu0, calls0 = daemon.cpu_seconds(), stub.calls()
         target = calls0 + cycles * LARGE
         daemon.wait_for(lambda _: stub.calls() >= target, (cycles + 2) * lifetime, "refreshes")
-        cpu1, calls1 = _cpu_s(daemon.pid), stub.calls()
+        cpu1, calls1 = daemon.cpu_seconds(), stub.calls()
     refreshes = calls1 - calls0
     return 1000 * (cpu1 - cpu0) / refreshes, refreshes
 
