@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import itertools
 import os
 import signal
@@ -18,7 +20,9 @@ from conftest import Project
 from credfresh.credentials import Credentials, parse_time
 from credfresh.credfile import store
 from credfresh.engine.batcher import LINGER
+from support import children
 from support.daemon_runner import DaemonProcess, env_with
+from support.waiting import wait_until
 
 SCALE = float(os.environ.get("CREDFRESH_TEST_SCALE", "1"))
 
@@ -240,6 +244,39 @@ class TestProcessLife:
             proc.signal(signal.SIGINT)
             assert proc.proc.wait(5) == 0
             assert time.monotonic() - sent < 2
+
+    def test_each_write_runs_in_a_child_it_reaps(self, project: Project, tmp_path: Path) -> None:
+        """The write runs in a forked child: it holds the file's write lock and not the
+        daemon's instance lock (so a daemon started after a SIGKILL is never refused by a
+        write finishing), and the daemon reaps it."""
+        project.profile("a")
+        project.write_config()
+        lock_path = Path(f"{project.credentials_file}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        held = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            with daemon(project, tmp_path) as proc:
+                found: list[list[str]] = []
+
+                def writer_child() -> bool:
+                    for pid in children(proc.pid):
+                        with contextlib.suppress(OSError):
+                            fds = [os.readlink(p) for p in Path(f"/proc/{pid}/fd").iterdir()]
+                            if str(lock_path) in fds:
+                                found.append(fds)
+                                return True
+                    return False
+
+                wait_until(writer_child, 10, "a child of the daemon waiting for the write lock")
+                assert not any(fd.endswith(".credfresh.pid") for fd in found[0]), found[0]
+                fcntl.flock(held, fcntl.LOCK_UN)
+                proc.wait_event("file_written", 10)
+                assert "a" in sections(project)
+                wait_until(lambda: not children(proc.pid), 10, "the write's child reaped")
+                assert proc.stop() == 0
+        finally:
+            os.close(held)
 
 
 _ = (threading, pytest)

@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 
-def children() -> list[str]:
-    """The pids of this process's children still around (zombies included)."""
+def children(parent: int | None = None) -> list[str]:
+    """The pids of the children of `parent` (this process) still around (zombies included)."""
+    parent = os.getpid() if parent is None else parent
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -54,6 +55,6 @@ def children() -> list[str]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
                 found.append(entry.name)
     return found

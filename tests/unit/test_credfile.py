@@ -20,11 +20,13 @@ from botocore.configloader import raw_config_parse
 
 from credfresh.credentials import Credentials
 from credfresh.credfile import atomic as atomicfile
+from credfresh.credfile import handles
 from credfresh.credfile.atomic import atomic_write
 from credfresh.credfile.format import FileView, merge, render_section, view_of
 from credfresh.credfile.handles import file_lock, resolve_target
 from credfresh.credfile.store import FileStore, read_managed, write_profiles
 from credfresh.errors import CredfileError
+from support import children
 from support.helpers_credfile import (
     NOBODY,
     OWNER,
@@ -667,6 +669,110 @@ class TestWriteProfiles:
         assert read_managed(link, OWNER).managed["p"].access_key_id == make_creds(1).access_key_id
 
 
+class TestForkedStore:
+    """The daemon's store writes in a forked child: the same file, result, notices and errors
+    as the write in-process, and the write in-process whenever the child gives no answer."""
+
+    @staticmethod
+    def _counting_fork(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        forks: list[int] = []
+        real = os.fork
+
+        def fork() -> int:
+            forks.append(1)
+            return real()
+
+        monkeypatch.setattr(os, "fork", fork)
+        return forks
+
+    def test_same_file_and_result_as_in_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        alone, child = tmp_path / "alone" / "credentials", tmp_path / "child" / "credentials"
+        for path in (alone, child):
+            path.parent.mkdir()
+            path.write_text(FOREIGN)
+            write_profiles(path, OWNER, {"old": make_creds(1), "p": make_creds(2)})
+        forks = self._counting_fork(monkeypatch)
+        before = children()
+        updates = {"p": make_creds(3), "q": make_creds(4)}
+        expected = write_profiles(alone, OWNER, updates, ["old"])
+        got = FileStore(os.geteuid(), forked=True).write_profiles(child, OWNER, updates, ["old"])
+        assert forks == [1]
+        assert children() == before
+        assert child.read_bytes() == alone.read_bytes()
+        assert (got.written, got.updated, got.removed) == (True, ("p", "q"), ("old",))
+        assert (got.written, got.updated, got.removed) == (
+            expected.written,
+            expected.updated,
+            expected.removed,
+        )
+        assert got.path == child
+        assert stat.S_IMODE(child.stat().st_mode) == 0o600
+        assert _temps(child.parent) == []
+
+    def test_notices_reach_the_parent_once(
+        self, creds_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The child inherits the parent's state (here an EBUSY rename); its notices are
+        logged by the parent, which reports the rewrite in place once per path."""
+        creds_path.parent.mkdir()
+        creds_path.write_text(FOREIGN)
+
+        def busy(src: object, dst: object, **_: object) -> None:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+
+        monkeypatch.setattr(atomicfile, "_rename", busy)
+        forks = self._counting_fork(monkeypatch)
+        seen, record = _events()
+        store = FileStore(os.geteuid(), forked=True)
+        store.write_profiles(creds_path, OWNER, {"p": make_creds(1)}, on_event=record)
+        store.write_profiles(creds_path, OWNER, {"p": make_creds(2)}, on_event=record)
+        assert forks == [1, 1]
+        assert creds_path.read_text() == FOREIGN + "\n" + _mine("p", 2)
+        assert [name for name, _ in seen] == ["rewritten_in_place"]
+        assert seen[0][1] == {"path": str(creds_path), "reason": "EBUSY"}
+
+    def test_errors_and_conflicts_cross_whole(self, creds_path: Path) -> None:
+        store = FileStore(os.geteuid(), forked=True)
+        creds_path.parent.mkdir()
+        creds_path.write_text(FOREIGN)
+        result = store.write_profiles(creds_path, OWNER, {"team": make_creds(1)})
+        conflict = result.conflicts["team"]
+        assert isinstance(conflict, CredfileError)
+        assert (conflict.code, conflict.profile) == ("section_conflict", "team")
+        assert creds_path.read_text() == FOREIGN
+        creds_path.write_bytes(b"[a]\nk = v\n\n\xff\xfe = x\n")
+        with pytest.raises(CredfileError) as caught:
+            store.write_profiles(creds_path, OWNER, {"p": make_creds(1)})
+        assert (caught.value.code, caught.value.line) == ("unparseable_file", 4)
+        assert str(creds_path) in str(caught.value)
+
+    def test_no_answer_means_the_write_in_process(
+        self, creds_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child killed at once (it may have written, or not) and no fork at all: either
+        way the parent writes, and leaves neither a child nor a temp file."""
+        from credfresh.credfile import store as credfile_store
+
+        before = children()
+        monkeypatch.setattr(credfile_store, "WRITE_PATIENCE", 0.0)
+        store = FileStore(os.geteuid(), forked=True)
+        for serial in range(1, 6):
+            store.write_profiles(creds_path, OWNER, {"p": make_creds(serial)})
+            assert read_managed(creds_path, OWNER).managed["p"] == make_creds(serial)
+            assert children() == before
+            assert _temps(creds_path.parent) == []
+
+        def refuse() -> int:
+            raise OSError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", refuse)
+        result = store.write_profiles(creds_path, OWNER, {"p": make_creds(9)})
+        assert result.written
+        assert read_managed(creds_path, OWNER).managed["p"] == make_creds(9)
+
+
 @needs_root
 class TestOwnershipAsRoot:
     def test_symlink_of_another_user_is_refused(self, tmp_path: Path) -> None:
@@ -852,6 +958,16 @@ class TestBindMountedFile:
 
 
 class TestAtomicWrite:
+    def test_a_snapshot_never_shows_the_bytes_it_keeps(self, creds_path: Path) -> None:
+        """The snapshot keeps the file's bytes to compare them whole: they hold secrets."""
+        write_profiles(creds_path, OWNER, {"p": make_creds(1)})
+        with handles.open_target(creds_path) as target:
+            _, snapshot = atomicfile.read_at(target.directory, target.name)
+        assert snapshot.data == creds_path.read_bytes()
+        assert SECRET_MARK in snapshot.data.decode()
+        assert SECRET_MARK not in repr(snapshot)
+        assert SECRET_MARK not in str(snapshot)
+
     def test_returns_false_when_bytes_are_unchanged(self, tmp_path: Path) -> None:
         """The generic helper skips identical content and reports whether it wrote."""
         path = tmp_path / "state.json"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Final, cast
 
 from credfresh.credentials import Credentials
 from credfresh.credfile.atomic import (
@@ -37,6 +38,9 @@ FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT = 10.0
 #: The first merge plus up to three merges again when another program changed the file.
 MAX_MERGE_ATTEMPTS = 4
+#: A write takes milliseconds; this much silence from its child means a stuck disk, or a lock
+#: the fork copied held by a thread it did not copy: the write is then done in-process.
+WRITE_PATIENCE: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +181,17 @@ def write_profiles(  # noqa: PLR0913  the profiles to write, then named options 
 class FileStore:
     """The engine's Store: one process's credentials file access, as its `euid`.
 
+    With `forked`, each write runs in a forked child (`credfresh.forked`): its strict check of
+    the whole file then runs on the other core, not in turns with 16 refresh threads holding
+    the GIL, which made a write inside the daemon take 1.4-1.9x the same write alone
+    (benchmarks/PROFILE.md, "The write in a child"). A child that gives no answer is followed
+    by the same write in-process: it finds the file written, or writes it.
     It passes `rewritten_in_place` on once per path: worth one log line, not one per refresh.
     """
 
-    def __init__(self, euid: int) -> None:
+    def __init__(self, euid: int, *, forked: bool = False) -> None:
         self.euid = euid
+        self._forked = forked
         self._in_place_reported: set[str] = set()
         self._last_read: tuple[Path, str, bytes | None, FileView] | None = None
 
@@ -214,6 +224,40 @@ class FileStore:
             if on_event is not None:
                 on_event(name, fields)
 
-        return write_profiles(
-            path, owner, updates, removals, adopt=adopt, on_event=report, euid=self.euid
-        )
+        write = partial(write_profiles, path, owner, updates, removals, adopt=adopt, euid=self.euid)
+        if self._forked:
+            from credfresh.forked import Forked  # not on credential-process's fast path
+
+            with Forked(partial(_write_in_child, write)) as child:
+                answer = child.answer(WRITE_PATIENCE)
+            if _is_write_answer(answer):
+                outcome, events = cast("tuple[WriteResult | CredfileError, _Events]", answer)
+                for name, fields in events:
+                    report(name, fields)
+                if isinstance(outcome, CredfileError):
+                    raise outcome
+                return outcome
+        return write(on_event=report)
+
+
+_Events = list[tuple[str, dict[str, object]]]
+
+
+def _write_in_child(  # pragma: no cover - runs in the forked child
+    write: Callable[..., WriteResult],
+) -> tuple[WriteResult | CredfileError, _Events]:
+    """The write, its notices kept for the parent to log (the child logs nothing)."""
+    events: _Events = []
+    try:
+        return write(on_event=lambda name, fields: events.append((name, fields))), events
+    except CredfileError as exc:
+        return exc, events
+
+
+def _is_write_answer(answer: object) -> bool:
+    return (
+        isinstance(answer, tuple)
+        and len(answer) == 2
+        and isinstance(answer[0], WriteResult | CredfileError)
+        and isinstance(answer[1], list)
+    )

@@ -85,9 +85,10 @@ class BatchWriter:
 
     def step_aside(self, longest: float = STEP_ASIDE) -> None:
         """Refresh threads call this between their CPU bursts: while a write runs they wait
-        (at most `longest`, for a stuck disk), so the write does not share the GIL with 16
-        of them, which made it take 2-3x its time (benchmarks/PROFILE.md, "Heap, idle and the
-        write inside the daemon")."""
+        (at most `longest`, for a stuck disk). Credentials already issued reach the file
+        first: on a 2-core machine the write's child otherwise shares the cores with 16
+        refresh threads and the STS answering them, and took 1.4-1.8x its time alone
+        (benchmarks/PROFILE.md, "The write in a child")."""
         self._not_writing.wait(longest)
 
     def pending(self) -> bool:

@@ -82,7 +82,7 @@ def build(
         source_factory=source,
         scheduler=ApScheduler(config.sts.max_concurrency),
         clock=ctx.clock,
-        store=credfile.FileStore(ctx.euid),
+        store=credfile.FileStore(ctx.euid, forked=True),
         writer_factory=functools.partial(BatchWriter, clock=ctx.clock),
         log=log,
         redactor=logging.redactor,
