@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from conftest import Project
-from credfresh.observe.logs import Logging, third_party_level
+from credfresh.observe.logs import REDACTED, Logging, Redactor, third_party_level
 from support.daemon_runner import DaemonProcess, env_with
 
 FOUND = "Found credentials in shared credentials file"
@@ -68,6 +68,40 @@ class TestLevels:
             ("somelib", "trouble"),
         ]
         assert all(line["level"] == "warning" for line in lines[1:])
+
+    def test_a_librarys_line_is_redacted_once_like_ours(self) -> None:
+        """A secret credfresh knows, in a library's message, its arguments or its traceback,
+        never reaches the stream; credfresh's own lines are redacted once, in their chain."""
+        secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEYab"
+        token = "IQoJb3JpZ2luX2VjEXAMPLETOKEN" + "x" * 40
+
+        def emit(logs: Logging) -> None:
+            logs.redactor.add(secret, token)
+            logging.getLogger("urllib3.connectionpool").warning("sent %s", secret)
+            try:
+                raise ValueError(f"token {token}")
+            except ValueError:
+                logging.getLogger("somelib").exception("failed")
+            logs.get().warning("refresh_failed", error=f"with {secret}")
+
+        calls: list[str] = []
+        text = Redactor.text
+
+        def counted(self: Redactor, value: str) -> str:
+            calls.append(value)
+            return text(self, value)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Redactor, "text", counted)
+            lines = _lines("info", emit)
+        assert [line["event"] for line in lines] == [f"sent {REDACTED}", "failed", "refresh_failed"]
+        dumped = json.dumps(lines)
+        assert secret not in dumped
+        assert token not in dumped
+        assert "ValueError" in lines[1]["exception"]
+        assert lines[2]["error"] == f"with {REDACTED}"
+        assert sum(value == f"with {secret}" for value in calls) == 1
+        assert f"with {REDACTED}" not in calls, "redacted a second time"
 
     def test_debug_lets_libraries_in_but_never_botocore_debug(self) -> None:
         """At debug a library's INFO shows; botocore's DEBUG (signed headers) still does not."""
