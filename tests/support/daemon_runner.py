@@ -24,7 +24,8 @@ class DaemonProcess:
 
     `launcher` replaces `python -m credfresh` (a console script, a wrapper); `argv_prefix`
     goes before it (setpriv, a tracer). `command` replaces the whole argv (`podman run`, with
-    the image's own entry point and config path).
+    the image's own entry point and config path). `own_group` makes the daemon a process
+    group's leader, so that one signal reaches the children it forks as well.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class DaemonProcess:
         argv_prefix: Sequence[str] = (),
         launcher: Sequence[str] | None = None,
         command: Sequence[str] | None = None,
+        own_group: bool = False,
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -63,6 +65,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env=env,
             preexec_fn=preexec,  # noqa: PLW1509 - tests drop privileges this way
+            process_group=0 if own_group else None,
         )
 
     @property

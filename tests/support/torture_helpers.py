@@ -7,6 +7,7 @@ development STS's record of every credential set it issued.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -151,13 +152,24 @@ def write_config(project: Project, profiles: list[str], **sections: Any) -> None
 def start_daemon(
     project: Project, log: Path, *, argv_prefix: tuple[str, ...] = ()
 ) -> DaemonProcess:
-    return DaemonProcess(project.config_path, project.env, log, argv_prefix=argv_prefix)
+    return DaemonProcess(
+        project.config_path, project.env, log, argv_prefix=argv_prefix, own_group=True
+    )
 
 
-def sigkill(proc: DaemonProcess) -> None:
-    """SIGKILL the daemon and reap it (the kernel then releases its instance lock)."""
+def sigkill(proc: DaemonProcess, *, children: bool = True) -> None:
+    """SIGKILL the daemon and reap it (the kernel then releases its instance lock).
+
+    With `children`, its whole process group (`start_daemon` makes one) dies at once, the
+    write's child with it, as a container or a systemd unit is killed. Without, the daemon dies
+    alone (the OOM killer's choice), and a write's child finishes its write.
+    """
     if proc.proc.poll() is None:
-        proc.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            if children:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                os.kill(proc.pid, signal.SIGKILL)
     proc.proc.wait(10)
     proc.stop()
 
