@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from conftest import Project
 from credfresh.cli import main
 from credfresh.credentials import Credentials
 from credfresh.credfile import store
+from support import children
 from support.daemon_runner import DaemonProcess, env_with
 from support.notify_listener import NotifyListener
 from support.waiting import wait_until
@@ -30,6 +32,28 @@ def start(project: Project, tmp_path: Path, **env: str) -> DaemonProcess:
 
 
 class TestReload:
+    def test_the_poll_validates_only_what_changed(self, project: Project, tmp_path: Path) -> None:
+        """The poll (every 0.2 s here) forks no validating child while the config and its
+        policy file keep their bytes, and reloads when only the policy file changed (inotify
+        reports the config's own name only)."""
+        policy = project.config_path.parent / "policy.json"
+        statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+        policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+        project.profile("a", duration_seconds=3600, policy_file="policy.json")
+        project.write_config()
+        with start(project, tmp_path, CREDFRESH_CONFIG_POLL_INTERVAL="0.2") as proc:
+            forked: list[str] = []
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                forked += children(proc.pid)
+                time.sleep(0.005)
+            assert forked == [], "an unchanged config was validated again"
+            statement["Action"] = "s3:PutObject"
+            policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+            (event,) = proc.wait_event("config_reloaded", 10)
+            assert event["reason"] == "poll"
+            assert event["changed"] == ["a"]
+
     def test_add_remove_change(self, project: Project, tmp_path: Path) -> None:
         """Added profiles appear, removed ones vanish, changed ones are refreshed: <= 2 s."""
         project.profile("keep", duration_seconds=3600)

@@ -77,6 +77,45 @@ class TestLoadIsolated:
         assert loaded == ["False", "False"]
 
 
+class TestUnchangedOnDisk:
+    """The 60 s poll's question, answered without a child: the same bytes as the config in
+    force (the file and each policy file), or not."""
+
+    ARN = "arn:aws:iam::123456789012:role/app"
+
+    def _config(self, tmp_path: Path) -> tuple[Path, Path]:
+        policy = tmp_path / "policy.json"
+        policy.write_text('{"Version": "2012-10-17", "Statement": []}')
+        path = tmp_path / "credfresh.yaml"
+        path.write_text(
+            "profiles:\n"
+            f"  a: {{role_arn: '{self.ARN}', policy_file: policy.json}}\n"
+            f"  b: {{role_arn: '{self.ARN}', policy_file: policy.json}}\n"
+            f"  c: {{role_arn: '{self.ARN}'}}\n"
+        )
+        return path, policy
+
+    def test_same_bytes_same_config(self, tmp_path: Path) -> None:
+        path, policy = self._config(tmp_path)
+        config = isolated.load_isolated(path, os.environ, Path.home())
+        assert config.policy_files == (policy,)
+        assert isolated.unchanged_on_disk(config)
+        path.write_bytes(path.read_bytes())
+        assert isolated.unchanged_on_disk(config)
+
+    def test_any_change_or_absence_is_a_change(self, tmp_path: Path) -> None:
+        path, policy = self._config(tmp_path)
+        config = isolated.load_isolated(path, os.environ, Path.home())
+        text = policy.read_text()
+        policy.write_text(text.replace("[]", "[ ]"))
+        assert not isolated.unchanged_on_disk(config)
+        policy.write_text(text)
+        path.write_text(path.read_text() + "# a comment\n")
+        assert not isolated.unchanged_on_disk(config)
+        path.unlink()
+        assert not isolated.unchanged_on_disk(config)
+
+
 # Run in a fresh interpreter, so that no other test has imported the libraries already.
 START_UP = """
 import io, json, sys, pathlib

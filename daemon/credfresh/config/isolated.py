@@ -87,6 +87,22 @@ def load_isolated(
         return pending.result()
 
 
+def unchanged_on_disk(config: Config) -> bool:
+    """The config file and its policy files still hold the bytes `config` was built from.
+
+    The 60 s poll asks first: validating forks a child that imports pydantic, about 0.2 s of
+    CPU a minute for a file that did not change (benchmarks/PROFILE.md, "The write in a
+    child"). Anything unreadable is a change, for the validation to report.
+    """
+    from credfresh.config.model import digest_of
+
+    try:
+        parts = [config.path.read_bytes(), *(path.read_bytes() for path in config.policy_files)]
+    except OSError:
+        return False
+    return digest_of(*parts) == config.digest
+
+
 def _validate(  # pragma: no cover - runs in the forked child
     path: Path, environ: Mapping[str, str], home: Path, now: datetime | None
 ) -> tuple[str, object]:

@@ -4,6 +4,7 @@ several readers share (durations, listen addresses, profile names, paths). Stdli
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -210,6 +211,15 @@ class Config(ConfigCore):
     warnings: tuple[str, ...] = ()
     policy_files: tuple[Path, ...] = ()
     imds: ImdsSettings = ImdsSettings()
+
+
+def digest_of(*parts: bytes) -> str:
+    """One hash over the config and its policy files: a reload with the same digest is a no-op."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "big"))
+        hasher.update(part)
+    return hasher.hexdigest()
 
 
 def parse_duration(value: object) -> float:

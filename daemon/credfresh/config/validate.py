@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -80,6 +79,7 @@ def build_config(  # noqa: PLR0913  the document, where it came from, and the mo
     if problems:
         raise ConfigError(problems, path=str(path))
     credentials_file, owner, state_file = cfg.resolve_paths(document, path, environ, home)
+    policies = dict(zip(profiles.policy_paths, profiles.policy_parts, strict=False))
     return cfg.Config(
         path=path,
         credentials_file=credentials_file,
@@ -87,19 +87,12 @@ def build_config(  # noqa: PLR0913  the document, where it came from, and the mo
         owner=owner,
         profiles=profiles.profiles,
         **sections._asdict(),
-        digest=digest_of(raw, *profiles.policy_parts),
+        # Each policy file once, in `policy_files`' order: `isolated.unchanged_on_disk` hashes
+        # the same bytes again without a child.
+        digest=cfg.digest_of(raw, *policies.values()),
         warnings=tuple(dict.fromkeys(profiles.warnings)),
-        policy_files=tuple(dict.fromkeys(profiles.policy_paths)),
+        policy_files=tuple(policies),
     )
-
-
-def digest_of(*parts: bytes) -> str:
-    """One hash over the config and its policy files: a reload with the same digest is a no-op."""
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(len(part).to_bytes(8, "big"))
-        hasher.update(part)
-    return hasher.hexdigest()
 
 
 class _Sections(NamedTuple):

@@ -315,7 +315,7 @@ class Daemon:
                     self.notifier.ready()
 
     def _reload(self, reason: str) -> None:
-        from credfresh.config.isolated import load_isolated
+        from credfresh.config.isolated import load_isolated, unchanged_on_disk
 
         euid = self.ctx.euid
         unsafe = trust.path_problems(self.config.path, euid)
@@ -323,8 +323,13 @@ class Daemon:
             self._reject(reason, "config_unsafe", unsafe)
             return
         try:
-            new = load_isolated(
-                self.config.path, self.ctx.environ, self.ctx.home, self.ctx.clock.now()
+            # The poll's usual answer: the same bytes as the config in force, so that config.
+            new = (
+                self.config
+                if reason == "poll" and unchanged_on_disk(self.config)
+                else load_isolated(
+                    self.config.path, self.ctx.environ, self.ctx.home, self.ctx.clock.now()
+                )
             )
         except ConfigError as exc:
             self._reject(reason, exc.code, exc.problems)

@@ -24,7 +24,7 @@ from credfresh.outputs.hooks import HookDeps, Hooks
 from credfresh.process.control import start_control
 from credfresh.process.heap import FrozenHeap
 from credfresh.process.systemd import Notifier, should_ping, status_line
-from credfresh.process.watch import ConfigWatcher
+from credfresh.process.watch import POLL_INTERVAL, ConfigWatcher
 from credfresh.sources.assume_role import StsSource
 from credfresh.sources.select import SourceSet
 
@@ -94,6 +94,7 @@ def build(
     wakeup = float(ctx.environ.get("CREDFRESH_WAKEUP_INTERVAL") or WAKEUP_INTERVAL)
     engine = Engine(config, parts, wakeup_interval=wakeup)
     probes = Probes(engine, ctx.clock, wakeup)
+    poll = float(ctx.environ.get("CREDFRESH_CONFIG_POLL_INTERVAL") or POLL_INTERVAL)
     return Wired(
         engine=engine,
         alerts=alerts,
@@ -106,7 +107,7 @@ def build(
             *start_servers(config, engine, probes, metrics, log),
             *start_imds(config, engine, probes.clock, ctx.euid, log),
         ],
-        watcher=lambda on_change: ConfigWatcher(config.path, on_change),
+        watcher=lambda on_change: ConfigWatcher(config.path, on_change, poll_interval=poll),
         control=lambda: start_control(
             config.state_file, euid=ctx.euid, engine=engine, log=log, clock=ctx.clock
         ),
