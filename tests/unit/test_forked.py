@@ -30,6 +30,20 @@ class TestForked:
         assert answer[1] not in (os.getpid(), None)
         assert children() == before
 
+    def test_a_thread_other_than_main_may_fork(self) -> None:
+        """The daemon's writer thread forks: its child sets its signals all the same."""
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        answers: list[object] = []
+
+        def writer() -> None:
+            with forked.Forked(lambda: [signal.getsignal(s) for s in stops]) as child:
+                answers.append(child.answer(30))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join(60)
+        assert answers == [[signal.SIG_IGN] * 3]
+
     def test_a_child_that_raises_gives_no_answer(self) -> None:
         def fail() -> object:
             raise RuntimeError("boom")
