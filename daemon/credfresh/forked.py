@@ -104,8 +104,7 @@ def _child(fd: int, work: Callable[[], object]) -> None:  # pragma: no cover - i
             signal.signal(signum, signal.SIG_IGN)
         # A collection would touch every object's header and copy the parent's whole heap.
         gc.disable()
-        os.closerange(3, fd)
-        os.closerange(fd + 1, _OPEN_MAX)
+        _close_inherited(keep=fd)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
@@ -116,6 +115,21 @@ def _child(fd: int, work: Callable[[], object]) -> None:  # pragma: no cover - i
         status = 0
     finally:
         os._exit(status)
+
+
+def _close_inherited(keep: int) -> None:  # pragma: no cover - in the child
+    """Close what this process holds (listed in /proc), not every number up to the limit:
+    without close_range(2) (kernels before 5.9) that is a million close calls a write."""
+    try:
+        held = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, _OPEN_MAX)
+        return
+    for fd in held:
+        if fd > 2 and fd != keep:  # past stdin, stdout and stderr
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def read_all(fd: int, patience: float) -> bytes | None:
