@@ -35,7 +35,8 @@ class TestReload:
     def test_the_poll_validates_only_what_changed(self, project: Project, tmp_path: Path) -> None:
         """The poll (every 0.2 s here) forks no validating child while the config and its
         policy file keep their bytes, and reloads when only the policy file changed (inotify
-        reports the config's own name only)."""
+        reports the config's own name only). The 2 s watch is for an absence: a loaded machine
+        that polls less often makes it weaker, never red; the reload then proves the poll ran."""
         policy = project.config_path.parent / "policy.json"
         statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
         policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))

@@ -10,10 +10,12 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.configloader import raw_config_parse
@@ -24,7 +26,7 @@ from credfresh.credfile import handles
 from credfresh.credfile.atomic import atomic_write
 from credfresh.credfile.format import FileView, merge, render_section, view_of
 from credfresh.credfile.handles import file_lock, resolve_target
-from credfresh.credfile.store import FileStore, read_managed, write_profiles
+from credfresh.credfile.store import FileStore, WriteResult, read_managed, write_profiles
 from credfresh.errors import CredfileError
 from support import children
 from support.helpers_credfile import (
@@ -751,26 +753,44 @@ class TestForkedStore:
     def test_no_answer_means_the_write_in_process(
         self, creds_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A child killed at once (it may have written, or not) and no fork at all: either
-        way the parent writes, and leaves neither a child nor a temp file."""
+        """A child stuck, then killed, and no fork at all: either way the parent writes, says
+        why, and leaves neither a child nor a temp file."""
         from credfresh.credfile import store as credfile_store
 
         before = children()
+        parent, real = os.getpid(), credfile_store.write_profiles
+
+        def stuck_in_a_child(*args: Any, **kwargs: Any) -> WriteResult:
+            if os.getpid() != parent:
+                threading.Event().wait(3600)  # a child stuck on a lock; killed at once
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(credfile_store, "write_profiles", stuck_in_a_child)
         monkeypatch.setattr(credfile_store, "WRITE_PATIENCE", 0.0)
         store = FileStore(os.geteuid(), forked=True)
+        seen, record = _events()
         for serial in range(1, 6):
-            store.write_profiles(creds_path, OWNER, {"p": make_creds(serial)})
+            store.write_profiles(creds_path, OWNER, {"p": make_creds(serial)}, on_event=record)
             assert read_managed(creds_path, OWNER).managed["p"] == make_creds(serial)
             assert children() == before
             assert _temps(creds_path.parent) == []
+        said = [fields for name, fields in seen if name == "write_in_process"]
+        assert said == [{"path": str(creds_path), "reason": "no answer from its child"}] * 5
 
         def refuse() -> int:
             raise OSError(11, "Resource temporarily unavailable")
 
         monkeypatch.setattr(os, "fork", refuse)
-        result = store.write_profiles(creds_path, OWNER, {"p": make_creds(9)})
-        assert result.written
-        assert read_managed(creds_path, OWNER).managed["p"] == make_creds(9)
+        seen.clear()
+        for serial in (9, 10):
+            result = store.write_profiles(
+                creds_path, OWNER, {"p": make_creds(serial)}, on_event=record
+            )
+            assert result.written
+            assert read_managed(creds_path, OWNER).managed["p"] == make_creds(serial)
+        assert seen == [
+            ("write_in_process", {"path": str(creds_path), "reason": "no child could start"})
+        ]
 
 
 @needs_root

@@ -193,6 +193,7 @@ class FileStore:
         self.euid = euid
         self._forked = forked
         self._in_place_reported: set[str] = set()
+        self._no_fork_reported: set[str] = set()
         self._last_read: tuple[Path, str, bytes | None, FileView] | None = None
 
     def read_managed(self, path: Path, owner: str) -> FileView:
@@ -229,6 +230,7 @@ class FileStore:
             from credfresh.forked import Forked  # not on credential-process's fast path
 
             with Forked(partial(_write_in_child, write)) as child:
+                started = child.started
                 answer = child.answer(WRITE_PATIENCE)
             if _is_write_answer(answer):
                 outcome, events = cast("tuple[WriteResult | CredfileError, _Events]", answer)
@@ -237,7 +239,18 @@ class FileStore:
                 if isinstance(outcome, CredfileError):
                     raise outcome
                 return outcome
+            self._in_process(path, started, on_event)
         return write(on_event=report)
+
+    def _in_process(self, path: Path, started: bool, on_event: EventCallback | None) -> None:
+        """Say why this write runs in the daemon: each child that gave no answer (stuck 30 s,
+        or killed), and once per path that no child can start (no fork: a pid limit)."""
+        if on_event is None or (not started and str(path) in self._no_fork_reported):
+            return
+        if not started:
+            self._no_fork_reported.add(str(path))
+        reason = "no answer from its child" if started else "no child could start"
+        on_event("write_in_process", {"path": str(path), "reason": reason})
 
 
 _Events = list[tuple[str, dict[str, object]]]
