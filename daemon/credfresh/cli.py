@@ -1,13 +1,15 @@
 """The command line: parse options, run one command, turn its errors into exit codes.
 
 Every option can also come from `CREDFRESH_<OPTION>`. Imports are lazy so `status` and
-`credential-process` never load boto3 or pydantic, and `fastpath` answers before argparse loads.
+`credential-process` never load boto3 or pydantic, and `fastpath` answers before argparse loads
+(and reads `run`'s options, so the daemon never loads argparse).
 A command returns its verdict (0 or 1) and raises an `errors` type for anything else, mapped
 here through `errors.EXIT_STATUS`; `run` also returns the daemon's start-up codes (2, 3).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import TYPE_CHECKING
 
@@ -142,11 +144,15 @@ def _profiles(args: argparse.Namespace) -> list[str]:
 
 
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return _config_at(args.config, environ)
+
+
+def _config_at(given: str | None, environ: Mapping[str, str]) -> Path:
     from pathlib import Path
 
     from credfresh.config.model import DEFAULT_CONFIG_PATH
 
-    return Path(args.config or environ.get("CREDFRESH_CONFIG") or DEFAULT_CONFIG_PATH)
+    return Path(given or environ.get("CREDFRESH_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
@@ -189,14 +195,37 @@ def _credential_process(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
+    return _start_daemon(args.config, args.log_format, args.log_level, ctx)
+
+
+def _start_daemon(
+    config: str | None, log_format: str | None, log_level: str | None, ctx: Context
+) -> int:
     from credfresh.process import daemon
 
     return daemon.main(
-        config_path(args, ctx.environ),
-        log_format=args.log_format,
-        log_level=args.log_level,
-        ctx=ctx,
+        _config_at(config, ctx.environ), log_format=log_format, log_level=log_level, ctx=ctx
     )
+
+
+def _light_run(arguments: Sequence[str], ctx: Context) -> Callable[[], int] | None:
+    """`run` read without argparse when `fastpath` reads it exactly as argparse would;
+    the defaults are the same `CREDFRESH_` variables."""
+    from credfresh.commands import fastpath
+
+    found = fastpath.parse_run_args(arguments)
+    if found is None:
+        return None
+    config, log_format, log_level = (
+        found.get(option) or _env_str(ctx.environ, option)
+        for option in ("config", "log-format", "log-level")
+    )
+    return lambda: _start_daemon(config, log_format, log_level, ctx)
+
+
+def _env_str(environ: Mapping[str, str], option: str) -> str | None:
+    value = _env_default(environ, option)
+    return value if isinstance(value, str) else None
 
 
 def _demo(args: argparse.Namespace, ctx: Context) -> int:
@@ -272,16 +301,21 @@ def main(
             return answered
     from credfresh.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_STATUS, CredfreshError
 
-    try:
-        args = build_parser(ctx).parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
-    if argv is None and args.command == "run":
+    command = _light_run(arguments, ctx)
+    is_run = command is not None
+    if command is None:
+        try:
+            args = build_parser(ctx).parse_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_CONFIG
+        command = functools.partial(COMMANDS[args.command], args, ctx)
+        is_run = args.command == "run"
+    if argv is None and is_run:
         from credfresh.process.allocator import reexec_without_tcache
 
         reexec_without_tcache(ctx.environ, sys.orig_argv)
     try:
-        return COMMANDS[args.command](args, ctx)
+        return command()
     except CredfreshError as exc:
         ctx.err.write(f"credfresh: {exc.code}: {exc}\n" if exc.show_code else f"credfresh: {exc}\n")
         return next(status for kind, status in EXIT_STATUS if isinstance(exc, kind))

@@ -241,6 +241,68 @@ class TestArguments:
         assert fastpath.source_of(None, None, {}) == (True, fastpath.DEFAULT_CONFIG)
 
 
+class TestRunArguments:
+    """`run` read without argparse: the same spellings, else argparse reads them."""
+
+    @pytest.mark.parametrize(
+        ("argv", "expected"),
+        [
+            (["run"], {}),
+            (["run", "-c", "/x"], {"config": "/x"}),
+            (
+                ["run", "--config=/x", "--log-format", "json"],
+                {"config": "/x", "log-format": "json"},
+            ),
+            (["run", "--log-level=debug"], {"log-level": "debug"}),
+        ],
+    )
+    def test_plain_forms(self, argv: list[str], expected: dict[str, str]) -> None:
+        assert fastpath.parse_run_args(argv) == expected
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["run", "-h"],
+            ["run", "extra"],
+            ["run", "--conf", "/x"],
+            ["run", "--credentials-file", "/f"],
+            ["run", "-c", "/x", "-c", "/y"],
+            ["run", "--log-format", "pretty"],
+            ["run", "--once-then-exit"],
+            ["run", "--", "-c"],
+            ["status"],
+        ],
+    )
+    def test_anything_else_goes_to_argparse(self, argv: list[str]) -> None:
+        assert fastpath.parse_run_args(argv) is None
+
+    def test_both_ways_start_the_same_daemon(self, tmp_path: Path) -> None:
+        """The option, its `CREDFRESH_` variable, and argparse's abbreviation name one config."""
+        missing = str(tmp_path / "missing.yaml")
+        code, _, err = _cli("run", "-c", missing)
+        assert code == 2
+        assert err.endswith(f"(file): not found: {missing}\n")
+        assert _cli("run", "--conf", missing)[::2] == (code, err)
+        env = {"HOME": "/nonexistent", "CREDFRESH_CONFIG": missing}
+        assert _cli("run", env=env)[::2] == (code, err)
+
+    def test_run_never_loads_argparse(self, tmp_path: Path) -> None:
+        missing = str(tmp_path / "missing.yaml")
+        code = (
+            "import sys; from credfresh.cli import main; "
+            f"rc = main(['run', '-c', {missing!r}]); "
+            "sys.stderr.write(repr((rc, 'argparse' in sys.modules)))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=unmeasured_environ(),
+        )
+        assert result.stderr.strip().endswith("(2, False)"), result.stderr
+
+
 def _layout(tmp_path: Path, *, valid_for: timedelta = timedelta(hours=1)) -> Path:
     creds_path = tmp_path / "credentials"
     creds_path.write_text("[base]\naws_access_key_id = AKIAEXAMPLE\n")
