@@ -20,16 +20,14 @@ from credfresh.context import SystemClock
 from credfresh.errors import ConfigError
 from credfresh.observe.logs import Redactor
 from credfresh.observe.metrics import Metrics
-from credfresh.outputs.hooks import (
-    HookDeps,
-    Hooks,
+from credfresh.outputs.hook_worker import (
+    HookWorker,
     hook_environ,
-    hook_name,
     outcome_failure,
     parse_pid,
-    runs_for,
     send_signal,
 )
+from credfresh.outputs.hooks import HookDeps, Hooks, hook_name, runs_for
 from credfresh.process.child import Child, Outcome, last_line
 from support.recording import RecordingLogger
 
@@ -241,7 +239,8 @@ class TestWorkers:
         """The hook runs what is pending, then its worker ends: no idle thread per old hook."""
         log = RecordingLogger()
         hooks = Hooks(
-            HookDeps(environ={}, euid=None, log=log, redactor=Redactor(), clock=SystemClock())
+            HookDeps(environ={}, euid=None, log=log, redactor=Redactor(), clock=SystemClock()),
+            HookWorker,
         )
         hooked = config(
             tmp_path,
@@ -250,6 +249,7 @@ class TestWorkers:
         plain = config(tmp_path, {"profiles": {"a": {"role_arn": ARN}}})
         hooks.written(hooked, {"a": object()})  # type: ignore[dict-item]
         [worker] = hooks._workers.values()
+        assert isinstance(worker, HookWorker)
         hooks.written(plain, {"a": object()})  # type: ignore[dict-item]
         worker.join(30)
         assert not worker.alive

@@ -20,7 +20,7 @@ from credfresh.engine.scheduler import ApScheduler
 from credfresh.observe.metrics import Metrics
 from credfresh.outputs.env_file import EnvFiles
 from credfresh.outputs.health import HttpServer, liveness, readiness
-from credfresh.outputs.hooks import HookDeps, Hooks
+from credfresh.outputs.hooks import HookDeps, Hooks, Worker
 from credfresh.process.control import start_control
 from credfresh.process.heap import FrozenHeap
 from credfresh.process.systemd import Notifier, should_ping, status_line
@@ -31,7 +31,7 @@ from credfresh.sources.select import SourceSet
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
-    from credfresh.config.model import Config
+    from credfresh.config.model import Config, HookSpec
     from credfresh.context import Clock, Context
     from credfresh.observe.logs import Logging
     from credfresh.sources.base import Source
@@ -72,7 +72,8 @@ def build(
             clock=ctx.clock,
             alerts=alerts,
             metrics=metrics,
-        )
+        ),
+        start_hook,
     )
 
     def source(cfg: Config) -> Source:
@@ -112,6 +113,14 @@ def build(
             config.state_file, euid=ctx.euid, engine=engine, log=log, clock=ctx.clock
         ),
     )
+
+
+def start_hook(spec: HookSpec, deps: HookDeps) -> Worker:
+    """A hook's worker, its module loaded with a config's first hook (0.1 MB a daemon
+    without hooks never holds)."""
+    from credfresh.outputs.hook_worker import HookWorker
+
+    return HookWorker(spec, deps)
 
 
 def build_exec(config: Config, ctx: Context, logging: Logging) -> Engine:
