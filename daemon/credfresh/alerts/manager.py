@@ -8,24 +8,37 @@ import threading
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from credfresh.alerts import rules
 from credfresh.alerts.records import AlertEvent, AlertState, Step
 from credfresh.alerts.rules import Policy, ProfileFacts
-from credfresh.alerts.sinks import Sink, SinkError, build_sinks
 from credfresh.config.model import AlertSettings
 from credfresh.context import Clock, SystemClock
 from credfresh.observe.logs import Logger, Redactor
 
+if TYPE_CHECKING:
+    from credfresh.alerts.sinks import Sink
+
 #: Events waiting for the sink worker; past this the oldest is dropped (and logged).
 DEFAULT_QUEUE_SIZE: Final = 256
 
-_Item = tuple[dict[str, object], tuple[Sink, ...]]
+_Item = tuple[dict[str, object], tuple["Sink", ...]]
 
 
 def _sink_settings(settings: AlertSettings) -> tuple[object, ...]:
     return (settings.webhook_url, tuple(settings.command), settings.command_timeout)
+
+
+def _build_sinks(
+    settings: AlertSettings, environ: Mapping[str, str], redactor: Redactor | None
+) -> tuple[Sink, ...]:
+    """`sinks.build_sinks`, its module (urllib, urllib3) loaded only when a sink is set."""
+    if not settings.webhook_url and not settings.command:
+        return ()
+    from credfresh.alerts.sinks import build_sinks
+
+    return build_sinks(settings, environ, redactor)
 
 
 class _Outbox:
@@ -100,7 +113,7 @@ class AlertManager:
         self._settings = settings
         self._policy = Policy.from_settings(settings, host or socket.gethostname())
         self._sinks = (
-            tuple(sinks) if sinks is not None else build_sinks(settings, self._environ, redactor)
+            tuple(sinks) if sinks is not None else _build_sinks(settings, self._environ, redactor)
         )
         self._state = state or AlertState()
         self._lock = threading.Lock()
@@ -127,7 +140,7 @@ class AlertManager:
         elif sinks is not None:
             new_sinks = tuple(sinks)
         else:
-            new_sinks = build_sinks(settings, self._environ, self._redactor)
+            new_sinks = _build_sinks(settings, self._environ, self._redactor)
         with self._lock:
             self._settings = settings
             self._policy = Policy.from_settings(settings, self._policy.host)
@@ -314,6 +327,8 @@ class AlertManager:
                 self._deliver(sink, payload)
 
     def _deliver(self, sink: Sink, payload: Mapping[str, object]) -> None:
+        from credfresh.alerts.sinks import SinkError
+
         alert = payload.get("alert_id")
         try:
             status = sink.send(payload)
