@@ -293,14 +293,8 @@ class TestRunArguments:
             f"rc = main(['run', '-c', {missing!r}]); "
             "sys.stderr.write(repr((rc, 'argparse' in sys.modules)))"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=unmeasured_environ(),
-        )
-        assert result.stderr.strip().endswith("(2, False)"), result.stderr
+        stderr = _stderr_of(code)
+        assert stderr.strip().endswith("(2, False)"), stderr
 
 
 def _layout(tmp_path: Path, *, valid_for: timedelta = timedelta(hours=1)) -> Path:
@@ -446,11 +440,17 @@ class TestAnswers:
             f"rc = main(['credential-process', 'p', '-c', {str(config_path)!r}]); "
             f"sys.stderr.write(repr((rc, [m for m in {heavy!r} if m in sys.modules])))"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=unmeasured_environ(),  # coverage's own imports would count as the answer's
-        )
-        assert result.stderr.strip().endswith("(0, [])"), result.stderr
+        stderr = _stderr_of(code)
+        assert stderr.strip().endswith("(0, [])"), stderr
+
+
+def _stderr_of(code: str) -> str:
+    """What `python -c CODE` wrote to stderr, run without coverage (its own imports would
+    count as the code's)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=unmeasured_environ(),
+    ).stderr
