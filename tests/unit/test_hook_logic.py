@@ -4,6 +4,7 @@ runner, which is cheap)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from credfresh.outputs.hook_worker import (
 )
 from credfresh.outputs.hooks import HookDeps, Hooks, hook_name, runs_for
 from credfresh.process.child import Child, Outcome, last_line
+from support import unmeasured_environ
 from support.recording import RecordingLogger
 
 ARN = "arn:aws:iam::123456789012:role/app"
@@ -256,3 +258,49 @@ class TestWorkers:
         assert hooks._workers == {}
         assert [kw["profiles"] for kw in log.named("hook_ran")] == [["a"]]
         hooks.close()
+
+
+class TestLoadedOnlyWhenUsed:
+    def test_a_daemon_without_hooks_or_sinks_never_loads_them(self, tmp_path: Path) -> None:
+        """The wiring of a config with no hook and no alert sink leaves both modules unloaded;
+        the first write of a hooked profile loads the hook's worker, and only it."""
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        config(plain, {"profiles": {"a": {"role_arn": ARN}}})
+        hooked = tmp_path / "hooked"
+        hooked.mkdir()
+        config(
+            hooked,
+            {"profiles": {"a": {"role_arn": ARN, "on_refresh": {"command": ["/bin/true"]}}}},
+        )
+        code = f"""
+import io, sys
+from pathlib import Path
+from credfresh.config.validate import load_config
+from credfresh.context import Context
+from credfresh.observe.logs import Logging
+from credfresh.process import wiring
+
+lazy = ("credfresh.outputs.hook_worker", "credfresh.alerts.sinks")
+home = Path({str(HOME)!r})
+plain = load_config(Path({str(plain / "config.yaml")!r}), {{}}, home)
+hooked = load_config(Path({str(hooked / "config.yaml")!r}), {{}}, home)
+ctx = Context.system(io.StringIO(), io.StringIO(), {{"HOME": str(home)}})
+wired = wiring.build(plain, ctx, Logging(io.StringIO()))
+wired.hooks.written(plain, {{"a": None}})
+before = [name for name in lazy if name in sys.modules]
+wired.hooks.written(hooked, {{"a": None}})
+after = [name for name in lazy if name in sys.modules]
+wired.hooks.close()
+sys.stderr.write(repr((before, after)))
+"""
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env=unmeasured_environ(),
+        )
+        expected = ([], ["credfresh.outputs.hook_worker"])
+        assert result.stderr.strip().endswith(repr(expected)), result.stderr
