@@ -301,7 +301,7 @@ def main(
             return answered
     from credfresh.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_STATUS, CredfreshError
 
-    command = _light_run(arguments, ctx)
+    command = _light_run(arguments, ctx) if arguments[:1] == ["run"] else None
     is_run = command is not None
     if command is None:
         try:
