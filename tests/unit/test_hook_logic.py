@@ -302,5 +302,5 @@ sys.stderr.write(repr((before, after)))
             timeout=60,
             env=unmeasured_environ(),
         )
-        expected = ([], ["credfresh.outputs.hook_worker"])
+        expected: tuple[list[str], list[str]] = ([], ["credfresh.outputs.hook_worker"])
         assert result.stderr.strip().endswith(repr(expected)), result.stderr
