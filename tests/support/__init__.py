@@ -8,6 +8,8 @@ knows where the repository's parts are, for tests that start child interpreters.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +37,26 @@ def unmeasured_environ() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
 
 
+def stderr_of(code: str, timeout: float = 60.0) -> str:
+    """What `python -c CODE` wrote to stderr, run unmeasured: for a check of what a command
+    imports (coverage's own imports would count as the command's)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=unmeasured_environ(),
+    ).stderr
+
+
 __all__ = [
     "DAEMON_DIR",
     "REPO",
     "TESTS_DIR",
     "coverage_environ",
     "examples",
+    "stderr_of",
     "unmeasured_environ",
 ]
 

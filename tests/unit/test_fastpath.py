@@ -7,8 +7,6 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from credfresh.credentials import account_id
 from credfresh.credfile import format as credfile
 from credfresh.credfile import store
 from credfresh.errors import CredfileError
-from support import examples, unmeasured_environ
+from support import examples, stderr_of
 from support.helpers_credfile import (
     NOBODY,
     OWNER,
@@ -293,7 +291,7 @@ class TestRunArguments:
             f"rc = main(['run', '-c', {missing!r}]); "
             "sys.stderr.write(repr((rc, 'argparse' in sys.modules)))"
         )
-        stderr = _stderr_of(code)
+        stderr = stderr_of(code)
         assert stderr.strip().endswith("(2, False)"), stderr
 
 
@@ -440,17 +438,5 @@ class TestAnswers:
             f"rc = main(['credential-process', 'p', '-c', {str(config_path)!r}]); "
             f"sys.stderr.write(repr((rc, [m for m in {heavy!r} if m in sys.modules])))"
         )
-        stderr = _stderr_of(code)
+        stderr = stderr_of(code)
         assert stderr.strip().endswith("(0, [])"), stderr
-
-
-def _stderr_of(code: str) -> str:
-    """What `python -c CODE` wrote to stderr, run without coverage (its own imports would
-    count as the code's)."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=unmeasured_environ(),
-    ).stderr

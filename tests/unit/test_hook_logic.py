@@ -4,7 +4,6 @@ runner, which is cheap)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from credfresh.outputs.hook_worker import (
 )
 from credfresh.outputs.hooks import HookDeps, Hooks, hook_name, runs_for
 from credfresh.process.child import Child, Outcome, last_line
-from support import unmeasured_environ
+from support import stderr_of
 from support.recording import RecordingLogger
 
 ARN = "arn:aws:iam::123456789012:role/app"
@@ -294,13 +293,6 @@ after = [name for name in lazy if name in sys.modules]
 wired.hooks.close()
 sys.stderr.write(repr((before, after)))
 """
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-            env=unmeasured_environ(),
-        )
+        stderr = stderr_of(code)
         expected: tuple[list[str], list[str]] = ([], ["credfresh.outputs.hook_worker"])
-        assert result.stderr.strip().endswith(repr(expected)), result.stderr
+        assert stderr.strip().endswith(repr(expected)), stderr
