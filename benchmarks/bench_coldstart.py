@@ -36,10 +36,10 @@ PEER_PREFILL: Final = 400
 AWSCLI_VENV: Final = OUT / "awscli-venv"
 WHY_SLOW: Final = (
     "about 0.4 s pass before the first STS call (interpreter, the re-execution without "
-    "glibc's tcache, imports, config validation, "
-    "botocore's endpoint data), and during the pass the writer's whole-file configparser "
-    "re-check (`credfile._check_result`) holds the GIL the 16 workers need, so calls average "
-    "55-60 ms instead of 50 (PROFILE.md, change 2)"
+    "glibc's tcache, imports, config validation, botocore's endpoint data), and each "
+    "refresh's 1.7-2 ms of CPU waits its turn for the one interpreter lock the 16 workers "
+    "share, so calls average 55-60 ms instead of 50 (PROFILE.md, \"The stack at the daemon's "
+    'work")'
 )
 
 

@@ -35,13 +35,14 @@ WHY_MEMORY: Final = (
     '(allocator.py; PROFILE.md, changes 2 and 6 and "tcache")'
 )
 WHY_WRITE_RATIO: Final = (
-    "the same CPU as the write alone, but 16 refresh threads answering STS hold the GIL in "
-    "turns while the writer's strict configparser check of the whole file runs "
-    '(PROFILE.md, "Footprint")'
+    "the write runs in a child forked for it: the same CPU as the write alone, plus the fork's "
+    "page tables and copy-on-write faults (1.1-1.25x in a bare process), on two cores shared "
+    'with 16 refresh threads and the STS (PROFILE.md, "The write in a child")'
 )
 WHY_WRITE: Final = (
     "`credfile._check_result` re-parses the whole merged file with RawConfigParser, about two "
-    "thirds of a write, while refresh threads hold the GIL (PROFILE.md, change 2)"
+    "thirds of a write, in a child that shares two cores with the refresh threads (PROFILE.md, "
+    '"The write in a child")'
 )
 
 
