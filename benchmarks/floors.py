@@ -101,41 +101,16 @@ def wall(code: str) -> float:
     return time.perf_counter() - began
 
 
-def first_call_floor(stub: Stub, prelude: str = "") -> float:
-    """Spawn -> the STS's receipt of the call, for the smallest botocore program (after
-    `prelude`, the stack's imports)."""
+def against_stub(stub: Stub, program: list[str], *extra: str) -> tuple[float, str]:
+    """Run `python PROGRAM URL KEY SECRET ROLE EXTRA...` with the walkthrough's keys and role
+    against the stub: (the time it was spawned, what it printed)."""
     walkthrough = stub.walkthrough
     assert walkthrough is not None
-    stub.api.reset()
     began = time.time()
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            prelude + FIRST_CALL_FLOOR,
-            stub.url,
-            walkthrough.access_key_id,
-            walkthrough.secret_access_key,
-            walkthrough.role_arn,
-        ],
-        env=base_env(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return stub.request_times()[0] - began
-
-
-def floor_output(stub: Stub, code: str, latency: float, *extra: str) -> list[str]:
-    """The words a botocore floor program printed, run against the stub at `latency` with the
-    walkthrough's keys and role (then `extra`) as its arguments."""
-    walkthrough = stub.walkthrough
-    assert walkthrough is not None
-    stub.prepare(lifetime=None, latency=latency)
     done = subprocess.run(
         [
             sys.executable,
-            "-c",
-            code,
+            *program,
             stub.url,
             walkthrough.access_key_id,
             walkthrough.secret_access_key,
@@ -147,7 +122,22 @@ def floor_output(stub: Stub, code: str, latency: float, *extra: str) -> list[str
         text=True,
         check=True,
     )
-    return done.stdout.split()
+    return began, done.stdout
+
+
+def first_call_floor(stub: Stub, prelude: str = "") -> float:
+    """Spawn -> the STS's receipt of the call, for the smallest botocore program (after
+    `prelude`, the stack's imports)."""
+    stub.api.reset()
+    began, _ = against_stub(stub, ["-c", prelude + FIRST_CALL_FLOOR])
+    return stub.request_times()[0] - began
+
+
+def floor_output(stub: Stub, code: str, latency: float, *extra: str) -> list[str]:
+    """The words a botocore floor program printed, run against the stub at `latency` with
+    `extra` after the usual arguments."""
+    stub.prepare(lifetime=None, latency=latency)
+    return against_stub(stub, ["-c", code], *extra)[1].split()
 
 
 def cpu_floor(stub: Stub, calls: int) -> float:
@@ -179,29 +169,11 @@ class StackRun:
 def stack_at_work(stub: Stub, *, workers: int, calls: int, waves: int, latency: float) -> StackRun:
     """The design card's stack making `waves` waves of `calls` refreshes on `workers` threads,
     the stub at `latency`."""
-    walkthrough = stub.walkthrough
-    assert walkthrough is not None
     stub.prepare(lifetime=None, latency=latency)
     stub.api.reset()
-    watched = fresh_dir("stack-floor")
-    began = time.time()
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(STACK_FLOOR),
-            stub.url,
-            walkthrough.access_key_id,
-            walkthrough.secret_access_key,
-            walkthrough.role_arn,
-            *(str(n) for n in (workers, calls, waves)),
-            str(watched),
-        ],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wave, cpu, peak = done.stdout.split()[-3:]
+    watched = str(fresh_dir("stack-floor"))
+    began, out = against_stub(stub, [str(STACK_FLOOR)], *map(str, (workers, calls, waves)), watched)
+    wave, cpu, peak = out.split()[-3:]
     return StackRun(stub.request_times()[0] - began, float(wave), float(cpu), int(peak) / 1024)
 
 
