@@ -1,8 +1,10 @@
 """The sidecar's footprint against botocore's own floor, both measured in this run.
 
-Floors: the peak RSS of a Python process that imports botocore and creates one STS client
-(what any boto3-based daemon pays), and the wall time of `python -c "import botocore.session"`.
-Then `credfresh run` with 10 profiles (spawn -> first STS call, READY=1 cold and with fresh
+Floors (`floors.py`): the peak RSS of a Python process that imports botocore and creates one
+STS client (what any boto3-based daemon pays), the wall time of `python -c "import
+botocore.session"`, botocore's own calls, and the design card's stack doing the daemon's
+refreshes without credfresh (`stack_floor.py`) for the RSS, first-call, CPU and 64-worker
+rows. Then `credfresh run` with 10 profiles (spawn -> first STS call, READY=1 cold and with fresh
 profiles on disk, peak RSS after 10 refresh cycles with the container endpoint and the health
 server on, threads) and with 1,000 profiles (CPU per refresh at 0 ms STS latency, and a cold
 start at `max_concurrency` 64 and 50 ms latency against its latency bound). Daemons run with
