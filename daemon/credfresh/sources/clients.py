@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from credfresh.sources.classify import SourceError, classify
-from credfresh.sources.deadline import CallGuard, within_deadline
+from credfresh.sources.deadline import CallGuard, CutGuard, within_deadline
 
 if TYPE_CHECKING:
     import botocore.session
@@ -28,7 +28,7 @@ def call_deadline(settings: StsSettings) -> float:
     return 2 * settings.timeout
 
 
-def tracking_pools(guard: CallGuard) -> dict[str, type]:
+def tracking_pools(guard: CutGuard) -> dict[str, type]:
     """botocore's connection pools, with connections that show themselves to `guard`."""
     from botocore.awsrequest import (
         AWSHTTPConnection,
@@ -43,12 +43,12 @@ def tracking_pools(guard: CallGuard) -> dict[str, type]:
     }
 
 
-def _tracked(base: type[Any], guard: CallGuard) -> type[Any]:
-    """`base` (HTTP or HTTPS) whose connect and request first show the connection to `guard`."""
+def _tracked(base: type[Any], guard: CutGuard) -> type[Any]:
+    """`base` (HTTP or HTTPS) whose connect goes through `guard` and whose request first shows
+    the connection to it."""
 
     def connect(self: Any) -> None:
-        guard.track(self)
-        base.connect(self)
+        guard.connect(self, lambda: base.connect(self))
 
     def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         guard.track(self)
@@ -61,18 +61,20 @@ def _pool(base: type[Any], connection: type[Any]) -> type[Any]:
     return type(f"Tracked{base.__name__}", (base,), {"ConnectionCls": connection})
 
 
-def track_connections(client: Any, pools: Mapping[str, type]) -> Any:
-    """Let the guard see (and cut) the connections this client's calls use.
+def track_connections(client: Any, pools: Mapping[str, type]) -> bool:
+    """Let the guard see (and cut) the connections this client's calls use; False when it
+    cannot.
 
     botocore has no socket hook, so this swaps the classes in the client's own pool map.
-    Should its layout change, calls are still abandoned at the deadline; the helper then
-    lives until the socket's own timeout.
+    Should its layout change, calls run in a `CallGuard` helper instead: still abandoned at the
+    deadline, the helper then lives until the socket's own timeout.
     """
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     by_scheme = getattr(session, "_pool_classes_by_scheme", None)
-    if isinstance(by_scheme, dict):
-        by_scheme.update(pools)
-    return client
+    if not isinstance(by_scheme, dict):
+        return False
+    by_scheme.update(pools)
+    return True
 
 
 class StsClients:
@@ -93,9 +95,10 @@ class StsClients:
         self._clients: dict[ClientKey, Any] = {}
         self._chained: dict[ClientKey, tuple[str, Any]] = {}
         # Room for every worker's call plus as many abandoned ones still winding down.
-        self._guard = CallGuard(
-            2 * max(1, settings.max_concurrency), name="credfresh-sts", clock=clock
-        )
+        limit = 2 * max(1, settings.max_concurrency)
+        self._guard = CutGuard(limit, name="credfresh-sts", clock=clock)
+        self._helpers = CallGuard(limit, name="credfresh-sts-helper", clock=clock)
+        self._untracked = False
 
     def _botocore(self) -> tuple[botocore.session.Session, dict[str, type]]:
         """botocore's base session and pools, loaded on the first call: a daemon whose
@@ -179,7 +182,8 @@ class StsClients:
                         aws_secret_access_key=source.secret_access_key,
                         aws_session_token=source.session_token or None,
                     )
-                    cached = (source.access_key_id, track_connections(chained, self._pools))
+                    self._track(chained)
+                    cached = (source.access_key_id, chained)
                     self._chained[key] = cached
                 return cached[1]
             client = self._clients.get(key)
@@ -193,8 +197,13 @@ class StsClients:
                     if web
                     else self._make_source_client(profile, region)
                 )
-                self._clients[key] = track_connections(client, self._pools)
+                self._track(client)
+                self._clients[key] = client
             return client
+
+    def _track(self, client: Any) -> None:
+        if not track_connections(client, self._pools):
+            self._untracked = True
 
     def _make_source_client(self, profile: Profile, region: str) -> Any:
         from botocore.exceptions import NoCredentialsError, ProfileNotFound
@@ -221,10 +230,11 @@ class StsClients:
             self._sessions.pop(profile.source_profile, None)
 
     def calls_in_flight(self) -> int:
-        """STS calls still running in a helper, abandoned ones included."""
-        return self._guard.in_flight()
+        """STS calls still running, abandoned ones included."""
+        return self._guard.in_flight() + self._helpers.in_flight()
 
     def guarded(self, call: Callable[[], T], profile: str) -> T:
         """Run one STS call under the overall deadline; past it, a transient `timeout` (the
         abandoned call's result is dropped, never reaching the state)."""
-        return within_deadline(self._guard, call, call_deadline(self._settings), profile)
+        guard = self._helpers if self._untracked else self._guard
+        return within_deadline(guard, call, call_deadline(self._settings), profile)
