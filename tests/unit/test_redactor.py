@@ -79,3 +79,32 @@ def test_shorter_than_any_secret_is_untouched() -> None:
     redactor.add("abcdefgh")
     assert redactor.text("abcdefg") == "abcdefg"
     assert redactor.text("abcdefgh") == REDACTED
+
+
+def test_many_known_secrets_are_found_whatever_their_characters() -> None:
+    """Past `_SCAN_ALL_BELOW` known secrets only positions inside runs of the characters
+    that begin secrets are looked up; a secret of any characters, anywhere, is still found."""
+    rng = random.Random(7)
+    odd = string.ascii_letters + string.digits + "-_.]^\\[:/+= "
+    known = ["".join(rng.choice(odd) for _ in range(rng.randint(8, 30))) for _ in range(150)]
+    redactor = Redactor()
+    redactor.add(*known)
+    around = [*PIECES[4:], "x", "-", "..", "a1"]
+    for _ in range(1000):
+        chosen = rng.sample(known, rng.randint(1, 3))
+        parts = [rng.choice(around)]
+        for secret in chosen:
+            parts += [secret, rng.choice(around)]
+        value = "".join(parts)
+        expected = value
+        for secret in sorted(known, key=len, reverse=True):
+            expected = expected.replace(secret, REDACTED)
+        assert redactor.text(value) == _substituted(expected)
+
+
+def test_a_secret_whose_start_ends_a_run_is_found() -> None:
+    """`!` begins no secret, so the run of secret characters ends after exactly eight."""
+    redactor = Redactor()
+    redactor.add(*(secrets.token_hex(12) for _ in range(100)), "abcdefgh!!x", "zyxwvuts")
+    assert redactor.text("-abcdefgh!!x-") == f"-{REDACTED}-"
+    assert redactor.text("zyxwvuts") == REDACTED

@@ -32,13 +32,11 @@ from credfresh.commands import exec_rules as rules
 from credfresh.errors import CODES, EXIT_FAILED, ConfigError, CredfreshError, UsageError
 
 if TYPE_CHECKING:
-    from structlog.stdlib import BoundLogger
-
     from credfresh.config.model import Config
     from credfresh.context import Context
     from credfresh.engine.engine import Engine
     from credfresh.engine.state import ProfileState
-    from credfresh.observe.logs import Logging
+    from credfresh.observe.logs import BoundLogger, Logging
 
 DEFAULT_START_TIMEOUT: Final = "5m"
 STOP_GRACE: Final = 2.0

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Protocol
 from credfresh.credentials import NEVER, Credentials, format_expiry
 
 if TYPE_CHECKING:
-    from structlog.stdlib import BoundLogger
-
     from credfresh.alerts.manager import AlertManager
     from credfresh.config.model import Config
     from credfresh.context import Clock
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from credfresh.engine.scheduler import Scheduler
     from credfresh.engine.state import ProfileState
     from credfresh.errors import CredfileError
-    from credfresh.observe.logs import Redactor
+    from credfresh.observe.logs import BoundLogger, Redactor
     from credfresh.observe.metrics import Metrics
     from credfresh.sources.base import SourceFactory
 

@@ -6,6 +6,7 @@ removes. Loggers are built with `structlog.wrap_logger`, not `structlog.configur
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -13,7 +14,10 @@ from collections.abc import Iterable, Mapping
 from typing import IO, Any, Final, Protocol
 
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+#: What `Logging.get` gives: structlog's level-filtering logger (a level below is a no-op).
+BoundLogger = FilteringBoundLogger
 
 REDACTED: Final = "[redacted]"
 SECRET_KEYS: Final = frozenset(
@@ -80,6 +84,8 @@ class Redactor:
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._index: dict[str, tuple[str, ...]] = {}
+        self._alphabet: set[str] = set()
+        self._runs = _runs_of(self._alphabet)
 
     def add(self, *secrets: str | None) -> None:
         """Known from now on; in place (a copy of every known secret per refresh cost O(n))."""
@@ -89,6 +95,9 @@ class Redactor:
                     self._known.add(secret)
                     key = secret[:_PREFIX]
                     self._index[key] = (*self._index.get(key, ()), secret)
+                    if not self._alphabet.issuperset(key):
+                        self._alphabet.update(key)
+                        self._runs = _runs_of(self._alphabet)
 
     def forget(self, *secrets: str | None) -> None:
         with self._lock:
@@ -103,12 +112,15 @@ class Redactor:
                         self._index.pop(key, None)
 
     def _by_prefix(self, value: str) -> str:
-        """Many profiles: one lookup per position in the index add/forget keep (rebuilding it
-        per refresh was a third of the daemon's CPU at 1,000 profiles)."""
+        """Many profiles: one lookup in the index add/forget keep (rebuilding it per refresh
+        was a third of the daemon's CPU at 1,000 profiles) per position that can start a
+        secret: inside a run of at least `_PREFIX` characters that begin known secrets. A
+        timestamp or an ARN has few such positions, or none."""
         index = self._index
         found = {
             secret
-            for start in range(len(value) - _PREFIX + 1)
+            for run in self._runs.finditer(value)
+            for start in range(run.start(), run.end() - _PREFIX + 1)
             for secret in index.get(value[start : start + _PREFIX], ())
             if value.startswith(secret, start)
         }
@@ -160,6 +172,14 @@ class Redactor:
         }
 
 
+def _runs_of(alphabet: set[str]) -> re.Pattern[str]:
+    """Runs of `_PREFIX` or more characters of `alphabet` (the first characters of known
+    secrets): a known secret starts only inside one."""
+    if not alphabet:
+        return re.compile(r"(?!)")
+    return re.compile("[" + "".join(map(re.escape, sorted(alphabet))) + f"]{{{_PREFIX},}}")
+
+
 def _drop_noise(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     event_dict.pop("_record", None)
     event_dict.pop("_from_structlog", None)
@@ -183,6 +203,32 @@ def renderer(fmt: str) -> Processor:
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
     return structlog.processors.JSONRenderer(sort_keys=False)
+
+
+class _OwnLines:
+    """Where credfresh's own events go, rendered in `get`'s chain: the handler's stream under
+    its lock (lines never interleave with a library's), with no LogRecord and no second pass
+    through the formatter, a third of a line's cost. Until installed nothing is written, as
+    with a handler not attached yet."""
+
+    name: Final = OWN_LOGGER
+
+    def __init__(self, handler: logging.StreamHandler[IO[str]]) -> None:
+        self._handler = handler
+        self.installed = False
+
+    def msg(self, line: str) -> None:
+        if not self.installed:
+            return
+        handler = self._handler
+        with handler.lock or contextlib.nullcontext():
+            try:
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+            except (OSError, ValueError):
+                pass  # as `logging` does: a line that cannot be written never fails its caller
+
+    debug = info = warning = error = critical = exception = msg
 
 
 class Logging:
@@ -209,7 +255,7 @@ class Logging:
             )
         )
         self._handler.setLevel(self.level)
-        self._logger = logging.getLogger(OWN_LOGGER)
+        self._own = _OwnLines(self._handler)
         self._saved: list[tuple[logging.Logger, int, bool]] = []
 
     def install(self) -> None:
@@ -225,25 +271,26 @@ class Logging:
             lib = logging.getLogger(name)
             self._saved.append((lib, lib.level, lib.propagate))
             lib.setLevel(third_party_level(self.level, floor))
+        self._own.installed = True
 
     def uninstall(self) -> None:
+        self._own.installed = False
         logging.getLogger().removeHandler(self._handler)
         for logger, level, propagate in self._saved:
             logger.setLevel(level)
             logger.propagate = propagate
         self._saved = []
 
-    def get(self, **context: Any) -> structlog.stdlib.BoundLogger:
+    def get(self, **context: Any) -> BoundLogger:
         processors: Iterable[Processor] = [
-            structlog.stdlib.filter_by_level,
             *_shared_processors(),
-            self.redactor,  # before the record exists: no handler ever sees a raw secret
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            self.redactor,  # the last step before rendering: no line ever holds a raw secret
+            renderer(self.format),
         ]
-        logger: structlog.stdlib.BoundLogger = structlog.wrap_logger(
-            self._logger,
+        logger: BoundLogger = structlog.wrap_logger(
+            self._own,
             processors=list(processors),
-            wrapper_class=structlog.stdlib.BoundLogger,
+            wrapper_class=structlog.make_filtering_bound_logger(self.level),
             cache_logger_on_first_use=False,
         )
         return logger.bind(**context) if context else logger

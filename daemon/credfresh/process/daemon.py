@@ -34,10 +34,8 @@ from credfresh.process.allocator import tune_malloc
 from credfresh.process.heap import FrozenHeap
 
 if TYPE_CHECKING:
-    from structlog.stdlib import BoundLogger
-
     from credfresh.config.isolated import Pending
-    from credfresh.observe.logs import Logging
+    from credfresh.observe.logs import BoundLogger, Logging
     from credfresh.process.watch import ConfigWatcher
     from credfresh.process.wiring import Wired
 

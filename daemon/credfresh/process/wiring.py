@@ -29,11 +29,9 @@ from credfresh.sources.assume_role import StsSource
 from credfresh.sources.select import SourceSet
 
 if TYPE_CHECKING:
-    from structlog.stdlib import BoundLogger
-
     from credfresh.config.model import Config, HookSpec
     from credfresh.context import Clock, Context
-    from credfresh.observe.logs import Logging
+    from credfresh.observe.logs import BoundLogger, Logging
     from credfresh.sources.base import Source
 
 
