@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,6 +32,33 @@ def _read_all(guard: CutGuard, connection: types.SimpleNamespace) -> bytes:
     while chunk := connection.sock.recv(1):
         data += chunk
     return data
+
+
+#: Long enough for a helper thread to begin on a loaded machine, which each test waits for.
+CONNECT_DEADLINE = 2.0
+
+
+class _Caller:
+    """`guard.run(call, timeout)` in a thread of its own, so the test can watch the helper."""
+
+    def __init__(self, guard: CutGuard, call: Callable[[], object], timeout: float) -> None:
+        self.error: BaseException | None = None
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(guard, call, timeout))
+        self._thread.start()
+
+    def _run(self, guard: CutGuard, call: Callable[[], object], timeout: float) -> None:
+        try:
+            guard.run(call, timeout)
+        except BaseException as exc:  # the test inspects it
+            self.error = exc
+        self._ended = time.monotonic()
+
+    def outcome(self) -> float:
+        """Seconds the call took, once it ended."""
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the call never ended"
+        return self._ended - self._started
 
 
 class TestCutGuard:
@@ -76,13 +103,19 @@ class TestCutGuard:
     def test_a_hung_connect_keeps_the_deadline(self) -> None:
         """A name lookup that never returns holds a helper, not the caller."""
         guard = CutGuard(2)
-        release = threading.Event()
+        entered, release = threading.Event(), threading.Event()
         connection = types.SimpleNamespace(sock=None)
-        started = time.monotonic()
+
+        def opens() -> None:
+            entered.set()
+            release.wait(30)
+
         try:
-            with pytest.raises(DeadlineExceeded):
-                guard.run(lambda: guard.connect(connection, lambda: release.wait(30)), 0.3)
-            assert time.monotonic() - started < 5
+            caller = _Caller(guard, lambda: guard.connect(connection, opens), CONNECT_DEADLINE)
+            assert entered.wait(30), "the helper never began the connect"
+            took = caller.outcome()
+            assert isinstance(caller.error, DeadlineExceeded)
+            assert CONNECT_DEADLINE <= took < CONNECT_DEADLINE + 3
             assert guard.in_flight() == 1, "the hung helper is still counted"
         finally:
             release.set()
@@ -93,15 +126,18 @@ class TestCutGuard:
     ) -> None:
         near, far = pair
         guard = CutGuard(2)
-        late = threading.Event()
+        entered, late = threading.Event(), threading.Event()
         connection = types.SimpleNamespace(sock=None)
 
         def opens() -> None:
+            entered.set()
             late.wait(30)
             connection.sock = near
 
-        with pytest.raises(DeadlineExceeded):
-            guard.run(lambda: guard.connect(connection, opens), 0.3)
+        caller = _Caller(guard, lambda: guard.connect(connection, opens), CONNECT_DEADLINE)
+        assert entered.wait(30), "the helper never began the connect"
+        caller.outcome()
+        assert isinstance(caller.error, DeadlineExceeded)
         late.set()
         wait_until(lambda: guard.in_flight() == 0, 10, "the late connect ended")
         assert far.recv(1) == b"", "the late socket was left open"
